@@ -1,0 +1,25 @@
+//! tracebench: load-test OpenAI-compatible LLM servers and explain every
+//! request by joining what the client saw (TTFT, ITL, TPOT, E2E) with the
+//! server's own OpenTelemetry span (queue, prefill, decode).
+//!
+//! The modules are the pipeline's stages, in the order data flows:
+//! [`workload`] → [`schedule`] → [`client`] → [`record`] → [`trace`] (join) →
+//! [`analysis`] → [`report`], with [`telemetry`] sampled beside the run and
+//! [`sim`] as a built-in engine to run against.
+
+pub mod analysis;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod record;
+pub mod report;
+pub mod run;
+pub mod schedule;
+pub mod selfcheck;
+pub mod sim;
+pub mod telemetry;
+pub mod trace;
+pub mod tui;
+pub mod units;
+pub mod workload;

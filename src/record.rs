@@ -1,0 +1,288 @@
+//! The per-request record (`tracebench.request/1`) and its on-disk log.
+//!
+//! One [`RequestRecord`] is written to `requests.jsonl` the moment its request
+//! completes (flushed, so a killed run keeps it); the join later fills in the
+//! server's view. `schemas/request.schema.json` is the contract for this shape.
+
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+/// Schema name written into every record.
+pub const REQUEST_SCHEMA: &str = "tracebench.request/1";
+
+/// Which API a request used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Endpoint {
+    /// `POST /v1/chat/completions`
+    Chat,
+    /// `POST /v1/completions`
+    Completions,
+}
+
+impl Endpoint {
+    /// The URL path of this endpoint.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+        }
+    }
+}
+
+/// Where a token count came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CountSource {
+    /// The server's `usage` object.
+    Usage,
+    /// Counted token-bearing stream events (one event may hold several tokens).
+    Events,
+    /// A local tokenizer (`--tokenizer`).
+    Tokenizer,
+    /// The server's `POST /tokenize`.
+    ServerTokenize,
+    /// The workload's approximation (no tokenizer available).
+    Estimate,
+}
+
+/// Why a request failed. `Copy` so it can be counted cheaply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Could not connect or send the request.
+    Connect,
+    /// No response byte within the first-byte timeout.
+    FirstByteTimeout,
+    /// The whole request took longer than the request timeout.
+    Timeout,
+    /// The server answered with a non-2xx status.
+    HttpStatus,
+    /// The stream broke: reset, truncated, malformed SSE, an `error` event, an oversized line.
+    Stream,
+    /// The body was not what the API promises (not SSE, not JSON, invalid UTF-8).
+    InvalidResponse,
+    /// The run was stopped (Ctrl-C) while the request was in flight.
+    Cancelled,
+}
+
+impl ErrorKind {
+    /// Every kind, in a stable order (for tables).
+    pub const ALL: [ErrorKind; 7] = [
+        ErrorKind::Connect,
+        ErrorKind::FirstByteTimeout,
+        ErrorKind::Timeout,
+        ErrorKind::HttpStatus,
+        ErrorKind::Stream,
+        ErrorKind::InvalidResponse,
+        ErrorKind::Cancelled,
+    ];
+
+    /// The snake_case name used in files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::FirstByteTimeout => "first_byte_timeout",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::HttpStatus => "http_status",
+            ErrorKind::Stream => "stream",
+            ErrorKind::InvalidResponse => "invalid_response",
+            ErrorKind::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A failed request's error: what kind, what was said, and the HTTP status if any.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestError {
+    pub kind: ErrorKind,
+    pub message: String,
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// The first bytes of an error body (at most 1 KiB), for HTTP status errors.
+    #[serde(default)]
+    pub body_excerpt: Option<String>,
+}
+
+/// Client instants in nanoseconds since the run's start (monotonic clock).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Instants {
+    pub intended: u64,
+    pub sent: u64,
+    pub headers: Option<u64>,
+    pub first_byte: Option<u64>,
+    pub first_token: Option<u64>,
+    pub last_token: Option<u64>,
+    pub end: Option<u64>,
+}
+
+/// The server's view of one request, mapped from its span(s) onto common fields.
+/// A field the engine does not report is `None`, never zero.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerView {
+    /// `vllm`, `sglang` or `tgi`.
+    pub engine: String,
+    pub span_name: String,
+    #[serde(default)]
+    pub service_name: Option<String>,
+    pub span_id: String,
+    pub queue_ms: Option<f64>,
+    pub prefill_ms: Option<f64>,
+    pub decode_ms: Option<f64>,
+    pub inference_ms: Option<f64>,
+    pub ttft_ms: Option<f64>,
+    pub e2e_ms: Option<f64>,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub request_id: Option<String>,
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
+    /// Every attribute of the request's span, as JSON values.
+    #[serde(default)]
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The TTFT decomposition: `network + frontend + queue + prefill = ttft`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Decomposition {
+    pub network_ms: Option<f64>,
+    pub frontend_ms: Option<f64>,
+    pub queue_ms: Option<f64>,
+    pub prefill_ms: Option<f64>,
+    pub arrival_delay_ms: Option<f64>,
+    pub stream_overhead_ms: Option<f64>,
+}
+
+/// GPU memory attributed to one request, or why it could not be.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum GpuAttribution {
+    /// The request ran alone on the GPU(s): peak and peak-over-idle memory while it ran.
+    Alone {
+        peak_memory_mib: f64,
+        memory_over_idle_mib: f64,
+    },
+    /// Another request overlapped it in time, or no sample fell inside it: a reason string
+    /// (`"overlapped"`, `"no_samples"`).
+    Unattributed(String),
+}
+
+/// One request: what the client saw, and (after the join) what the server did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub schema: String,
+    pub run_id: String,
+    /// Unique in the run; also sent as `X-Request-Id`.
+    pub request_id: String,
+    /// Position in the workload (0-based, warm-up requests first).
+    pub index: u64,
+    pub warmup: bool,
+    pub endpoint: Endpoint,
+    pub model: String,
+    pub stream: bool,
+    /// W3C trace id sent in `traceparent` (32 lower-case hex), when tracing headers are on.
+    pub trace_id: Option<String>,
+    /// The client span id sent as the parent in `traceparent` (16 hex).
+    pub span_id: Option<String>,
+    pub max_tokens: Option<u64>,
+    pub input_tokens: Option<u64>,
+    pub input_tokens_source: Option<CountSource>,
+    pub output_tokens: Option<u64>,
+    pub output_tokens_source: Option<CountSource>,
+    pub status: Option<u16>,
+    pub response_id: Option<String>,
+    pub finish_reason: Option<String>,
+    pub error: Option<RequestError>,
+    /// Wall clock at `sent`, ns since the Unix epoch.
+    pub sent_unix_ns: u64,
+    pub instants_ns: Instants,
+    pub ttft_ms: Option<f64>,
+    pub e2e_ms: Option<f64>,
+    pub e2e_end_ms: Option<f64>,
+    pub tpot_ms: Option<f64>,
+    pub schedule_lag_ms: f64,
+    /// Token-bearing events received.
+    pub chunks: u64,
+    pub itl_chunk_ms: Vec<f64>,
+    /// Per-token gaps, only when tokens per chunk were known.
+    pub itl_token_ms: Option<Vec<f64>>,
+    pub server: Option<ServerView>,
+    /// Why `server` is null (`pending` until the join has run).
+    pub server_missing_reason: Option<String>,
+    pub decomposition: Option<Decomposition>,
+    pub trace_url: Option<String>,
+    pub gpu: Option<GpuAttribution>,
+}
+
+impl RequestRecord {
+    /// True when the request finished without error.
+    pub fn ok(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+/// Append-only JSONL log of records: each line written and flushed at once.
+pub struct RecordLog {
+    file: File,
+    path: PathBuf,
+}
+
+impl RecordLog {
+    /// Creates (or truncates) the log at `path`.
+    pub fn create(path: &Path) -> std::io::Result<Self> {
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(path)?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Appends one record as a line and hands it to the OS before returning.
+    pub fn append(&mut self, record: &RequestRecord) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        self.file.write_all(&line)?;
+        self.file.flush()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Reads every record of a `requests.jsonl`. A bad line is an error naming the line.
+pub fn read_records(path: &Path) -> anyhow::Result<Vec<RequestRecord>> {
+    use anyhow::Context;
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut records = Vec::new();
+    for (number, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record = serde_json::from_str(&line)
+            .with_context(|| format!("{}:{}: not a request record", path.display(), number + 1))?;
+        records.push(record);
+    }
+    Ok(records)
+}
+
+/// Rewrites a records file atomically (temp file + rename), e.g. after the join.
+pub fn rewrite_records(path: &Path, records: &[RequestRecord]) -> std::io::Result<()> {
+    let tmp = path.with_extension("jsonl.tmp");
+    {
+        let mut out = std::io::BufWriter::new(File::create(&tmp)?);
+        for record in records {
+            serde_json::to_writer(&mut out, record).map_err(std::io::Error::other)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+    }
+    std::fs::rename(tmp, path)
+}
