@@ -1,2 +1,564 @@
-//! (being written)
+//! One request against an OpenAI-compatible server: send it with its
+//! `traceparent` and `X-Request-Id`, stream the response through our own SSE
+//! framer, stamp monotonic instants as bytes arrive, and turn whatever happened
+//! (success, HTTP error, reset, stall, Ctrl-C) into a [`RequestRecord`].
+
+pub mod chunk;
+pub mod sse;
 pub mod traceparent;
+
+use crate::clock::RunClock;
+use crate::record::{
+    CountSource, Endpoint, ErrorKind, Instants, RequestError, RequestRecord, REQUEST_SCHEMA,
+};
+use bytes::Bytes;
+use chunk::{error_message, parse_chunk, Usage};
+use sse::{SseEvent, SseFramer};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use traceparent::{hex, TraceParent};
+
+/// A request ready to send: its body was built before the clock started.
+#[derive(Debug, Clone)]
+pub struct PreparedRequest {
+    pub index: u64,
+    pub request_id: String,
+    pub warmup: bool,
+    pub body: Bytes,
+    pub max_tokens: Option<u64>,
+    pub input_tokens: Option<u64>,
+    pub input_tokens_source: Option<CountSource>,
+}
+
+/// How every request of a run is sent.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub base_url: String,
+    pub endpoint: Endpoint,
+    pub model: String,
+    pub stream: bool,
+    /// Extra headers (`-H`), the API key's `Authorization` included.
+    pub headers: reqwest::header::HeaderMap,
+    /// Send `traceparent` (W3C) on every request.
+    pub trace_header: bool,
+    pub first_byte_timeout: Duration,
+    pub request_timeout: Duration,
+    pub run_id: String,
+}
+
+/// Sends requests; cheap to clone (shares the connection pool).
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    url: Arc<str>,
+    options: Arc<ClientOptions>,
+    clock: RunClock,
+}
+
+/// Largest error body excerpt kept in a record.
+const BODY_EXCERPT_BYTES: usize = 1024;
+
+/// The HTTP client every part of tracebench uses: no proxy surprises, TLS
+/// through rustls, Nagle off, unlimited idle connections for high concurrency.
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(usize::MAX)
+        .user_agent(concat!("tracebench/", env!("CARGO_PKG_VERSION")))
+        .build()?)
+}
+
+impl Client {
+    pub fn new(options: ClientOptions, clock: RunClock) -> anyhow::Result<Self> {
+        let url = format!(
+            "{}{}",
+            options.base_url.trim_end_matches('/'),
+            options.endpoint.path()
+        );
+        Ok(Self {
+            http: http_client()?,
+            url: url.into(),
+            options: Arc::new(options),
+            clock,
+        })
+    }
+
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// Sends one request and returns its record; never fails: errors are data.
+    pub async fn execute(
+        &self,
+        request: &PreparedRequest,
+        intended: Instant,
+        cancel: &CancellationToken,
+    ) -> RequestRecord {
+        let trace = self
+            .options
+            .trace_header
+            .then(|| TraceParent::random(&mut rand::rng()));
+        let mut progress = Progress::new(request.max_tokens);
+        let outcome = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Err(RequestError {
+                kind: ErrorKind::Cancelled,
+                message: "the run was stopped while this request was in flight".into(),
+                status: None,
+                body_excerpt: None,
+            }),
+            result = tokio::time::timeout(
+                self.options.request_timeout,
+                self.drive(request, trace, &mut progress),
+            ) => result.unwrap_or_else(|_| Err(RequestError {
+                kind: ErrorKind::Timeout,
+                message: format!(
+                    "no complete response within the request timeout ({})",
+                    humantime::format_duration(self.options.request_timeout)
+                ),
+                status: None,
+                body_excerpt: None,
+            })),
+        };
+        if outcome.is_err() && progress.end.is_none() {
+            progress.end = Some(Instant::now());
+        }
+        self.build_record(request, intended, trace, progress, outcome.err())
+    }
+
+    /// Sends and reads the response, filling `progress` as it goes.
+    async fn drive(
+        &self,
+        request: &PreparedRequest,
+        trace: Option<TraceParent>,
+        progress: &mut Progress,
+    ) -> Result<(), RequestError> {
+        let mut builder = self
+            .http
+            .post(&*self.url)
+            .headers(self.options.headers.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("x-request-id", &request.request_id)
+            .body(request.body.clone());
+        if let Some(trace) = trace {
+            builder = builder.header("traceparent", trace.header_value());
+        }
+        let first_byte_deadline = tokio::time::Instant::now() + self.options.first_byte_timeout;
+        progress.sent = Instant::now();
+        progress.sent_unix_ns = crate::units::unix_now_ns();
+        let response = tokio::time::timeout_at(first_byte_deadline, builder.send())
+            .await
+            .map_err(|_| self.first_byte_timeout())?
+            .map_err(|e| RequestError {
+                kind: ErrorKind::Connect,
+                message: format!("could not send the request: {}", error_chain(&e)),
+                status: None,
+                body_excerpt: None,
+            })?;
+        progress.headers = Some(Instant::now());
+        let status = response.status();
+        progress.status = Some(status.as_u16());
+        if !status.is_success() {
+            return Err(http_status_error(response).await);
+        }
+        let is_json = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if self.options.stream && is_json {
+            let excerpt = read_excerpt(response).await;
+            return Err(RequestError {
+                kind: ErrorKind::InvalidResponse,
+                message: "asked for a stream but the server answered with JSON".into(),
+                status: Some(status.as_u16()),
+                body_excerpt: Some(excerpt),
+            });
+        }
+        let mut response = response;
+        let mut reader = BodyReader {
+            framer: SseFramer::default(),
+            whole: Vec::new(),
+        };
+        loop {
+            let next = if progress.first_byte.is_none() {
+                tokio::time::timeout_at(first_byte_deadline, response.chunk())
+                    .await
+                    .map_err(|_| self.first_byte_timeout())?
+            } else {
+                response.chunk().await
+            };
+            let bytes = match next {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(stream_error(format!(
+                        "the connection broke mid-response: {}",
+                        error_chain(&e)
+                    )))
+                }
+            };
+            let arrived = Instant::now();
+            progress.first_byte.get_or_insert(arrived);
+            if self.options.stream {
+                reader.feed_stream(&bytes, arrived, progress)?;
+            } else {
+                reader.whole.extend_from_slice(&bytes);
+            }
+        }
+        let now = Instant::now();
+        progress.end.get_or_insert(now);
+        if self.options.stream {
+            reader.finish_stream(progress)
+        } else {
+            finish_whole(&reader.whole, now, progress)
+        }
+    }
+
+    fn first_byte_timeout(&self) -> RequestError {
+        RequestError {
+            kind: ErrorKind::FirstByteTimeout,
+            message: format!(
+                "no response byte within the first-byte timeout ({})",
+                humantime::format_duration(self.options.first_byte_timeout)
+            ),
+            status: None,
+            body_excerpt: None,
+        }
+    }
+
+    fn build_record(
+        &self,
+        request: &PreparedRequest,
+        intended: Instant,
+        trace: Option<TraceParent>,
+        progress: Progress,
+        error: Option<RequestError>,
+    ) -> RequestRecord {
+        let clock = &self.clock;
+        let ns = |i: Option<Instant>| i.map(|i| clock.ns_at(i));
+        let ms_between = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e3;
+        let sent = progress.sent;
+        let ok = error.is_none();
+        let (output_tokens, output_source) = match progress.usage.completion_tokens {
+            Some(n) => (Some(n), Some(CountSource::Usage)),
+            None if self.options.stream && progress.token_events > 0 => {
+                (Some(progress.token_events), Some(CountSource::Events))
+            }
+            None => (None, None),
+        };
+        let (input_tokens, input_source) = match progress.usage.prompt_tokens {
+            Some(n) => (Some(n), Some(CountSource::Usage)),
+            None => (request.input_tokens, request.input_tokens_source),
+        };
+        let tpot_ms = match (progress.first_token, progress.last_token, output_tokens) {
+            (Some(first), Some(last), Some(n)) if n > 1 && ok => {
+                Some(ms_between(first, last) / (n - 1) as f64)
+            }
+            _ => None,
+        };
+        let itl_chunk_ms: Vec<f64> = progress
+            .chunk_arrivals
+            .windows(2)
+            .map(|w| ms_between(w[0], w[1]))
+            .collect();
+        let itl_token_ms = progress.tokens_per_chunk.as_ref().map(|counts| {
+            itl_chunk_ms
+                .iter()
+                .zip(counts.iter().skip(1))
+                .flat_map(|(gap, tokens)| {
+                    let tokens = (*tokens).max(1);
+                    std::iter::repeat_n(gap / tokens as f64, tokens as usize)
+                })
+                .collect()
+        });
+        let server_missing_reason = if trace.is_none() {
+            Some("tracing_off".to_string())
+        } else {
+            Some("pending".to_string())
+        };
+        RequestRecord {
+            schema: REQUEST_SCHEMA.to_string(),
+            run_id: self.options.run_id.clone(),
+            request_id: request.request_id.clone(),
+            index: request.index,
+            warmup: request.warmup,
+            endpoint: self.options.endpoint,
+            model: self.options.model.clone(),
+            stream: self.options.stream,
+            trace_id: trace.map(|t| hex(&t.trace_id)),
+            span_id: trace.map(|t| hex(&t.span_id)),
+            max_tokens: request.max_tokens,
+            input_tokens,
+            input_tokens_source: input_source,
+            output_tokens,
+            output_tokens_source: output_source,
+            status: progress.status,
+            response_id: progress.response_id,
+            finish_reason: progress.finish_reason,
+            error,
+            sent_unix_ns: progress.sent_unix_ns,
+            instants_ns: Instants {
+                intended: clock.ns_at(intended),
+                sent: clock.ns_at(sent),
+                headers: ns(progress.headers),
+                first_byte: ns(progress.first_byte),
+                first_token: ns(progress.first_token),
+                last_token: ns(progress.last_token),
+                end: ns(progress.end),
+            },
+            ttft_ms: progress.first_token.map(|t| ms_between(sent, t)),
+            e2e_ms: progress.last_token.filter(|_| ok).map(|t| ms_between(sent, t)),
+            e2e_end_ms: progress.end.filter(|_| ok).map(|t| ms_between(sent, t)),
+            tpot_ms,
+            schedule_lag_ms: ms_between(intended, sent),
+            chunks: progress.token_events,
+            itl_chunk_ms,
+            itl_token_ms,
+            server: None,
+            server_missing_reason,
+            decomposition: None,
+            trace_url: None,
+            gpu: None,
+        }
+    }
+}
+
+/// What has been seen of one response so far.
+struct Progress {
+    sent: Instant,
+    sent_unix_ns: u64,
+    headers: Option<Instant>,
+    first_byte: Option<Instant>,
+    first_token: Option<Instant>,
+    last_token: Option<Instant>,
+    end: Option<Instant>,
+    status: Option<u16>,
+    response_id: Option<String>,
+    finish_reason: Option<String>,
+    usage: Usage,
+    token_events: u64,
+    chunk_arrivals: Vec<Instant>,
+    /// Tokens carried by each token-bearing chunk, while every chunk's count is known.
+    tokens_per_chunk: Option<Vec<u64>>,
+    last_completion_tokens: Option<u64>,
+    done: bool,
+}
+
+impl Progress {
+    fn new(max_tokens: Option<u64>) -> Self {
+        let capacity = max_tokens.unwrap_or(128).min(8192) as usize;
+        Self {
+            sent: Instant::now(),
+            sent_unix_ns: 0,
+            headers: None,
+            first_byte: None,
+            first_token: None,
+            last_token: None,
+            end: None,
+            status: None,
+            response_id: None,
+            finish_reason: None,
+            usage: Usage::default(),
+            token_events: 0,
+            chunk_arrivals: Vec::with_capacity(capacity),
+            tokens_per_chunk: Some(Vec::with_capacity(capacity)),
+            last_completion_tokens: None,
+            done: false,
+        }
+    }
+
+    /// Applies one SSE event that arrived at `arrived`.
+    fn on_event(&mut self, event: SseEvent<'_>, arrived: Instant) -> Result<(), RequestError> {
+        if event.event == Some("error") {
+            return Err(stream_error(format!(
+                "the server sent an error event: {}",
+                String::from_utf8_lossy(event.data)
+            )));
+        }
+        if event.data == b"[DONE]" {
+            self.done = true;
+            self.end = Some(arrived);
+            return Ok(());
+        }
+        let chunk = parse_chunk(event.data).map_err(|e| RequestError {
+            kind: ErrorKind::InvalidResponse,
+            message: e.to_string(),
+            status: None,
+            body_excerpt: Some(excerpt(event.data)),
+        })?;
+        if let Some(message) = chunk.error {
+            return Err(stream_error(format!("the server reported an error mid-stream: {message}")));
+        }
+        if self.response_id.is_none() {
+            self.response_id = chunk.id.map(|id| id.into_owned());
+        }
+        // With continuous usage stats, the rise of completion_tokens is the token count.
+        let usage_tokens = chunk.usage.and_then(|u| u.completion_tokens).map(|now| {
+            let before = self.last_completion_tokens.replace(now).unwrap_or(0);
+            now.saturating_sub(before)
+        });
+        let carries = match usage_tokens {
+            Some(n) => n > 0,
+            None => chunk.carries_token,
+        };
+        if let Some(usage) = chunk.usage {
+            self.usage.prompt_tokens = usage.prompt_tokens.or(self.usage.prompt_tokens);
+            self.usage.completion_tokens = usage.completion_tokens.or(self.usage.completion_tokens);
+        }
+        if carries {
+            self.token_events += 1;
+            self.first_token.get_or_insert(arrived);
+            self.last_token = Some(arrived);
+            self.chunk_arrivals.push(arrived);
+            let known = usage_tokens.filter(|n| *n > 0).or(chunk.token_ids);
+            match (known, self.tokens_per_chunk.as_mut()) {
+                (Some(n), Some(counts)) => counts.push(n),
+                _ => self.tokens_per_chunk = None,
+            }
+        }
+        if chunk.finish_reason.is_some() {
+            self.finish_reason = chunk.finish_reason;
+        }
+        Ok(())
+    }
+}
+
+/// The body being read: the SSE framer for streams, the bytes for JSON answers.
+struct BodyReader {
+    framer: SseFramer,
+    whole: Vec<u8>,
+}
+
+impl BodyReader {
+    fn feed_stream(
+        &mut self,
+        bytes: &[u8],
+        arrived: Instant,
+        progress: &mut Progress,
+    ) -> Result<(), RequestError> {
+        let failed = self
+            .framer
+            .feed(bytes, |event| match progress.on_event(event, arrived) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(e) => ControlFlow::Break(e),
+            })
+            .map_err(|e| stream_error(e.to_string()))?;
+        match failed {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    fn finish_stream(&self, progress: &mut Progress) -> Result<(), RequestError> {
+        if progress.done {
+            return Ok(());
+        }
+        if progress.token_events == 0 && progress.response_id.is_none() {
+            return Err(RequestError {
+                kind: ErrorKind::InvalidResponse,
+                message: "the body is not an SSE stream of completion chunks".into(),
+                status: progress.status,
+                body_excerpt: None,
+            });
+        }
+        if self.framer.has_partial_event() {
+            return Err(stream_error("the stream was cut off in the middle of an event".into()));
+        }
+        if progress.finish_reason.is_none() {
+            return Err(stream_error(
+                "the stream ended before [DONE] and before any finish_reason".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A non-streaming answer: one JSON body, all tokens at once.
+fn finish_whole(body: &[u8], at: Instant, progress: &mut Progress) -> Result<(), RequestError> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| RequestError {
+        kind: ErrorKind::InvalidResponse,
+        message: format!("the response is not JSON: {e}"),
+        status: progress.status,
+        body_excerpt: Some(excerpt(body)),
+    })?;
+    if let Some(error) = value.get("error") {
+        return Err(stream_error(format!("the server reported an error: {}", error_message(error))));
+    }
+    progress.response_id = value.get("id").and_then(|v| v.as_str()).map(str::to_string);
+    if let Some(usage) = value.get("usage") {
+        progress.usage = serde_json::from_value(usage.clone()).unwrap_or_default();
+    }
+    progress.finish_reason = value
+        .pointer("/choices/0/finish_reason")
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    progress.first_token = Some(at);
+    progress.last_token = Some(at);
+    progress.tokens_per_chunk = None;
+    Ok(())
+}
+
+fn stream_error(message: String) -> RequestError {
+    RequestError {
+        kind: ErrorKind::Stream,
+        message,
+        status: None,
+        body_excerpt: None,
+    }
+}
+
+/// A non-2xx answer: its status, the server's message and the body's start.
+async fn http_status_error(response: reqwest::Response) -> RequestError {
+    let status = response.status();
+    let body = read_excerpt(response).await;
+    let message = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .map(|v| error_message(&v))
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
+    RequestError {
+        kind: ErrorKind::HttpStatus,
+        message: format!("HTTP {}: {message}", status.as_u16()),
+        status: Some(status.as_u16()),
+        body_excerpt: Some(body),
+    }
+}
+
+/// Reads at most [`BODY_EXCERPT_BYTES`] of a body, giving up after 5 s.
+async fn read_excerpt(mut response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    let read = async {
+        while let Ok(Some(bytes)) = response.chunk().await {
+            body.extend_from_slice(&bytes);
+            if body.len() >= BODY_EXCERPT_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+    excerpt(&body)
+}
+
+fn excerpt(bytes: &[u8]) -> String {
+    let cut = &bytes[..bytes.len().min(BODY_EXCERPT_BYTES)];
+    String::from_utf8_lossy(cut).into_owned()
+}
+
+/// An error and its causes on one line (reqwest hides the useful part in sources).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
