@@ -1,1 +1,243 @@
-//! (being written)
+//! The command line: one clap `Args` struct per subcommand. Raw flags become a
+//! validated [`crate::config::RunConfig`] exactly once, in `config`.
+
+use crate::record::Endpoint;
+use crate::schedule::Arrival;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Benchmark OpenAI-compatible LLM servers and learn, request by request,
+/// where the time goes: client latency joined with the server's own spans.
+#[derive(Parser, Debug)]
+#[command(name = "tracebench", version, about, long_about = None, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Exit codes, shown in `--help`.
+pub const EXIT_CODES: &str = "Exit codes: 0 ok; 1 the run finished with more failed requests than \
+--max-error-rate allows (or selfcheck missed a target); 2 bad usage, bad config or a fatal error; \
+130 stopped with Ctrl-C (partial results written).";
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Benchmark a server: send streaming requests under a load, record every one.
+    Run(Box<RunArgs>),
+    /// Start the built-in simulator and run a short benchmark against it.
+    Demo(DemoArgs),
+    /// Serve the built-in vLLM-like simulator.
+    Sim(Box<crate::sim::SimArgs>),
+    /// Measure this machine's client error against a simulator's own write instants.
+    Selfcheck(SelfcheckArgs),
+    /// Run the OTLP receiver alone and write every span it gets to a file.
+    Collect(CollectArgs),
+    /// Re-run the span join of a finished run.
+    Join(JoinArgs),
+    /// Print one request of a run as markdown for a bug report.
+    Show(ShowArgs),
+    /// Write the HTML report of a finished run (and record it in the history database).
+    Report(ReportArgs),
+    /// Compare runs (tracebench run folders or `vllm bench serve` result files) metric by metric.
+    Compare(CompareArgs),
+}
+
+/// `tracebench run`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Base URL of the server (OpenAI-compatible API under /v1).
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+    /// Which API to call.
+    #[arg(long, value_enum, default_value_t = Endpoint::Chat)]
+    pub endpoint: Endpoint,
+    /// Model name; defaults to the first model of GET /v1/models.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Bearer token; never written to any output.
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Extra request header, `Name: value` (repeatable).
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+    /// Ask for complete (non-streaming) responses.
+    #[arg(long)]
+    pub no_stream: bool,
+    /// Output token budget of every request (overrides --output-tokens).
+    #[arg(long)]
+    pub max_tokens: Option<u64>,
+    /// Ask the server to ignore end-of-sequence so every request gets its full budget.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// JSON object merged into every request body, e.g. '{"top_p":0.9}'.
+    #[arg(long, value_name = "JSON")]
+    pub extra_body: Option<String>,
+
+    /// Closed loop: keep N requests in flight.
+    #[arg(long, group = "load")]
+    pub concurrency: Option<usize>,
+    /// Open loop: R requests per second, whatever the server does.
+    #[arg(long, group = "load")]
+    pub rate: Option<f64>,
+    /// Static batches: send B, wait for all, send the next B.
+    #[arg(long, group = "load")]
+    pub batch_size: Option<usize>,
+    /// Open-loop arrival process.
+    #[arg(long, value_enum, default_value_t = Arrival::Poisson)]
+    pub arrival: Arrival,
+    /// Gamma shape for --arrival gamma (< 1 burstier, > 1 smoother).
+    #[arg(long, default_value_t = 1.0)]
+    pub burstiness: f64,
+    /// Open loop: most requests in flight; later arrivals wait (their lag is recorded).
+    #[arg(long)]
+    pub max_concurrency: Option<usize>,
+
+    /// Stop after N measured requests (default 100 unless --duration is given).
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Stop scheduling after this long, e.g. 60s or 10m.
+    #[arg(long, value_parser = crate::units::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Requests sent first and not counted.
+    #[arg(long, default_value_t = 0)]
+    pub warmup: u64,
+    /// Seed for prompts, lengths and arrivals.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Prompt tokens per request, MEAN or MEAN:STDDEV.
+    #[arg(long, default_value = "256")]
+    pub input_tokens: crate::workload::Lengths,
+    /// Output tokens per request (the max_tokens asked for), MEAN or MEAN:STDDEV.
+    #[arg(long, default_value = "128")]
+    pub output_tokens: crate::workload::Lengths,
+    /// Tokens of a prefix shared by every prompt (0: every prompt unique).
+    #[arg(long, default_value_t = 0)]
+    pub shared_prefix_tokens: u64,
+    /// A tokenizer.json for exact prompt lengths (else the server's /tokenize, else an estimate).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// JSONL prompts: {"prompt": ...} or {"messages": [...]} per line, optional "max_tokens".
+    #[arg(long)]
+    pub dataset: Option<PathBuf>,
+
+    /// Folder for results; each run gets a subfolder.
+    #[arg(long, default_value = "results")]
+    pub out: PathBuf,
+    /// Name of the run's folder (default: a timestamp and a random suffix).
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Give up on a request after this long.
+    #[arg(long, default_value = "10m", value_parser = crate::units::parse_duration)]
+    pub request_timeout: std::time::Duration,
+    /// Give up on a request that has sent no response byte after this long.
+    #[arg(long, default_value = "5m", value_parser = crate::units::parse_duration)]
+    pub first_byte_timeout: std::time::Duration,
+    /// After Ctrl-C, how long in-flight requests may finish before being cancelled.
+    #[arg(long, default_value = "10s", value_parser = crate::units::parse_duration)]
+    pub grace_period: std::time::Duration,
+    /// Exit 1 when the failed fraction of measured requests is above this.
+    #[arg(long, default_value_t = 0.0)]
+    pub max_error_rate: f64,
+    /// SLOs for goodput, e.g. ttft:500ms,tpot:50ms,e2e:10s,itl:100ms,queue:200ms.
+    #[arg(long, value_parser = crate::analysis::Slo::parse)]
+    pub slo: Option<crate::analysis::Slo>,
+    /// No live dashboard: a progress line on stderr instead.
+    #[arg(long)]
+    pub no_tui: bool,
+    /// The SQLite history database.
+    #[arg(long, default_value = "results/tracebench.db")]
+    pub db: PathBuf,
+    /// Do not record the run in the history database.
+    #[arg(long)]
+    pub no_db: bool,
+    #[command(flatten)]
+    pub trace: crate::trace::TraceArgs,
+    #[command(flatten)]
+    pub telemetry: crate::telemetry::TelemetryArgs,
+}
+
+/// `tracebench demo`.
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Requests to send.
+    #[arg(long, default_value_t = 200)]
+    pub requests: u64,
+    /// Requests in flight (above the simulator's 16 batch slots, so queueing shows).
+    #[arg(long, default_value_t = 24)]
+    pub concurrency: usize,
+    #[arg(long, default_value = "results")]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub no_tui: bool,
+    #[arg(long, default_value = "results/tracebench.db")]
+    pub db: PathBuf,
+}
+
+/// `tracebench selfcheck`.
+#[derive(Args, Debug, Clone)]
+pub struct SelfcheckArgs {
+    /// Concurrency levels to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,50,200,500,1000")]
+    pub levels: Vec<usize>,
+    /// Requests per stream at each level (each level sends levels × this).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u64,
+    /// The simulator's time to first token.
+    #[arg(long, default_value = "50ms", value_parser = crate::units::parse_duration)]
+    pub ttft: std::time::Duration,
+    /// The simulator's gap between tokens.
+    #[arg(long, default_value = "10ms", value_parser = crate::units::parse_duration)]
+    pub itl: std::time::Duration,
+    /// Output tokens per request.
+    #[arg(long, default_value_t = 64)]
+    pub tokens: u64,
+    /// Write the figures as JSON here too.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// `tracebench collect`.
+#[derive(Args, Debug, Clone)]
+pub struct CollectArgs {
+    /// Where to write the spans (OTLP JSON, one span a line).
+    #[arg(long, default_value = "spans.jsonl")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub trace: crate::trace::TraceArgs,
+}
+
+/// `tracebench join`.
+#[derive(Args, Debug, Clone)]
+pub struct JoinArgs {
+    /// A run folder (with requests.jsonl and spans.jsonl).
+    pub run_dir: PathBuf,
+    #[command(flatten)]
+    pub trace: crate::trace::TraceArgs,
+}
+
+/// `tracebench show`.
+#[derive(Args, Debug, Clone)]
+pub struct ShowArgs {
+    pub run_dir: PathBuf,
+    pub request_id: String,
+}
+
+/// `tracebench report`.
+#[derive(Args, Debug, Clone)]
+pub struct ReportArgs {
+    pub run_dir: PathBuf,
+    /// Also record the run in this history database.
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+}
+
+/// `tracebench compare`.
+#[derive(Args, Debug, Clone)]
+pub struct CompareArgs {
+    /// Run folders or `vllm bench serve --save-result` JSON files; the first is the baseline.
+    #[arg(required = true, num_args = 2..)]
+    pub runs: Vec<PathBuf>,
+}

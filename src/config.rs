@@ -1,1 +1,342 @@
-//! (being written)
+//! A run's validated configuration: every raw flag checked and converted once,
+//! before any request is sent. A bad value fails here with one line saying
+//! what and where (exit code 2).
+
+use crate::analysis::Slo;
+use crate::cli::RunArgs;
+use crate::record::Endpoint;
+use crate::schedule::Schedule;
+use crate::workload::Lengths;
+use anyhow::{bail, Context};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// When to stop sending.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopAfter {
+    Requests(u64),
+    #[serde(serialize_with = "as_seconds")]
+    Duration(Duration),
+}
+
+/// Where prompts come from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Source {
+    Synthetic {
+        input_tokens: LengthsConfig,
+        output_tokens: LengthsConfig,
+        shared_prefix_tokens: u64,
+        tokenizer: Option<PathBuf>,
+    },
+    Dataset {
+        path: PathBuf,
+    },
+}
+
+/// Serializable view of [`Lengths`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LengthsConfig {
+    pub mean: u64,
+    pub stddev: f64,
+}
+
+impl From<Lengths> for LengthsConfig {
+    fn from(l: Lengths) -> Self {
+        Self {
+            mean: l.mean,
+            stddev: l.stddev,
+        }
+    }
+}
+
+impl From<LengthsConfig> for Lengths {
+    fn from(l: LengthsConfig) -> Self {
+        Self {
+            mean: l.mean,
+            stddev: l.stddev,
+        }
+    }
+}
+
+/// Everything a run needs, checked. Serialized into `run.json` (without secrets).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunConfig {
+    pub url: String,
+    pub endpoint: Endpoint,
+    pub model: Option<String>,
+    #[serde(skip)]
+    pub headers: HeaderMap,
+    /// Header names given with -H (values are not written anywhere).
+    pub header_names: Vec<String>,
+    pub stream: bool,
+    pub max_tokens: Option<u64>,
+    pub ignore_eos: bool,
+    pub temperature: Option<f64>,
+    pub extra_body: Option<serde_json::Map<String, serde_json::Value>>,
+    pub schedule: Schedule,
+    pub stop: StopAfter,
+    pub warmup: u64,
+    pub seed: u64,
+    pub source: Source,
+    pub out: PathBuf,
+    pub run_id: Option<String>,
+    #[serde(serialize_with = "as_seconds")]
+    pub request_timeout: Duration,
+    #[serde(serialize_with = "as_seconds")]
+    pub first_byte_timeout: Duration,
+    #[serde(serialize_with = "as_seconds")]
+    pub grace_period: Duration,
+    pub max_error_rate: f64,
+    pub slo: Slo,
+    pub tui: bool,
+    pub db: Option<PathBuf>,
+    #[serde(skip)]
+    pub trace: crate::trace::TraceArgs,
+    #[serde(skip)]
+    pub telemetry: crate::telemetry::TelemetryArgs,
+}
+
+fn as_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+impl RunConfig {
+    /// Checks and converts the flags of `tracebench run`.
+    pub fn from_args(args: &RunArgs) -> anyhow::Result<Self> {
+        let url = check_url(&args.url)?;
+        let (headers, header_names) = headers(&args.headers, args.api_key.as_deref())?;
+        let schedule = schedule(args)?;
+        let stop = match (args.requests, args.duration) {
+            (Some(_), Some(_)) => bail!("--requests and --duration: give one of them"),
+            (Some(0), None) => bail!("--requests must be at least 1"),
+            (Some(n), None) => StopAfter::Requests(n),
+            (None, Some(d)) if d.is_zero() => bail!("--duration must be longer than 0s"),
+            (None, Some(d)) => StopAfter::Duration(d),
+            (None, None) => StopAfter::Requests(100),
+        };
+        let extra_body = match &args.extra_body {
+            None => None,
+            Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(serde_json::Value::Object(map)) => Some(map),
+                Ok(_) => bail!("--extra-body must be a JSON object, like '{{\"top_p\":0.9}}'"),
+                Err(e) => bail!("--extra-body is not JSON: {e}"),
+            },
+        };
+        let source = match &args.dataset {
+            Some(path) => {
+                if args.tokenizer.is_some() || args.shared_prefix_tokens > 0 {
+                    bail!("--tokenizer and --shared-prefix-tokens apply to synthetic prompts, not --dataset");
+                }
+                std::fs::metadata(path)
+                    .with_context(|| format!("--dataset {}: cannot read it", path.display()))?;
+                Source::Dataset { path: path.clone() }
+            }
+            None => {
+                if let Some(path) = &args.tokenizer {
+                    std::fs::metadata(path).with_context(|| {
+                        format!("--tokenizer {}: cannot read it", path.display())
+                    })?;
+                }
+                if args.shared_prefix_tokens >= args.input_tokens.mean {
+                    bail!("--shared-prefix-tokens must be smaller than --input-tokens");
+                }
+                Source::Synthetic {
+                    input_tokens: args.input_tokens.into(),
+                    output_tokens: args.output_tokens.into(),
+                    shared_prefix_tokens: args.shared_prefix_tokens,
+                    tokenizer: args.tokenizer.clone(),
+                }
+            }
+        };
+        if !(0.0..=1.0).contains(&args.max_error_rate) {
+            bail!("--max-error-rate must be between 0 and 1");
+        }
+        if let Some(run_id) = &args.run_id {
+            if run_id.is_empty() || run_id.contains(['/', '\\']) || run_id.starts_with('.') {
+                bail!("--run-id must be a plain folder name");
+            }
+        }
+        if args.max_tokens == Some(0) {
+            bail!("--max-tokens must be at least 1");
+        }
+        Ok(Self {
+            url,
+            endpoint: args.endpoint,
+            model: args.model.clone(),
+            headers,
+            header_names,
+            stream: !args.no_stream,
+            max_tokens: args.max_tokens,
+            ignore_eos: args.ignore_eos,
+            temperature: args.temperature,
+            extra_body,
+            schedule,
+            stop,
+            warmup: args.warmup,
+            seed: args.seed,
+            source,
+            out: args.out.clone(),
+            run_id: args.run_id.clone(),
+            request_timeout: args.request_timeout,
+            first_byte_timeout: args.first_byte_timeout,
+            grace_period: args.grace_period,
+            max_error_rate: args.max_error_rate,
+            slo: args.slo.clone().unwrap_or_default(),
+            tui: !args.no_tui,
+            db: (!args.no_db).then(|| args.db.clone()),
+            trace: args.trace.clone(),
+            telemetry: args.telemetry.clone(),
+        })
+    }
+}
+
+/// An http(s) URL with a host, without a trailing slash.
+fn check_url(text: &str) -> anyhow::Result<String> {
+    let url = reqwest::Url::parse(text).with_context(|| format!("--url `{text}` is not a URL"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        bail!("--url `{text}` must be an http:// or https:// address with a host");
+    }
+    Ok(text.trim_end_matches('/').to_string())
+}
+
+fn headers(raw: &[String], api_key: Option<&str>) -> anyhow::Result<(HeaderMap, Vec<String>)> {
+    let mut map = HeaderMap::new();
+    let mut names = Vec::new();
+    for item in raw {
+        let (name, value) = item
+            .split_once(':')
+            .with_context(|| format!("-H `{item}` must look like `Name: value`"))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .with_context(|| format!("-H `{item}`: bad header name"))?;
+        let mut value = HeaderValue::from_str(value.trim())
+            .with_context(|| format!("-H `{item}`: bad header value"))?;
+        value.set_sensitive(true);
+        names.push(name.to_string());
+        map.append(name, value);
+    }
+    if let Some(key) = api_key.filter(|k| !k.is_empty()) {
+        let mut value = HeaderValue::from_str(&format!("Bearer {key}"))
+            .context("the API key has characters a header cannot carry")?;
+        value.set_sensitive(true);
+        map.insert(AUTHORIZATION, value);
+    }
+    Ok((map, names))
+}
+
+fn schedule(args: &RunArgs) -> anyhow::Result<Schedule> {
+    if args.max_concurrency.is_some() && args.rate.is_none() {
+        bail!("--max-concurrency caps an open-loop --rate run; with --concurrency it is implied");
+    }
+    Ok(match (args.concurrency, args.rate, args.batch_size) {
+        (_, Some(rate), _) => {
+            if !(rate > 0.0 && rate.is_finite()) {
+                bail!("--rate must be a positive number of requests per second");
+            }
+            if !(args.burstiness > 0.0 && args.burstiness.is_finite()) {
+                bail!("--burstiness must be > 0");
+            }
+            if args.max_concurrency == Some(0) {
+                bail!("--max-concurrency must be at least 1");
+            }
+            Schedule::Open {
+                rate,
+                arrival: args.arrival,
+                burstiness: args.burstiness,
+                max_concurrency: args.max_concurrency,
+            }
+        }
+        (_, _, Some(0)) => bail!("--batch-size must be at least 1"),
+        (_, _, Some(size)) => Schedule::Batch { size },
+        (Some(0), _, _) => bail!("--concurrency must be at least 1"),
+        (concurrency, None, None) => Schedule::Closed {
+            concurrency: concurrency.unwrap_or(1),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn config(flags: &[&str]) -> anyhow::Result<RunConfig> {
+        let mut argv = vec!["tracebench", "run"];
+        argv.extend_from_slice(flags);
+        let Command::Run(args) = Cli::try_parse_from(argv)?.command else {
+            unreachable!()
+        };
+        RunConfig::from_args(&args)
+    }
+
+    fn error(flags: &[&str]) -> String {
+        format!("{:#}", config(flags).unwrap_err())
+    }
+
+    #[test]
+    fn defaults_are_a_closed_loop_of_one() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.schedule, Schedule::Closed { concurrency: 1 });
+        assert_eq!(c.stop, StopAfter::Requests(100));
+        assert!(c.stream);
+        assert_eq!(c.url, "http://127.0.0.1:8000");
+    }
+
+    #[test]
+    fn load_shapes() {
+        let open = config(&[
+            "--rate",
+            "5",
+            "--arrival",
+            "gamma",
+            "--burstiness",
+            "0.5",
+            "--max-concurrency",
+            "3",
+        ])
+        .unwrap();
+        assert!(
+            matches!(open.schedule, Schedule::Open { rate, max_concurrency: Some(3), .. } if rate == 5.0)
+        );
+        assert_eq!(
+            config(&["--batch-size", "4"]).unwrap().schedule,
+            Schedule::Batch { size: 4 }
+        );
+        let timed = config(&["--duration", "90s"]).unwrap();
+        assert_eq!(timed.stop, StopAfter::Duration(Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn bad_values_say_what_and_where() {
+        assert!(error(&["--url", "localhost:8000"]).contains("--url"));
+        assert!(error(&["--url", "ftp://x"]).contains("http"));
+        assert!(error(&["--rate", "0"]).contains("--rate"));
+        assert!(error(&["--concurrency", "0"]).contains("--concurrency"));
+        assert!(error(&["--concurrency", "2", "--rate", "1"]).contains("cannot be used with"));
+        assert!(error(&["--max-concurrency", "2"]).contains("--max-concurrency"));
+        assert!(error(&["--extra-body", "[1]"]).contains("JSON object"));
+        assert!(error(&["--extra-body", "{"]).contains("not JSON"));
+        assert!(error(&["-H", "nocolon"]).contains("Name: value"));
+        assert!(error(&["--dataset", "/nonexistent/prompts.jsonl"]).contains("--dataset"));
+        assert!(error(&["--duration", "60"]).contains("no unit"));
+        assert!(error(&["--requests", "5", "--duration", "5s"]).contains("one of them"));
+        assert!(error(&["--endpoint", "embeddings"]).contains("embeddings"));
+    }
+
+    #[test]
+    fn api_key_becomes_a_hidden_header_and_is_not_serialized() {
+        let c = config(&["--api-key", "sk-secret", "-H", "X-Team: infra"]).unwrap();
+        assert_eq!(c.headers["authorization"], "Bearer sk-secret");
+        assert!(c.headers["authorization"].is_sensitive());
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(
+            !json.contains("sk-secret") && !json.contains("infra"),
+            "{json}"
+        );
+        assert!(json.contains("x-team"));
+    }
+}

@@ -11,6 +11,7 @@ pub mod analysis;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod commands;
 pub mod config;
 pub mod record;
 pub mod report;

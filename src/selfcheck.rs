@@ -1,1 +1,433 @@
-//! (being written)
+//! `tracebench selfcheck`: how far this machine's client is from the truth.
+//! It starts the simulator as a separate process in deterministic mode (it logs
+//! the instant it wrote every chunk), drives it at rising concurrency through
+//! the real client and dispatch loop, and reports per level the client's TTFT
+//! and per-chunk ITL error against those write instants, the streams really in
+//! flight, client CPU seconds and peak RSS, against the targets.
+
+use crate::analysis::stats::percentile_of_sorted;
+use crate::cli::SelfcheckArgs;
+use crate::client::{Client, ClientOptions, PreparedRequest};
+use crate::clock::RunClock;
+use crate::record::{Endpoint, RequestRecord};
+use crate::run::{Dispatcher, PhaseRequests};
+use crate::schedule::Schedule;
+use crate::workload::{BodyOptions, Item, Prompt};
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// One truth-log line of the simulator.
+#[derive(Debug, Deserialize)]
+struct Truth {
+    request_id: Option<String>,
+    arrival_unix_ns: u64,
+    chunk_write_unix_ns: Vec<u64>,
+}
+
+/// The figures of one concurrency level.
+#[derive(Debug, Clone, Serialize)]
+pub struct LevelFigures {
+    pub concurrency: usize,
+    pub requests: u64,
+    pub failed: u64,
+    pub ttft_error_p50_ms: f64,
+    pub ttft_error_p99_ms: f64,
+    pub itl_error_p99_ms: f64,
+    /// Most streams the simulator had open at once.
+    pub streams_in_flight: usize,
+    pub client_cpu_s: f64,
+    pub wall_s: f64,
+    pub client_peak_rss_mb: f64,
+}
+
+impl LevelFigures {
+    /// The targets this level misses (empty when it meets them all).
+    pub fn missed_targets(&self) -> Vec<String> {
+        let mut missed = Vec::new();
+        let ttft_p50_target = match self.concurrency {
+            c if c <= 200 => 2.0,
+            c if c <= 500 => 3.0,
+            _ => 5.0,
+        };
+        if self.failed > 0 {
+            missed.push(format!("{} requests failed", self.failed));
+        }
+        if self.ttft_error_p50_ms.abs() >= ttft_p50_target {
+            missed.push(format!(
+                "TTFT p50 error {:.2} ms >= {ttft_p50_target} ms",
+                self.ttft_error_p50_ms
+            ));
+        }
+        if self.ttft_error_p99_ms.abs() >= 15.0 {
+            missed.push(format!(
+                "TTFT p99 error {:.2} ms >= 15 ms",
+                self.ttft_error_p99_ms
+            ));
+        }
+        if self.itl_error_p99_ms >= 3.0 {
+            missed.push(format!(
+                "per-chunk ITL p99 error {:.2} ms >= 3 ms",
+                self.itl_error_p99_ms
+            ));
+        }
+        if self.streams_in_flight < self.concurrency {
+            missed.push(format!(
+                "only {} of {} streams in flight",
+                self.streams_in_flight, self.concurrency
+            ));
+        }
+        if self.client_peak_rss_mb >= 100.0 {
+            missed.push(format!(
+                "client RSS {:.0} MB >= 100 MB",
+                self.client_peak_rss_mb
+            ));
+        }
+        missed
+    }
+}
+
+/// Runs the self-check; exit code 0 when every level meets its targets, else 1.
+pub async fn selfcheck(args: SelfcheckArgs) -> anyhow::Result<i32> {
+    let scratch = tempfile::Builder::new()
+        .prefix("tracebench-selfcheck")
+        .tempdir()?;
+    let truth_path = scratch.path().join("truth.jsonl");
+    let mut sim = SimProcess::start(&args, &truth_path)?;
+    println!(
+        "selfcheck: simulator pid {} at {} (TTFT {}, ITL {}, {} tokens), client in this process",
+        sim.child.id(),
+        sim.url,
+        humantime::format_duration(args.ttft),
+        humantime::format_duration(args.itl),
+        args.tokens
+    );
+    println!(
+        "{:>6} {:>7} {:>14} {:>14} {:>14} {:>10} {:>9} {:>9} {:>8}  verdict",
+        "conc",
+        "reqs",
+        "TTFT p50 err",
+        "TTFT p99 err",
+        "ITL p99 err",
+        "in flight",
+        "CPU s",
+        "CPU/core",
+        "RSS MB"
+    );
+    let mut figures = Vec::new();
+    let mut all_met = true;
+    for &level in &args.levels {
+        let level_figures = measure_level(&args, &sim.url, level, &truth_path).await?;
+        let missed = level_figures.missed_targets();
+        all_met &= missed.is_empty();
+        println!(
+            "{:>6} {:>7} {:>11.2} ms {:>11.2} ms {:>11.2} ms {:>10} {:>9.2} {:>8.0}% {:>8.1}  {}",
+            level_figures.concurrency,
+            level_figures.requests,
+            level_figures.ttft_error_p50_ms,
+            level_figures.ttft_error_p99_ms,
+            level_figures.itl_error_p99_ms,
+            level_figures.streams_in_flight,
+            level_figures.client_cpu_s,
+            100.0 * level_figures.client_cpu_s / level_figures.wall_s.max(1e-9),
+            level_figures.client_peak_rss_mb,
+            if missed.is_empty() {
+                "ok".to_string()
+            } else {
+                format!("MISSED: {}", missed.join("; "))
+            }
+        );
+        figures.push(level_figures);
+    }
+    sim.stop();
+    if let Some(path) = &args.json {
+        crate::run::write_json(path, &figures)?;
+    }
+    println!(
+        "errors are client arrival minus simulator write instant (same host, wall clock); \
+         CPU/core is client CPU seconds per wall second"
+    );
+    Ok(if all_met { 0 } else { 1 })
+}
+
+/// The simulator as a child process.
+struct SimProcess {
+    child: Child,
+    url: String,
+}
+
+impl SimProcess {
+    fn start(args: &SelfcheckArgs, truth: &Path) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the tracebench executable")?;
+        let mut child = Command::new(exe)
+            .args(["sim", "--port", "0", "--max-num-seqs", "100000"])
+            .arg("--ttft-ms")
+            .arg(format!("{}", args.ttft.as_secs_f64() * 1e3))
+            .arg("--itl-ms")
+            .arg(format!("{}", args.itl.as_secs_f64() * 1e3))
+            .arg("--truth-log")
+            .arg(truth)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start the simulator")?;
+        let stdout = child.stdout.take().context("simulator stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://")) else {
+            let _ = child.kill();
+            bail!("the simulator did not say where it listens (got {line:?})");
+        };
+        Ok(Self {
+            url: url.to_string(),
+            child,
+        })
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn measure_level(
+    args: &SelfcheckArgs,
+    url: &str,
+    level: usize,
+    truth_path: &Path,
+) -> anyhow::Result<LevelFigures> {
+    let run_id = format!("selfcheck-c{level}");
+    let clock = RunClock::start();
+    let client = Client::new(
+        ClientOptions {
+            base_url: url.to_string(),
+            endpoint: Endpoint::Chat,
+            model: "tracebench-sim".into(),
+            stream: true,
+            headers: Default::default(),
+            trace_header: false,
+            first_byte_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(300),
+            run_id: run_id.clone(),
+        },
+        clock,
+    )?;
+    let body = BodyOptions {
+        endpoint: Endpoint::Chat,
+        model: "tracebench-sim".into(),
+        stream: true,
+        ignore_eos: true,
+        temperature: None,
+        extra_body: None,
+    };
+    let count = level as u64 * args.rounds;
+    let requests: Vec<PreparedRequest> = (0..count)
+        .map(|index| {
+            let item = Item {
+                prompt: Prompt::Text(format!("selfcheck request {index} of level {level}")),
+                input_tokens: None,
+                input_tokens_source: crate::record::CountSource::Estimate,
+                max_tokens: Some(args.tokens),
+            };
+            body.prepare(index, &run_id, false, &item)
+        })
+        .collect();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let dispatcher = Dispatcher {
+        client,
+        schedule: Schedule::Closed { concurrency: level },
+        seed: 0,
+        stop: CancellationToken::new(),
+        cancel: CancellationToken::new(),
+        records: tx,
+        in_flight: Arc::new(AtomicU64::new(0)),
+    };
+    reset_peak_rss();
+    let cpu_before = cpu_seconds();
+    let wall = Instant::now();
+    dispatcher
+        .run_phase(PhaseRequests::Ready(requests.into_iter()), None)
+        .await;
+    let wall_s = wall.elapsed().as_secs_f64();
+    let client_cpu_s = cpu_seconds() - cpu_before;
+    let client_peak_rss_mb = peak_rss_mb();
+    drop(dispatcher);
+    let mut records = Vec::new();
+    while let Some(record) = rx.recv().await {
+        records.push(record);
+    }
+    // The simulator flushes its truth log at least every 100 ms.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let truth = read_truth(truth_path, &run_id)?;
+    Ok(compare_with_truth(
+        level,
+        &records,
+        &truth,
+        client_cpu_s,
+        wall_s,
+        client_peak_rss_mb,
+    ))
+}
+
+fn read_truth(path: &Path, run_id: &str) -> anyhow::Result<HashMap<String, Truth>> {
+    let file = std::fs::File::open(path).context("the simulator wrote no truth log")?;
+    let mut truth = HashMap::new();
+    for line in BufReader::new(file).lines() {
+        let entry: Truth = serde_json::from_str(&line?).context("bad truth-log line")?;
+        if let Some(id) = entry.request_id.clone().filter(|id| id.starts_with(run_id)) {
+            truth.insert(id, entry);
+        }
+    }
+    Ok(truth)
+}
+
+fn compare_with_truth(
+    level: usize,
+    records: &[RequestRecord],
+    truth: &HashMap<String, Truth>,
+    client_cpu_s: f64,
+    wall_s: f64,
+    client_peak_rss_mb: f64,
+) -> LevelFigures {
+    let mut ttft_errors = Vec::new();
+    let mut itl_errors = Vec::new();
+    for record in records.iter().filter(|r| r.ok()) {
+        let (Some(truth), Some(first_token)) = (
+            truth.get(&record.request_id),
+            record.instants_ns.first_token,
+        ) else {
+            continue;
+        };
+        let Some(&first_write) = truth.chunk_write_unix_ns.first() else {
+            continue;
+        };
+        let client_first =
+            record.sent_unix_ns as f64 + (first_token - record.instants_ns.sent) as f64;
+        ttft_errors.push((client_first - first_write as f64) / 1e6);
+        let true_gaps = truth
+            .chunk_write_unix_ns
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as f64 / 1e6);
+        for (seen, real) in record.itl_chunk_ms.iter().zip(true_gaps) {
+            itl_errors.push((seen - real).abs());
+        }
+    }
+    let sorted = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v
+    };
+    let ttft_errors = sorted(ttft_errors);
+    let itl_errors = sorted(itl_errors);
+    LevelFigures {
+        concurrency: level,
+        requests: records.len() as u64,
+        failed: records.iter().filter(|r| !r.ok()).count() as u64,
+        ttft_error_p50_ms: percentile_of_sorted(&ttft_errors, 50.0),
+        ttft_error_p99_ms: percentile_of_sorted(&ttft_errors, 99.0),
+        itl_error_p99_ms: percentile_of_sorted(&itl_errors, 99.0),
+        streams_in_flight: max_overlap(truth.values()),
+        client_cpu_s,
+        wall_s,
+        client_peak_rss_mb,
+    }
+}
+
+/// Most intervals [arrival, last write] open at one instant.
+fn max_overlap<'a>(truth: impl Iterator<Item = &'a Truth>) -> usize {
+    let mut edges: Vec<(u64, i32)> = Vec::new();
+    for t in truth {
+        let end = t
+            .chunk_write_unix_ns
+            .last()
+            .copied()
+            .unwrap_or(t.arrival_unix_ns);
+        edges.push((t.arrival_unix_ns, 1));
+        edges.push((end, -1));
+    }
+    edges.sort();
+    let (mut open, mut most) = (0i32, 0i32);
+    for (_, delta) in edges {
+        open += delta;
+        most = most.max(open);
+    }
+    most as usize
+}
+
+/// User + system CPU seconds of this process so far.
+fn cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// Resets the kernel's peak-RSS mark so each level reports its own peak.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident set size since the last reset, MB.
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlap_counts_streams_open_together() {
+        let t = |a: u64, b: u64| Truth {
+            request_id: None,
+            arrival_unix_ns: a,
+            chunk_write_unix_ns: vec![a + 1, b],
+        };
+        let truth = [t(0, 10), t(5, 15), t(12, 20), t(30, 40)];
+        assert_eq!(max_overlap(truth.iter()), 2);
+        assert_eq!(max_overlap([].iter()), 0);
+    }
+
+    #[test]
+    fn targets_depend_on_the_level() {
+        let figures = |concurrency, p50| LevelFigures {
+            concurrency,
+            requests: 10,
+            failed: 0,
+            ttft_error_p50_ms: p50,
+            ttft_error_p99_ms: 4.0,
+            itl_error_p99_ms: 1.0,
+            streams_in_flight: concurrency,
+            client_cpu_s: 1.0,
+            wall_s: 2.0,
+            client_peak_rss_mb: 40.0,
+        };
+        assert!(figures(200, 1.5).missed_targets().is_empty());
+        assert_eq!(figures(200, 2.5).missed_targets().len(), 1);
+        assert!(figures(1000, 4.0).missed_targets().is_empty());
+        let mut short = figures(500, 1.0);
+        short.streams_in_flight = 300;
+        assert!(short.missed_targets()[0].contains("300 of 500"));
+    }
+}

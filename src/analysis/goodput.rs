@@ -71,22 +71,33 @@ impl Slo {
             (Some(limit), Some(value)) => value <= limit,
             (Some(_), None) => false,
         };
-        let max_itl = record.itl_chunk_ms.iter().copied().fold(None, |m: Option<f64>, v| {
-            Some(m.map_or(v, |m| m.max(v)))
-        });
+        let max_itl = record
+            .itl_chunk_ms
+            .iter()
+            .copied()
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
         record.ok()
             && within(self.ttft_ms, record.ttft_ms)
             && (self.tpot_ms.is_none() || record.tpot_ms.is_none_or(|v| v <= self.tpot_ms.unwrap()))
             && (self.itl_ms.is_none() || max_itl.is_none_or(|v| v <= self.itl_ms.unwrap()))
             && within(self.e2e_ms, record.e2e_ms)
-            && within(self.queue_ms, record.server.as_ref().and_then(|s| s.queue_ms))
+            && within(
+                self.queue_ms,
+                record.server.as_ref().and_then(|s| s.queue_ms),
+            )
     }
 
     /// Goodput of the measured records over a window of `duration_s` seconds.
     pub fn goodput(&self, measured: &[&RequestRecord], duration_s: f64) -> Goodput {
         let good: Vec<&&RequestRecord> = measured.iter().filter(|r| self.met_by(r)).collect();
         let tokens: u64 = good.iter().filter_map(|r| r.output_tokens).sum();
-        let per_s = |v: f64| if duration_s > 0.0 { v / duration_s } else { 0.0 };
+        let per_s = |v: f64| {
+            if duration_s > 0.0 {
+                v / duration_s
+            } else {
+                0.0
+            }
+        };
         Goodput {
             slo: self.clone(),
             met: good.len() as u64,
@@ -113,7 +124,9 @@ mod tests {
         assert_eq!(slo.tpot_ms, Some(50.0));
         assert_eq!(slo.e2e_ms, Some(2000.0));
         assert!(slo.itl_ms.is_none());
-        assert!(Slo::parse("latency:1s").unwrap_err().contains("unknown SLO"));
+        assert!(Slo::parse("latency:1s")
+            .unwrap_err()
+            .contains("unknown SLO"));
         assert!(Slo::parse("ttft").is_err());
     }
 }

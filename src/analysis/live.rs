@@ -135,8 +135,12 @@ impl LiveStats {
             if self.recent_errors.len() == RECENT_ERRORS {
                 self.recent_errors.pop_front();
             }
-            self.recent_errors
-                .push_back(format!("{} {}: {}", record.request_id, error.kind.as_str(), error.message));
+            self.recent_errors.push_back(format!(
+                "{} {}: {}",
+                record.request_id,
+                error.kind.as_str(),
+                error.message
+            ));
             return;
         }
         let tokens = record.output_tokens.unwrap_or(0);

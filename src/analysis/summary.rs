@@ -126,9 +126,7 @@ pub fn metric_values(record: &RequestRecord, name: &str) -> Vec<f64> {
         "decomposition.queue_ms" => one(decomposition.and_then(|d| d.queue_ms)),
         "decomposition.prefill_ms" => one(decomposition.and_then(|d| d.prefill_ms)),
         "decomposition.arrival_delay_ms" => one(decomposition.and_then(|d| d.arrival_delay_ms)),
-        "decomposition.stream_overhead_ms" => {
-            one(decomposition.and_then(|d| d.stream_overhead_ms))
-        }
+        "decomposition.stream_overhead_ms" => one(decomposition.and_then(|d| d.stream_overhead_ms)),
         _ => Vec::new(),
     }
 }
@@ -140,7 +138,11 @@ pub fn summarize(run_id: &str, records: &[RequestRecord], slo: &Slo, partial: bo
 
     let mut metrics = BTreeMap::new();
     for name in CLIENT_METRICS.iter().chain(SERVER_METRICS.iter()) {
-        let source: &[&RequestRecord] = if *name == "schedule_lag_ms" { &measured } else { &ok };
+        let source: &[&RequestRecord] = if *name == "schedule_lag_ms" {
+            &measured
+        } else {
+            &ok
+        };
         let values: Vec<f64> = source.iter().flat_map(|r| metric_values(r, name)).collect();
         if let Some(stats) = Stats::of(&values) {
             metrics.insert(name.to_string(), stats);
@@ -157,7 +159,13 @@ pub fn summarize(run_id: &str, records: &[RequestRecord], slo: &Slo, partial: bo
     let duration_s = measured_window_s(&measured);
     let total_input_tokens: u64 = ok.iter().filter_map(|r| r.input_tokens).sum();
     let total_output_tokens: u64 = ok.iter().filter_map(|r| r.output_tokens).sum();
-    let per_s = |v: f64| if duration_s > 0.0 { v / duration_s } else { 0.0 };
+    let per_s = |v: f64| {
+        if duration_s > 0.0 {
+            v / duration_s
+        } else {
+            0.0
+        }
+    };
 
     let join = join_stats(&measured);
     let goodput = (!slo.is_empty()).then(|| slo.goodput(&measured, duration_s));
@@ -239,11 +247,26 @@ fn vllm_keys(summary: &Summary) -> BTreeMap<String, serde_json::Value> {
     keys.insert("completed".into(), serde_json::json!(summary.requests.ok));
     keys.insert("failed".into(), serde_json::json!(summary.requests.failed));
     keys.insert("duration".into(), number(summary.duration_s));
-    keys.insert("total_input_tokens".into(), serde_json::json!(summary.total_input_tokens));
-    keys.insert("total_output_tokens".into(), serde_json::json!(summary.total_output_tokens));
-    keys.insert("request_throughput".into(), number(summary.request_throughput));
-    keys.insert("output_throughput".into(), number(summary.output_throughput));
-    keys.insert("total_token_throughput".into(), number(summary.total_token_throughput));
+    keys.insert(
+        "total_input_tokens".into(),
+        serde_json::json!(summary.total_input_tokens),
+    );
+    keys.insert(
+        "total_output_tokens".into(),
+        serde_json::json!(summary.total_output_tokens),
+    );
+    keys.insert(
+        "request_throughput".into(),
+        number(summary.request_throughput),
+    );
+    keys.insert(
+        "output_throughput".into(),
+        number(summary.output_throughput),
+    );
+    keys.insert(
+        "total_token_throughput".into(),
+        number(summary.total_token_throughput),
+    );
     for (ours, theirs) in [
         ("ttft_ms", "ttft"),
         ("tpot_ms", "tpot"),
@@ -255,7 +278,10 @@ fn vllm_keys(summary: &Summary) -> BTreeMap<String, serde_json::Value> {
             keys.insert(format!("median_{theirs}_ms"), number(stats.p50));
             keys.insert(format!("std_{theirs}_ms"), number(stats.std));
             for p in ["p90", "p95", "p99"] {
-                keys.insert(format!("{p}_{theirs}_ms"), number(stats.get(p).unwrap_or(0.0)));
+                keys.insert(
+                    format!("{p}_{theirs}_ms"),
+                    number(stats.get(p).unwrap_or(0.0)),
+                );
             }
         }
     }
@@ -274,7 +300,10 @@ pub fn decompose(record: &RequestRecord) -> Option<crate::record::Decomposition>
         (Some(t), Some(q), Some(p)) => Some(t - q - p),
         _ => None,
     };
-    let stream_overhead = match (record.instants_ns.first_token, record.instants_ns.last_token) {
+    let stream_overhead = match (
+        record.instants_ns.first_token,
+        record.instants_ns.last_token,
+    ) {
         (Some(first), Some(last)) => sub(Some((last - first) as f64 / 1e6), server.decode_ms),
         _ => None,
     };
@@ -283,9 +312,7 @@ pub fn decompose(record: &RequestRecord) -> Option<crate::record::Decomposition>
         frontend_ms: frontend,
         queue_ms: server.queue_ms,
         prefill_ms: server.prefill_ms,
-        arrival_delay_ms: Some(
-            (server.start_unix_ns as f64 - record.sent_unix_ns as f64) / 1e6,
-        ),
+        arrival_delay_ms: Some((server.start_unix_ns as f64 - record.sent_unix_ns as f64) / 1e6),
         stream_overhead_ms: stream_overhead,
     })
 }

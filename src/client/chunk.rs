@@ -27,6 +27,8 @@ pub struct Usage {
 #[derive(Debug, Default, PartialEq)]
 pub struct ChunkInfo<'a> {
     pub id: Option<Cow<'a, str>>,
+    /// How many choices the chunk had (the final usage chunk has none).
+    pub choices: u32,
     /// Some choice carried generated output.
     pub carries_token: bool,
     /// Token ids the chunk listed (vLLM `return_token_ids`), when it did.
@@ -48,6 +50,7 @@ pub fn parse_chunk(data: &[u8]) -> Result<ChunkInfo<'_>, ChunkError> {
     let choices = raw.choices.unwrap_or_default();
     Ok(ChunkInfo {
         id: raw.id,
+        choices: choices.count,
         carries_token: choices.carries_token,
         token_ids: choices.token_ids,
         usage: raw.usage,
@@ -80,6 +83,7 @@ struct RawChunk<'a> {
 /// The folded result of all choices of a chunk.
 #[derive(Debug, Default)]
 struct ChoicesScan {
+    count: u32,
     carries_token: bool,
     token_ids: Option<u64>,
     finish_reason: Option<String>,
@@ -197,8 +201,12 @@ impl<'de> Deserialize<'de> for ChoicesScan {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ChoicesScan, A::Error> {
                 let mut scan = ChoicesScan::default();
                 while let Some(choice) = seq.next_element::<ChoiceScan>()? {
+                    scan.count += 1;
                     scan.carries_token |= choice.carries_token();
-                    if let Some(ids) = choice.token_ids.or(choice.delta.as_ref().and_then(|d| d.token_ids)) {
+                    if let Some(ids) = choice
+                        .token_ids
+                        .or(choice.delta.as_ref().and_then(|d| d.token_ids))
+                    {
                         *scan.token_ids.get_or_insert(0) += ids.0;
                     }
                     if choice.finish_reason.is_some() {
@@ -217,7 +225,10 @@ mod tests {
     use super::*;
 
     fn events(name: &str) -> Vec<String> {
-        let path = format!("{}/../shared/fixtures/vllm/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/../shared/fixtures/vllm/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let body = std::fs::read_to_string(&path).unwrap();
         body.split("\n\n")
             .filter_map(|e| e.strip_prefix("data: "))
@@ -268,7 +279,14 @@ mod tests {
         let all = events("chat-stream-continuous-usage.sse");
         let counts: Vec<u64> = all[..17]
             .iter()
-            .map(|e| parse_chunk(e.as_bytes()).unwrap().usage.unwrap().completion_tokens.unwrap())
+            .map(|e| {
+                parse_chunk(e.as_bytes())
+                    .unwrap()
+                    .usage
+                    .unwrap()
+                    .completion_tokens
+                    .unwrap()
+            })
             .collect();
         assert_eq!(counts, (0..=16).collect::<Vec<u64>>());
     }
@@ -276,19 +294,38 @@ mod tests {
     #[test]
     fn other_servers_shapes() {
         // OpenAI-style final chunk: empty delta with a finish reason carries no token.
-        let end = parse_chunk(br#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#).unwrap();
+        let end =
+            parse_chunk(br#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#).unwrap();
         assert!(!end.carries_token);
         assert_eq!(end.finish_reason.as_deref(), Some("stop"));
         // Role and text together (some servers) is a token.
-        assert!(parse_chunk(br#"{"choices":[{"delta":{"role":"assistant","content":"Hi"}}]}"#).unwrap().carries_token);
+        assert!(
+            parse_chunk(br#"{"choices":[{"delta":{"role":"assistant","content":"Hi"}}]}"#)
+                .unwrap()
+                .carries_token
+        );
         // Reasoning models.
-        assert!(parse_chunk(br#"{"choices":[{"delta":{"reasoning_content":"hmm"}}]}"#).unwrap().carries_token);
-        assert!(!parse_chunk(br#"{"choices":[{"delta":{"content":null}}]}"#).unwrap().carries_token);
-        let ids = parse_chunk(br#"{"choices":[{"delta":{"content":""},"token_ids":[5,6,7]}]}"#).unwrap();
+        assert!(
+            parse_chunk(br#"{"choices":[{"delta":{"reasoning_content":"hmm"}}]}"#)
+                .unwrap()
+                .carries_token
+        );
+        assert!(
+            !parse_chunk(br#"{"choices":[{"delta":{"content":null}}]}"#)
+                .unwrap()
+                .carries_token
+        );
+        let ids =
+            parse_chunk(br#"{"choices":[{"delta":{"content":""},"token_ids":[5,6,7]}]}"#).unwrap();
         assert_eq!(ids.token_ids, Some(3));
-        let err = parse_chunk(br#"{"error":{"message":"boom","type":"InternalServerError"}}"#).unwrap();
+        let err =
+            parse_chunk(br#"{"error":{"message":"boom","type":"InternalServerError"}}"#).unwrap();
         assert_eq!(err.error.as_deref(), Some("boom"));
         assert!(parse_chunk(b"{not json").is_err());
-        assert!(parse_chunk(br#"{"choices":[{"delta":{"content":"\u00e9\ufffd"}}]}"#).unwrap().carries_token);
+        assert!(
+            parse_chunk(br#"{"choices":[{"delta":{"content":"\u00e9\ufffd"}}]}"#)
+                .unwrap()
+                .carries_token
+        );
     }
 }

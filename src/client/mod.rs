@@ -241,7 +241,8 @@ impl Client {
     ) -> RequestRecord {
         let clock = &self.clock;
         let ns = |i: Option<Instant>| i.map(|i| clock.ns_at(i));
-        let ms_between = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e3;
+        let ms_between =
+            |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e3;
         let sent = progress.sent;
         let ok = error.is_none();
         let (output_tokens, output_source) = match progress.usage.completion_tokens {
@@ -312,7 +313,10 @@ impl Client {
                 end: ns(progress.end),
             },
             ttft_ms: progress.first_token.map(|t| ms_between(sent, t)),
-            e2e_ms: progress.last_token.filter(|_| ok).map(|t| ms_between(sent, t)),
+            e2e_ms: progress
+                .last_token
+                .filter(|_| ok)
+                .map(|t| ms_between(sent, t)),
             e2e_end_ms: progress.end.filter(|_| ok).map(|t| ms_between(sent, t)),
             tpot_ms,
             schedule_lag_ms: ms_between(intended, sent),
@@ -392,16 +396,24 @@ impl Progress {
             body_excerpt: Some(excerpt(event.data)),
         })?;
         if let Some(message) = chunk.error {
-            return Err(stream_error(format!("the server reported an error mid-stream: {message}")));
+            return Err(stream_error(format!(
+                "the server reported an error mid-stream: {message}"
+            )));
         }
         if self.response_id.is_none() {
             self.response_id = chunk.id.map(|id| id.into_owned());
         }
-        // With continuous usage stats, the rise of completion_tokens is the token count.
-        let usage_tokens = chunk.usage.and_then(|u| u.completion_tokens).map(|now| {
-            let before = self.last_completion_tokens.replace(now).unwrap_or(0);
-            now.saturating_sub(before)
-        });
+        // With continuous usage stats (usage on chunks that have choices), the rise
+        // of completion_tokens is the token count; the final usage-only chunk is not a token.
+        let continuous = chunk.choices > 0;
+        let usage_tokens = chunk
+            .usage
+            .filter(|_| continuous)
+            .and_then(|u| u.completion_tokens)
+            .map(|now| {
+                let before = self.last_completion_tokens.replace(now).unwrap_or(0);
+                now.saturating_sub(before)
+            });
         let carries = match usage_tokens {
             Some(n) => n > 0,
             None => chunk.carries_token,
@@ -467,7 +479,9 @@ impl BodyReader {
             });
         }
         if self.framer.has_partial_event() {
-            return Err(stream_error("the stream was cut off in the middle of an event".into()));
+            return Err(stream_error(
+                "the stream was cut off in the middle of an event".into(),
+            ));
         }
         if progress.finish_reason.is_none() {
             return Err(stream_error(
@@ -487,7 +501,10 @@ fn finish_whole(body: &[u8], at: Instant, progress: &mut Progress) -> Result<(),
         body_excerpt: Some(excerpt(body)),
     })?;
     if let Some(error) = value.get("error") {
-        return Err(stream_error(format!("the server reported an error: {}", error_message(error))));
+        return Err(stream_error(format!(
+            "the server reported an error: {}",
+            error_message(error)
+        )));
     }
     progress.response_id = value.get("id").and_then(|v| v.as_str()).map(str::to_string);
     if let Some(usage) = value.get("usage") {

@@ -263,14 +263,18 @@ mod tests {
         for _ in 0..200 {
             many.extend_from_slice(b"data: 0123456789\n");
         }
-        assert!(framer.feed::<()>(&many, |_| ControlFlow::Continue(())).is_err());
+        assert!(framer
+            .feed::<()>(&many, |_| ControlFlow::Continue(()))
+            .is_err());
     }
 
     #[test]
     fn partial_events_are_visible_at_end_of_stream() {
         let mut framer = SseFramer::default();
         framer
-            .feed::<()>(b"data: {\"a\":1}\n\ndata: {\"trunc", |_| ControlFlow::Continue(()))
+            .feed::<()>(b"data: {\"a\":1}\n\ndata: {\"trunc", |_| {
+                ControlFlow::Continue(())
+            })
             .unwrap();
         assert!(framer.has_partial_event());
         let mut framer = SseFramer::default();

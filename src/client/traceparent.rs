@@ -48,7 +48,12 @@ impl TraceParent {
         let trace = parts.next()?;
         let span = parts.next()?;
         let flags = parts.next()?;
-        if version.len() != 2 || version == "ff" || trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
+        if version.len() != 2
+            || version == "ff"
+            || trace.len() != 32
+            || span.len() != 16
+            || flags.len() != 2
+        {
             return None;
         }
         if version == "00" && parts.next().is_some() {
@@ -100,10 +105,12 @@ mod tests {
         let value = tp.header_value();
         assert_eq!(value.len(), 55);
         assert_eq!(TraceParent::parse(&value), Some(tp));
-        let fixture = TraceParent::parse("00-00112233445566778899aabbccddeeff-0123456789abcdef-01").unwrap();
+        let fixture =
+            TraceParent::parse("00-00112233445566778899aabbccddeeff-0123456789abcdef-01").unwrap();
         assert_eq!(hex(&fixture.trace_id), "00112233445566778899aabbccddeeff");
         assert!(fixture.sampled);
-        let unsampled = TraceParent::parse("00-deaddeaddeaddeaddeaddeaddeaddead-beefbeefbeefbeef-00").unwrap();
+        let unsampled =
+            TraceParent::parse("00-deaddeaddeaddeaddeaddeaddeaddead-beefbeefbeefbeef-00").unwrap();
         assert!(!unsampled.sampled);
         for bad in [
             "",

@@ -1,0 +1,237 @@
+//! What each subcommand does, over the library's stages; `main.rs` only parses
+//! and maps the returned exit code. Every handler returns the process exit
+//! code (see [`crate::cli::EXIT_CODES`]); errors bubble up as exit code 2.
+
+use crate::cli::{Cli, Command, CompareArgs, DemoArgs, JoinArgs, ReportArgs, RunArgs, ShowArgs};
+use crate::config::RunConfig;
+use crate::record::{read_records, rewrite_records};
+use crate::run::{execute, write_outputs, RunOutcome};
+use anyhow::Context;
+use clap::Parser;
+use std::io::Write;
+use std::path::Path;
+
+/// Runs a parsed command line; returns the exit code.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    raise_open_file_limit();
+    match cli.command {
+        Command::Run(args) => run(*args).await,
+        Command::Demo(args) => demo(args).await,
+        Command::Sim(args) => crate::sim::run_until_ctrl_c(*args).await.map(|()| 0),
+        Command::Selfcheck(args) => crate::selfcheck::selfcheck(args).await,
+        Command::Collect(args) => crate::trace::collect_until_ctrl_c(&args.trace, &args.out)
+            .await
+            .map(|()| 0),
+        Command::Join(args) => join(args).await,
+        Command::Show(args) => show(args),
+        Command::Report(args) => report(args),
+        Command::Compare(args) => compare(args),
+    }
+}
+
+/// Prints to stdout; a closed pipe (`| head`) is not an error.
+fn print(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let config = RunConfig::from_args(&args)?;
+    let command_line = command_line();
+    let outcome = execute(config, command_line).await?;
+    Ok(finish(&outcome))
+}
+
+/// Prints the summary table and where the files are; returns the exit code.
+fn finish(outcome: &RunOutcome) -> i32 {
+    print(&crate::report::console::render(&outcome.summary));
+    print(&format!(
+        "results: {}  (report: {})\n",
+        outcome.run_dir.display(),
+        outcome.run_dir.join("report.html").display()
+    ));
+    if outcome.too_many_errors && !outcome.interrupted {
+        eprintln!("failed requests are above --max-error-rate: exit code 1");
+    }
+    outcome.exit_code()
+}
+
+/// The command line as typed, with secrets masked, for `run.json`.
+fn command_line() -> String {
+    let mut masked = Vec::new();
+    let mut hide_next = false;
+    for arg in std::env::args() {
+        if hide_next {
+            masked.push("***".to_string());
+            hide_next = false;
+        } else if arg == "--api-key" || arg == "-H" || arg == "--header" {
+            masked.push(arg);
+            hide_next = true;
+        } else if arg.starts_with("--api-key=") {
+            masked.push("--api-key=***".to_string());
+        } else {
+            masked.push(arg);
+        }
+    }
+    masked
+        .iter()
+        .map(|a| {
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "'\"$`\\{}".contains(c)) {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            } else {
+                a.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A free port on 127.0.0.1 (bound, then released for the caller to use).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `tracebench demo`: the simulator in-process, tracing into our own receiver.
+async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
+    let (grpc, http) = (free_port()?, free_port()?);
+    let sim = crate::sim::spawn(crate::sim::SimArgs {
+        port: 0,
+        max_num_seqs: 16,
+        otlp_endpoint: Some(format!("grpc://127.0.0.1:{grpc}")),
+        span_delay_ms: 500,
+        ..Default::default()
+    })
+    .await
+    .context("starting the built-in simulator")?;
+    eprintln!(
+        "demo: simulator at {} (16 batch slots), OTLP receiver on 127.0.0.1:{grpc}",
+        sim.url()
+    );
+    let mut argv: Vec<String> = [
+        "tracebench",
+        "run",
+        "--url",
+        &sim.url(),
+        "--requests",
+        &args.requests.to_string(),
+        "--concurrency",
+        &args.concurrency.to_string(),
+        "--input-tokens",
+        "256:64",
+        "--output-tokens",
+        "64:16",
+        "--ignore-eos",
+        "--slo",
+        "ttft:500ms,tpot:50ms",
+        "--otlp-grpc",
+        &format!("127.0.0.1:{grpc}"),
+        "--otlp-http",
+        &format!("127.0.0.1:{http}"),
+        "--span-wait",
+        "10s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    argv.extend([
+        "--out".into(),
+        args.out.display().to_string(),
+        "--db".into(),
+        args.db.display().to_string(),
+    ]);
+    if args.no_tui {
+        argv.push("--no-tui".into());
+    }
+    let Command::Run(run_args) = Cli::try_parse_from(&argv)?.command else {
+        unreachable!("the demo builds a run command")
+    };
+    let config = RunConfig::from_args(&run_args)?;
+    let outcome = execute(config, argv.join(" ")).await;
+    sim.shutdown().await?;
+    Ok(finish(&outcome?))
+}
+
+/// `tracebench join`: join again, then summarise again (keeping telemetry).
+async fn join(args: JoinArgs) -> anyhow::Result<i32> {
+    let report = crate::trace::join_run_dir(&args.run_dir, &args.trace).await?;
+    let records = read_records(&args.run_dir.join("requests.jsonl"))?;
+    let summary = resummarize(&args.run_dir, &records)?;
+    rewrite_records(&args.run_dir.join("requests.jsonl"), &records)?;
+    write_outputs(&args.run_dir, &records, &summary)?;
+    crate::report::html::write_report(&args.run_dir)?;
+    print(&format!(
+        "joined {} requests, {} without a span, {} duplicate spans, {} unrelated spans\n",
+        report.joined, report.missing, report.duplicates, report.unrelated_spans
+    ));
+    print(&crate::report::console::render(&summary));
+    Ok(0)
+}
+
+/// A summary recomputed from records, keeping what only the run knew
+/// (telemetry summaries, SLOs, partial flag) from the old `summary.json`.
+fn resummarize(
+    run_dir: &Path,
+    records: &[crate::record::RequestRecord],
+) -> anyhow::Result<crate::analysis::Summary> {
+    let old: Option<crate::analysis::Summary> = std::fs::read(run_dir.join("summary.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let run_id = records
+        .first()
+        .map(|r| r.run_id.clone())
+        .unwrap_or_default();
+    let slo = old
+        .as_ref()
+        .and_then(|o| o.goodput.as_ref())
+        .map(|g| g.slo.clone())
+        .unwrap_or_default();
+    let partial = old.as_ref().is_some_and(|o| o.partial);
+    let mut summary = crate::analysis::summarize(&run_id, records, &slo, partial);
+    if let Some(old) = old {
+        summary.gpu = old.gpu;
+        summary.server_metrics = old.server_metrics;
+    }
+    Ok(summary)
+}
+
+fn show(args: ShowArgs) -> anyhow::Result<i32> {
+    print(&crate::trace::show_request(
+        &args.run_dir,
+        &args.request_id,
+    )?);
+    Ok(0)
+}
+
+fn report(args: ReportArgs) -> anyhow::Result<i32> {
+    let path = crate::report::html::write_report(&args.run_dir)?;
+    if let Some(db) = &args.db {
+        crate::report::sqlite::import_run_dir(db, &args.run_dir)?;
+        print(&format!("recorded in {}\n", db.display()));
+    }
+    print(&format!("{}\n", path.display()));
+    Ok(0)
+}
+
+fn compare(args: CompareArgs) -> anyhow::Result<i32> {
+    print(&crate::report::compare::compare(&args.runs)?);
+    Ok(0)
+}
+
+/// Many concurrent streams need many sockets: lift the soft open-file limit to the hard one.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
