@@ -1,0 +1,77 @@
+//! A concurrent run through the library: 64 requests, 8 in flight, against the
+//! built-in simulator, with the same dispatch loop `tracebench run` uses, then
+//! the summary's TTFT percentiles.
+//!
+//! cargo run --example concurrent_run
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tracebench::analysis::{summarize, Slo};
+use tracebench::client::{Client, ClientOptions};
+use tracebench::clock::RunClock;
+use tracebench::record::{CountSource, Endpoint};
+use tracebench::run::{Dispatcher, PhaseRequests};
+use tracebench::schedule::Schedule;
+use tracebench::workload::{BodyOptions, Item, Prompt};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let sim = tracebench::sim::spawn(tracebench::sim::SimArgs { port: 0, ..Default::default() }).await?;
+    let body = BodyOptions {
+        endpoint: Endpoint::Chat,
+        model: "tracebench-sim".into(),
+        stream: true,
+        ignore_eos: true,
+        temperature: None,
+        extra_body: None,
+    };
+    let requests: Vec<_> = (0..64)
+        .map(|i| {
+            let item = Item {
+                prompt: Prompt::Text(format!("prompt number {i} with a few words")),
+                input_tokens: None,
+                input_tokens_source: CountSource::Usage,
+                max_tokens: Some(24),
+            };
+            body.prepare(i, "example", false, &item)
+        })
+        .collect();
+    let client = Client::new(
+        ClientOptions {
+            base_url: sim.url(),
+            endpoint: Endpoint::Chat,
+            model: "tracebench-sim".into(),
+            stream: true,
+            headers: Default::default(),
+            trace_header: true,
+            first_byte_timeout: std::time::Duration::from_secs(30),
+            request_timeout: std::time::Duration::from_secs(60),
+            run_id: "example".into(),
+        },
+        RunClock::start(),
+    )?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let dispatcher = Dispatcher {
+        client,
+        schedule: Schedule::Closed { concurrency: 8 },
+        seed: 0,
+        stop: CancellationToken::new(),
+        cancel: CancellationToken::new(),
+        records: tx,
+        in_flight: Arc::new(AtomicU64::new(0)),
+    };
+    dispatcher.run_phase(PhaseRequests::Ready(requests.into_iter()), None).await;
+    drop(dispatcher);
+    let mut records = Vec::new();
+    while let Some(record) = rx.recv().await {
+        records.push(record);
+    }
+    let summary = summarize("example", &records, &Slo::default(), false);
+    let ttft = &summary.metrics["ttft_ms"];
+    println!(
+        "{} requests at {:.1} req/s; TTFT p50 {:.1} ms, p99 {:.1} ms",
+        summary.requests.ok, summary.request_throughput, ttft.p50, ttft.p99
+    );
+    sim.shutdown().await
+}
