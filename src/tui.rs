@@ -41,7 +41,8 @@ pub fn run_dashboard(
 ) -> std::io::Result<DashboardExit> {
     install_restoring_panic_hook();
     let _restore = TerminalGuard::enter()?;
-    let mut terminal: DefaultTerminal = Terminal::new(ratatui::backend::CrosstermBackend::new(stdout()))?;
+    let mut terminal: DefaultTerminal =
+        Terminal::new(ratatui::backend::CrosstermBackend::new(stdout()))?;
     terminal.clear()?;
     loop {
         let finished = snapshots.has_changed().is_err();
@@ -108,7 +109,11 @@ fn install_restoring_panic_hook() {
 
 /// Draws the whole dashboard for one snapshot.
 pub fn draw_dashboard(frame: &mut Frame, snapshot: &LiveSnapshot, title: &str) {
-    let gauge_rows = if snapshot.gauges.is_empty() { 3 } else { snapshot.gauges.len().min(6) as u16 + 2 };
+    let gauge_rows = if snapshot.gauges.is_empty() {
+        3
+    } else {
+        snapshot.gauges.len().min(6) as u16 + 2
+    };
     let [progress, middle, throughput, telemetry, errors, help] = Layout::vertical([
         Constraint::Length(4),
         Constraint::Length(7),
@@ -171,7 +176,10 @@ fn draw_progress(frame: &mut Frame, area: Rect, s: &LiveSnapshot, title: &str) {
     let (ratio, label) = match s.total {
         Some(total) if total > 0 => {
             let ratio = (s.done as f64 / total as f64).clamp(0.0, 1.0);
-            (ratio, format!("{}/{} ({:.0}%)", s.done, total, ratio * 100.0))
+            (
+                ratio,
+                format!("{}/{} ({:.0}%)", s.done, total, ratio * 100.0),
+            )
         }
         _ => (0.0, format!("{} done", s.done)),
     };
@@ -183,9 +191,17 @@ fn draw_progress(frame: &mut Frame, area: Rect, s: &LiveSnapshot, title: &str) {
             .use_unicode(true),
         bar,
     );
-    let tokens_per_s = if s.elapsed_s > 0.0 { s.output_tokens as f64 / s.elapsed_s } else { 0.0 };
+    let tokens_per_s = if s.elapsed_s > 0.0 {
+        s.output_tokens as f64 / s.elapsed_s
+    } else {
+        0.0
+    };
     let eta = s.eta_s().map(duration_text).unwrap_or_else(|| "–".into());
-    let failed_style = if s.failed > 0 { Style::new().fg(Color::Red) } else { Style::new() };
+    let failed_style = if s.failed > 0 {
+        Style::new().fg(Color::Red)
+    } else {
+        Style::new()
+    };
     frame.render_widget(
         Paragraph::new(Line::from(vec![
             Span::raw(format!("done {}", s.done)),
@@ -195,8 +211,15 @@ fn draw_progress(frame: &mut Frame, area: Rect, s: &LiveSnapshot, title: &str) {
                 " · total {}",
                 s.total.map(|t| t.to_string()).unwrap_or_else(|| "–".into())
             )),
-            Span::raw(format!(" · {:.1} req/s · {:.0} tok/s", s.rate(), tokens_per_s)),
-            Span::raw(format!(" · elapsed {} · ETA {eta}", duration_text(s.elapsed_s))),
+            Span::raw(format!(
+                " · {:.1} req/s · {:.0} tok/s",
+                s.rate(),
+                tokens_per_s
+            )),
+            Span::raw(format!(
+                " · elapsed {} · ETA {eta}",
+                duration_text(s.elapsed_s)
+            )),
         ])),
         text,
     );
@@ -207,7 +230,12 @@ fn draw_latency(frame: &mut Frame, area: Rect, s: &LiveSnapshot) {
         let cells = if p.count == 0 {
             vec!["–".to_string(); 4]
         } else {
-            vec![ms_text(p.p50), ms_text(p.p90), ms_text(p.p99), ms_text(p.max)]
+            vec![
+                ms_text(p.p50),
+                ms_text(p.p90),
+                ms_text(p.p99),
+                ms_text(p.max),
+            ]
         };
         let mut all = vec![name.to_string(), p.count.to_string()];
         all.extend(cells);
@@ -266,7 +294,11 @@ fn draw_phases(frame: &mut Frame, area: Rect, phases: Option<&PhaseMeans>) {
         let share = if total > 0.0 { ms / total } else { 0.0 };
         let cells = (share * bar_width).round() as usize;
         Line::from(vec![
-            Span::raw(format!("{name:<8}{:>9} ms {:>4.0}% ", ms_text(*ms), share * 100.0)),
+            Span::raw(format!(
+                "{name:<8}{:>9} ms {:>4.0}% ",
+                ms_text(*ms),
+                share * 100.0
+            )),
             Span::styled("█".repeat(cells), Style::new().fg(*color)),
         ])
     })
@@ -280,7 +312,13 @@ fn sparkline_data(values: impl Iterator<Item = f64>, width: u16) -> Vec<u64> {
     let tail = &values[values.len().saturating_sub(width as usize)..];
     let max = tail.iter().copied().fold(0.0f64, f64::max);
     tail.iter()
-        .map(|v| if max > 0.0 { (v.max(0.0) / max * 1000.0).round() as u64 } else { 0 })
+        .map(|v| {
+            if max > 0.0 {
+                (v.max(0.0) / max * 1000.0).round() as u64
+            } else {
+                0
+            }
+        })
         .collect()
 }
 
@@ -307,7 +345,10 @@ fn draw_throughput(frame: &mut Frame, area: Rect, s: &LiveSnapshot) {
     }
     let data = sparkline_data(complete.iter().map(|t| t.output_tokens as f64), inner.width);
     frame.render_widget(
-        Sparkline::default().data(data).max(1000).style(Style::new().fg(Color::Cyan)),
+        Sparkline::default()
+            .data(data)
+            .max(1000)
+            .style(Style::new().fg(Color::Cyan)),
         inner,
     );
 }
@@ -324,18 +365,29 @@ fn draw_gauges(frame: &mut Frame, area: Rect, gauges: &[Gauge]) {
         );
         return;
     }
-    let rows = Layout::vertical(vec![Constraint::Length(1); gauges.len().min(inner.height as usize)])
-        .split(inner);
+    let rows = Layout::vertical(vec![
+        Constraint::Length(1);
+        gauges.len().min(inner.height as usize)
+    ])
+    .split(inner);
     for (gauge, row) in gauges.iter().zip(rows.iter()) {
         let [label, history] =
             Layout::horizontal([Constraint::Length(34), Constraint::Min(1)]).areas(*row);
         frame.render_widget(
-            Paragraph::new(format!("{:<20}{:>9} {}", gauge.name, ms_text(gauge.value), gauge.unit)),
+            Paragraph::new(format!(
+                "{:<20}{:>9} {}",
+                gauge.name,
+                ms_text(gauge.value),
+                gauge.unit
+            )),
             label,
         );
         let data = sparkline_data(gauge.history.iter().copied(), history.width);
         frame.render_widget(
-            Sparkline::default().data(data).max(1000).style(Style::new().fg(Color::Magenta)),
+            Sparkline::default()
+                .data(data)
+                .max(1000)
+                .style(Style::new().fg(Color::Magenta)),
             history,
         );
     }

@@ -9,16 +9,21 @@ use std::process::Command;
 use view_support::{write_run_folder, SyntheticRun};
 
 fn chromium_installed() -> bool {
-    ["chromium", "chromium-browser", "google-chrome-stable", "google-chrome"]
-        .iter()
-        .any(|name| {
-            Command::new("sh")
-                .arg("-c")
-                .arg(format!("command -v {name}"))
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-        })
+    [
+        "chromium",
+        "chromium-browser",
+        "google-chrome-stable",
+        "google-chrome",
+    ]
+    .iter()
+    .any(|name| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {name}"))
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    })
 }
 
 fn check_report(run_dir: &Path) -> (bool, String) {
@@ -75,7 +80,11 @@ fn report_renders_in_a_real_browser() {
     let png = run_dir.join("report.png");
     let bytes = std::fs::read(&png).expect("screenshot written");
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "screenshot is a PNG");
-    assert!(bytes.len() > 50_000, "screenshot suspiciously small: {} bytes", bytes.len());
+    assert!(
+        bytes.len() > 50_000,
+        "screenshot suspiciously small: {} bytes",
+        bytes.len()
+    );
 }
 
 #[test]

@@ -68,7 +68,9 @@ fn fill(db: &Path, root: &Path) -> Vec<Written> {
             for record in &records {
                 writer.record(record);
             }
-            writer.finish(&dir, &records, &summary).expect("finish history");
+            writer
+                .finish(&dir, &records, &summary)
+                .expect("finish history");
         } else {
             import_run_dir(db, &dir).expect("import run folder");
         }
@@ -98,7 +100,11 @@ fn documented_queries_answer_from_the_records() {
     let queries = documented_queries();
     assert_eq!(
         queries.keys().cloned().collect::<Vec<_>>(),
-        ["p95_ttft_per_model_per_day", "queue_share_by_concurrency", "sla_per_day"],
+        [
+            "p95_ttft_per_model_per_day",
+            "queue_share_by_concurrency",
+            "sla_per_day"
+        ],
         "the docs' named queries changed; update this test"
     );
 
@@ -116,16 +122,34 @@ fn documented_queries_answer_from_the_records() {
     }
     let mut statement = conn.prepare(&queries["sla_per_day"]).unwrap();
     let rows: Vec<(String, i64, i64, f64, f64)> = statement
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)))
+        .query_map([], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            ))
+        })
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(rows.len(), 3, "three days: {rows:?}");
     for (day, requests, met, pct, goodput) in &rows {
         let (want_requests, want_met, duration) = expected[day];
-        assert_eq!((*requests, *met), (want_requests as i64, want_met as i64), "day {day}");
-        assert!(close(*pct, 100.0 * want_met as f64 / want_requests as f64), "day {day}");
-        assert!(close(*goodput, want_met as f64 / duration), "day {day}: {goodput}");
+        assert_eq!(
+            (*requests, *met),
+            (want_requests as i64, want_met as i64),
+            "day {day}"
+        );
+        assert!(
+            close(*pct, 100.0 * want_met as f64 / want_requests as f64),
+            "day {day}"
+        );
+        assert!(
+            close(*goodput, want_met as f64 / duration),
+            "day {day}: {goodput}"
+        );
     }
     assert!(
         rows.iter().any(|r| r.2 < r.1),
@@ -137,30 +161,44 @@ fn documented_queries_answer_from_the_records() {
     for w in &written {
         for r in measured(w).filter(|r| r.ok()) {
             if let Some(t) = r.ttft_ms {
-                ttfts.entry((day_of(&w.run), r.model.clone())).or_default().push(t);
+                ttfts
+                    .entry((day_of(&w.run), r.model.clone()))
+                    .or_default()
+                    .push(t);
             }
         }
     }
-    let mut statement = conn.prepare(&queries["p95_ttft_per_model_per_day"]).unwrap();
+    let mut statement = conn
+        .prepare(&queries["p95_ttft_per_model_per_day"])
+        .unwrap();
     let rows: Vec<(String, String, f64, i64)> = statement
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
+        .query_map([], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(rows.len(), ttfts.len(), "{rows:?}");
     for (day, model, p95, n) in rows {
-        let values = ttfts.get_mut(&(day.clone(), model.clone())).expect("known group");
+        let values = ttfts
+            .get_mut(&(day.clone(), model.clone()))
+            .expect("known group");
         values.sort_by(|a, b| a.total_cmp(b));
         let rank = (0.95 * values.len() as f64).ceil() as usize;
         assert_eq!(n as usize, values.len());
-        assert!(close(p95, values[rank - 1]), "{day} {model}: {p95} vs {}", values[rank - 1]);
+        assert!(
+            close(p95, values[rank - 1]),
+            "{day} {model}: {p95} vs {}",
+            values[rank - 1]
+        );
     }
 
     // Queue share of TTFT by concurrency.
     let mut shares: BTreeMap<u64, (u64, f64, f64, f64)> = BTreeMap::new();
     for w in &written {
         for r in measured(w).filter(|r| r.ok()) {
-            let (Some(q), Some(t)) = (r.decomposition.as_ref().and_then(|d| d.queue_ms), r.ttft_ms) else {
+            let (Some(q), Some(t)) = (r.decomposition.as_ref().and_then(|d| d.queue_ms), r.ttft_ms)
+            else {
                 continue;
             };
             let entry = shares.entry(w.run.concurrency).or_default();
@@ -170,20 +208,30 @@ fn documented_queries_answer_from_the_records() {
             entry.3 += t;
         }
     }
-    let mut statement = conn.prepare(&queries["queue_share_by_concurrency"]).unwrap();
+    let mut statement = conn
+        .prepare(&queries["queue_share_by_concurrency"])
+        .unwrap();
     let rows: Vec<(i64, i64, f64, f64)> = statement
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
+        .query_map([], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), vec![4, 8, 16, 32]);
+    assert_eq!(
+        rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![4, 8, 16, 32]
+    );
     for (concurrency, n, mean_share, share) in &rows {
         let (want_n, sum_share, queue, ttft) = shares[&(*concurrency as u64)];
         assert_eq!(*n, want_n as i64);
         assert!(close(*mean_share, sum_share / want_n as f64));
         assert!(close(*share, queue / ttft));
     }
-    assert!(rows[3].3 > rows[0].3, "queue share grows with concurrency in this data: {rows:?}");
+    assert!(
+        rows[3].3 > rows[0].3,
+        "queue share grows with concurrency in this data: {rows:?}"
+    );
 }
 
 #[test]
@@ -198,13 +246,27 @@ fn every_file_of_a_run_lands_in_its_table() {
     import_run_dir(&db, &dir).unwrap();
     let conn = Connection::open(&db).unwrap();
     let count = |sql: &str| -> i64 { conn.query_row(sql, [], |row| row.get(0)).unwrap() };
-    let lines = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap().lines().count() as i64;
+    let lines = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .unwrap()
+            .lines()
+            .count() as i64
+    };
     assert_eq!(count("SELECT COUNT(*) FROM runs"), 1);
     assert_eq!(count("SELECT COUNT(*) FROM requests"), records.len() as i64);
     assert_eq!(count("SELECT COUNT(*) FROM spans"), lines("spans.jsonl"));
-    assert_eq!(count("SELECT COUNT(*) FROM telemetry"), lines("telemetry.jsonl"));
-    assert_eq!(count("SELECT COUNT(*) FROM server_metrics"), lines("server_metrics.jsonl"));
-    assert_eq!(count("SELECT COUNT(*) FROM telemetry WHERE gap IS NOT NULL"), 1);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM telemetry"),
+        lines("telemetry.jsonl")
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM server_metrics"),
+        lines("server_metrics.jsonl")
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM telemetry WHERE gap IS NOT NULL"),
+        1
+    );
     assert_eq!(
         count("SELECT COUNT(*) FROM requests WHERE error_kind IS NOT NULL"),
         records.iter().filter(|r| !r.ok()).count() as i64
@@ -222,8 +284,14 @@ fn every_file_of_a_run_lands_in_its_table() {
         .unwrap();
     let server = joined.server.as_ref().unwrap();
     assert_eq!(queue, server.queue_ms.unwrap());
-    assert_eq!(network, joined.decomposition.as_ref().unwrap().network_ms.unwrap());
-    assert_eq!(serde_json::from_str::<Vec<f64>>(&itl).unwrap(), joined.itl_chunk_ms);
+    assert_eq!(
+        network,
+        joined.decomposition.as_ref().unwrap().network_ms.unwrap()
+    );
+    assert_eq!(
+        serde_json::from_str::<Vec<f64>>(&itl).unwrap(),
+        joined.itl_chunk_ms
+    );
     assert_eq!(span_name, "llm_request");
     let (stored, model, finished): (String, String, i64) = conn
         .query_row("SELECT summary, model, finished FROM runs", [], |row| {
@@ -248,10 +316,15 @@ fn unreadable_lines_are_reported_once_and_the_rest_is_stored() {
     let run_json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("run.json")).unwrap()).unwrap();
     let writer = HistoryWriter::open(&db, "run-torn", &run_json).unwrap();
-    let err = writer.finish(&dir, &records, &summary).unwrap_err().to_string();
+    let err = writer
+        .finish(&dir, &records, &summary)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("spans.jsonl:"), "{err}");
     let conn = Connection::open(&db).unwrap();
-    let stored: i64 = conn.query_row("SELECT COUNT(*) FROM spans", [], |r| r.get(0)).unwrap();
+    let stored: i64 = conn
+        .query_row("SELECT COUNT(*) FROM spans", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(stored, good_spans);
 }
 
@@ -260,7 +333,9 @@ fn a_database_that_cannot_be_opened_is_an_error_not_a_panic() {
     let tmp = tempfile::tempdir().unwrap();
     let not_a_db = tmp.path().join("file.db");
     std::fs::write(&not_a_db, vec![b'x'; 4096]).unwrap();
-    let err = HistoryWriter::open(&not_a_db, "r", &serde_json::json!({})).err().expect("must fail");
+    let err = HistoryWriter::open(&not_a_db, "r", &serde_json::json!({}))
+        .err()
+        .expect("must fail");
     assert!(format!("{err:#}").contains("file.db"), "{err:#}");
     // A folder that is not a run folder.
     let err = import_run_dir(&tmp.path().join("h.db"), tmp.path()).unwrap_err();

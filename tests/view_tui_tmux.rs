@@ -32,11 +32,27 @@ fn dashboard_harness() {
                 in_flight: 4,
                 total: Some(1000),
                 elapsed_s: step as f64 / 10.0,
-                ttft: LivePercentiles { count: step, p50: 42.0, p90: 80.0, p99: 120.0, max: 150.0 },
+                ttft: LivePercentiles {
+                    count: step,
+                    p50: 42.0,
+                    p90: 80.0,
+                    p99: 120.0,
+                    max: 150.0,
+                },
                 timeline: (0..=step / 10)
-                    .map(|second| Tick { second, completed: 10, output_tokens: 640, in_flight: 4 })
+                    .map(|second| Tick {
+                        second,
+                        completed: 10,
+                        output_tokens: 640,
+                        in_flight: 4,
+                    })
                     .collect(),
-                phases: Some(PhaseMeans { spans: step, queue_ms: 25.0, prefill_ms: 15.0, decode_ms: 60.0 }),
+                phases: Some(PhaseMeans {
+                    spans: step,
+                    queue_ms: 25.0,
+                    prefill_ms: 15.0,
+                    decode_ms: 60.0,
+                }),
                 recent_errors: vec![format!("req-{step} stream: reset")],
                 ..LiveSnapshot::default()
             };
@@ -82,8 +98,24 @@ fn start(socket: &str, mode: &str, dir: &Path) -> std::path::PathBuf {
         out.display(),
         exe.display()
     );
-    tmux(socket, &["new-session", "-d", "-s", "dash", "-x", "110", "-y", "34", &command]);
-    tmux(socket, &["set-option", "-t", "dash", "remain-on-exit", "on"]);
+    tmux(
+        socket,
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            "dash",
+            "-x",
+            "110",
+            "-y",
+            "34",
+            &command,
+        ],
+    );
+    tmux(
+        socket,
+        &["set-option", "-t", "dash", "remain-on-exit", "on"],
+    );
     out
 }
 
@@ -92,13 +124,19 @@ fn outcome(path: &Path) -> String {
 }
 
 fn tmux_installed() -> bool {
-    Command::new("tmux").arg("-V").output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new("tmux")
+        .arg("-V")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 #[test]
 fn dashboard_in_tmux() {
     if !tmux_installed() {
-        eprintln!("\n\n*** SKIPPED dashboard_in_tmux: tmux is not installed (apt-get install tmux) ***\n");
+        eprintln!(
+            "\n\n*** SKIPPED dashboard_in_tmux: tmux is not installed (apt-get install tmux) ***\n"
+        );
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -108,7 +146,11 @@ fn dashboard_in_tmux() {
         ("quit", Some("Escape"), "UserQuit"),
         ("finish", None, "Finished"),
     ] {
-        let socket = format!("tracebench-test-{}-{mode}-{}", std::process::id(), key.unwrap_or("none"));
+        let socket = format!(
+            "tracebench-test-{}-{mode}-{}",
+            std::process::id(),
+            key.unwrap_or("none")
+        );
         let case_dir = tmp.path().join(&socket);
         std::fs::create_dir_all(&case_dir).unwrap();
         let out = start(&socket, mode, &case_dir);
@@ -118,24 +160,57 @@ fn dashboard_in_tmux() {
             screen.contains("tmux dashboard check") && screen.contains("mean of")
         });
         if drawn {
-            for expected_text in ["/1000", "in flight 4", "TTFT", "42.0", "120", "queue", "prefill", "Recent errors", "Ctrl-C"] {
-                assert!(screen.contains(expected_text), "{mode}/{key:?}: missing {expected_text:?} on screen:\n{screen}");
+            for expected_text in [
+                "/1000",
+                "in flight 4",
+                "TTFT",
+                "42.0",
+                "120",
+                "queue",
+                "prefill",
+                "Recent errors",
+                "Ctrl-C",
+            ] {
+                assert!(
+                    screen.contains(expected_text),
+                    "{mode}/{key:?}: missing {expected_text:?} on screen:\n{screen}"
+                );
             }
-            assert_eq!(tmux(&socket, &["display-message", "-p", "-t", "dash", "#{alternate_on}"]).trim(), "1",
-                "the dashboard draws on the alternate screen");
+            assert_eq!(
+                tmux(
+                    &socket,
+                    &["display-message", "-p", "-t", "dash", "#{alternate_on}"]
+                )
+                .trim(),
+                "1",
+                "the dashboard draws on the alternate screen"
+            );
         }
         if let Some(key) = key {
             tmux(&socket, &["send-keys", "-t", "dash", key]);
         }
         let ended = wait_for(|| !outcome(&out).is_empty());
         let final_screen = tmux(&socket, &["capture-pane", "-p", "-t", "dash"]);
-        let alternate = tmux(&socket, &["display-message", "-p", "-t", "dash", "#{alternate_on}"]);
+        let alternate = tmux(
+            &socket,
+            &["display-message", "-p", "-t", "dash", "#{alternate_on}"],
+        );
         tmux(&socket, &["kill-server"]);
         assert!(drawn, "{mode}/{key:?}: dashboard never drew:\n{screen}");
-        assert!(ended, "{mode}/{key:?}: dashboard did not end:\n{final_screen}");
+        assert!(
+            ended,
+            "{mode}/{key:?}: dashboard did not end:\n{final_screen}"
+        );
         assert_eq!(outcome(&out), expected, "{mode}/{key:?}");
         // Back on the normal screen, where the harness's own output is visible again.
-        assert!(final_screen.contains("running 1 test"), "{mode}/{key:?}:\n{final_screen}");
-        assert_eq!(alternate.trim(), "0", "{mode}/{key:?}: still on the alternate screen:\n{final_screen}");
+        assert!(
+            final_screen.contains("running 1 test"),
+            "{mode}/{key:?}:\n{final_screen}"
+        );
+        assert_eq!(
+            alternate.trim(),
+            "0",
+            "{mode}/{key:?}: still on the alternate screen:\n{final_screen}"
+        );
     }
 }

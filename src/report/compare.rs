@@ -59,8 +59,8 @@ fn read_run(path: &Path) -> anyhow::Result<ComparedRun> {
             format!("cannot read {}", file.display())
         }
     })?;
-    let mut values: Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not JSON", file.display()))?;
+    let mut values: Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
     if !values.is_object() {
         bail!("{} is not a result object", file.display());
     }
@@ -172,7 +172,13 @@ pub fn compare(paths: &[PathBuf]) -> anyhow::Result<String> {
         table.push(row);
     }
     let widths: Vec<usize> = (0..table[0].len())
-        .map(|c| table.iter().map(|row| row[c].chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            table
+                .iter()
+                .map(|row| row[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     for (r, row) in table.iter().enumerate() {
         let line: Vec<String> = row
@@ -189,7 +195,11 @@ pub fn compare(paths: &[PathBuf]) -> anyhow::Result<String> {
             .collect();
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
         if r == 0 {
-            let _ = writeln!(out, "{}", "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1)));
+            let _ = writeln!(
+                out,
+                "{}",
+                "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1))
+            );
         }
     }
     out.push_str("\nDeltas are against [1]. Lower is better for latencies and errors, higher for throughput.\n");
@@ -229,8 +239,14 @@ mod tests {
 
     #[test]
     fn best_respects_direction_and_ties() {
-        assert_eq!(best_of(&[Some(3.0), Some(1.0), Some(2.0)], Better::Lower), "[2]");
-        assert_eq!(best_of(&[Some(3.0), Some(1.0), Some(2.0)], Better::Higher), "[1]");
+        assert_eq!(
+            best_of(&[Some(3.0), Some(1.0), Some(2.0)], Better::Lower),
+            "[2]"
+        );
+        assert_eq!(
+            best_of(&[Some(3.0), Some(1.0), Some(2.0)], Better::Higher),
+            "[1]"
+        );
         assert_eq!(best_of(&[Some(1.0), Some(1.0)], Better::Lower), "=");
         assert_eq!(best_of(&[Some(1.0), None], Better::Lower), "–");
     }

@@ -113,10 +113,10 @@ impl RunFolder {
 /// flattened vLLM-spelled keys repeat some field names (`request_throughput`,
 /// `output_throughput`, ...), which a direct typed parse refuses as duplicates.
 pub fn read_summary(path: &Path) -> anyhow::Result<Summary> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let value: Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not JSON", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let value: Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
     serde_json::from_value(value)
         .with_context(|| format!("{} is not a tracebench summary", path.display()))
 }
@@ -148,7 +148,10 @@ pub fn for_each_jsonl<T: DeserializeOwned>(
             Ok(value) => each(index + 1, value)?,
             Err(e) => {
                 if skipped == 0 {
-                    problems.push(format!("{name}:{}: skipped unreadable line ({e})", index + 1));
+                    problems.push(format!(
+                        "{name}:{}: skipped unreadable line ({e})",
+                        index + 1
+                    ));
                 }
                 skipped += 1;
             }
@@ -217,7 +220,9 @@ pub fn render_report(folder: &RunFolder) -> String {
     page.push_str(
         "<footer><span id=\"tracebench-check\" data-verdict=\"pending\">report self-check: pending</span></footer>",
     );
-    let _ = write!(page, "</main><script>{CHECK_SCRIPT}</script></body></html>\n");
+    page.push_str("</main><script>");
+    page.push_str(CHECK_SCRIPT);
+    page.push_str("</script></body></html>\n");
     page
 }
 
@@ -313,9 +318,17 @@ fn section_headline(page: &mut String, folder: &RunFolder) {
             "Span join".into(),
             format!("{:.1}%", j.rate * 100.0),
             if missing.is_empty() {
-                format!("{} of {} requests got their server span", j.joined, j.requests)
+                format!(
+                    "{} of {} requests got their server span",
+                    j.joined, j.requests
+                )
             } else {
-                format!("{} of {} joined; missing: {}", j.joined, j.requests, missing.join(", "))
+                format!(
+                    "{} of {} joined; missing: {}",
+                    j.joined,
+                    j.requests,
+                    missing.join(", ")
+                )
             },
         ));
     }
@@ -443,15 +456,18 @@ fn section_summary(page: &mut String, summary: &Summary) {
 fn section_distributions(page: &mut String, records: &[RequestRecord]) {
     page.push_str("<h2>Latency distributions (CDF)</h2><div class=\"grid\">");
     let ok: Vec<&RequestRecord> = records.iter().filter(|r| !r.warmup && r.ok()).collect();
-    type Pick = fn(&RequestRecord) -> Vec<f64>;
-    let charts: [(&str, &str, [(&str, Pick); 2]); 4] = [
+    let charts: [CdfChart; 4] = [
         (
             "cdf-ttft",
             "TTFT",
             [
                 ("client", |r| r.ttft_ms.into_iter().collect()),
                 ("server", |r| {
-                    r.server.as_ref().and_then(|s| s.ttft_ms).into_iter().collect()
+                    r.server
+                        .as_ref()
+                        .and_then(|s| s.ttft_ms)
+                        .into_iter()
+                        .collect()
                 }),
             ],
         ),
@@ -466,7 +482,10 @@ fn section_distributions(page: &mut String, records: &[RequestRecord]) {
         (
             "cdf-tpot",
             "TPOT",
-            [("client", |r| r.tpot_ms.into_iter().collect()), ("", |_| Vec::new())],
+            [
+                ("client", |r| r.tpot_ms.into_iter().collect()),
+                ("", |_| Vec::new()),
+            ],
         ),
         (
             "cdf-e2e",
@@ -474,7 +493,11 @@ fn section_distributions(page: &mut String, records: &[RequestRecord]) {
             [
                 ("client", |r| r.e2e_ms.into_iter().collect()),
                 ("server", |r| {
-                    r.server.as_ref().and_then(|s| s.e2e_ms).into_iter().collect()
+                    r.server
+                        .as_ref()
+                        .and_then(|s| s.e2e_ms)
+                        .into_iter()
+                        .collect()
                 }),
             ],
         ),
@@ -517,6 +540,11 @@ fn section_distributions(page: &mut String, records: &[RequestRecord]) {
     page.push_str("</div>");
 }
 
+/// The values of one CDF curve taken from a record.
+type CurveValues = fn(&RequestRecord) -> Vec<f64>;
+/// Chart id, title, and up to two labelled curves.
+type CdfChart = (&'static str, &'static str, [(&'static str, CurveValues); 2]);
+
 /// Up to [`CDF_POINTS`] (value, fraction ≤ value) points of sorted values.
 fn cdf_points(sorted: &[f64]) -> Vec<(f64, f64)> {
     let n = sorted.len();
@@ -544,15 +572,42 @@ struct Phase {
     color: &'static str,
 }
 
-const PHASE_LAG: Phase = Phase { name: "schedule lag", color: "#b0b7c3" };
-const PHASE_NETWORK: Phase = Phase { name: "network", color: "#8e7cc3" };
-const PHASE_FRONTEND: Phase = Phase { name: "frontend", color: "#f6b26b" };
-const PHASE_QUEUE: Phase = Phase { name: "queue", color: "#e06666" };
-const PHASE_PREFILL: Phase = Phase { name: "prefill", color: "#3d85c6" };
-const PHASE_DECODE: Phase = Phase { name: "decode", color: "#6aa84f" };
-const PHASE_WAIT: Phase = Phase { name: "wait for first token", color: "#76a5af" };
-const PHASE_STREAM: Phase = Phase { name: "streaming", color: "#93c47d" };
-const PHASE_FAILED: Phase = Phase { name: "failed", color: "#990000" };
+const PHASE_LAG: Phase = Phase {
+    name: "schedule lag",
+    color: "#b0b7c3",
+};
+const PHASE_NETWORK: Phase = Phase {
+    name: "network",
+    color: "#8e7cc3",
+};
+const PHASE_FRONTEND: Phase = Phase {
+    name: "frontend",
+    color: "#f6b26b",
+};
+const PHASE_QUEUE: Phase = Phase {
+    name: "queue",
+    color: "#e06666",
+};
+const PHASE_PREFILL: Phase = Phase {
+    name: "prefill",
+    color: "#3d85c6",
+};
+const PHASE_DECODE: Phase = Phase {
+    name: "decode",
+    color: "#6aa84f",
+};
+const PHASE_WAIT: Phase = Phase {
+    name: "wait for first token",
+    color: "#76a5af",
+};
+const PHASE_STREAM: Phase = Phase {
+    name: "streaming",
+    color: "#93c47d",
+};
+const PHASE_FAILED: Phase = Phase {
+    name: "failed",
+    color: "#990000",
+};
 
 /// The phases of one request laid end to end from its intended start, in ms.
 fn bar_phases(r: &RequestRecord) -> Vec<(Phase, f64)> {
@@ -636,9 +691,21 @@ fn section_timeline(page: &mut String, records: &[RequestRecord]) {
         "No server spans were joined, so each successful request's time to first token shows \
          the client phases only: schedule lag and wait for first token."
     };
-    let _ = write!(page, "<p class=\"note\">{}{}</p>", esc(text), esc(&sampling));
+    let _ = write!(
+        page,
+        "<p class=\"note\">{}{}</p>",
+        esc(text),
+        esc(&sampling)
+    );
     let legend: Vec<Phase> = if with_server {
-        vec![PHASE_LAG, PHASE_NETWORK, PHASE_FRONTEND, PHASE_QUEUE, PHASE_PREFILL, PHASE_WAIT]
+        vec![
+            PHASE_LAG,
+            PHASE_NETWORK,
+            PHASE_FRONTEND,
+            PHASE_QUEUE,
+            PHASE_PREFILL,
+            PHASE_WAIT,
+        ]
     } else {
         vec![PHASE_LAG, PHASE_WAIT]
     };
@@ -646,7 +713,13 @@ fn section_timeline(page: &mut String, records: &[RequestRecord]) {
     if ok_rows.is_empty() {
         page.push_str("<p class=\"note\">No successful requests.</p>");
     } else {
-        request_bars(page, "ttft-breakdown", &ok_rows, BarLayout::TtftAligned, "ms since intended start");
+        request_bars(
+            page,
+            "ttft-breakdown",
+            &ok_rows,
+            BarLayout::TtftAligned,
+            "ms since intended start",
+        );
     }
 
     page.push_str("<h2>Every request over time</h2>");
@@ -656,7 +729,12 @@ fn section_timeline(page: &mut String, records: &[RequestRecord]) {
     } else {
         "One bar per request on the run's clock, in the order sent: schedule lag, wait for first token, streaming."
     };
-    let _ = write!(page, "<p class=\"note\">{}{}</p>", esc(text), esc(&sampling));
+    let _ = write!(
+        page,
+        "<p class=\"note\">{}{}</p>",
+        esc(text),
+        esc(&sampling)
+    );
     let legend: Vec<Phase> = if with_server {
         vec![
             PHASE_LAG,
@@ -673,11 +751,23 @@ fn section_timeline(page: &mut String, records: &[RequestRecord]) {
         vec![PHASE_LAG, PHASE_WAIT, PHASE_STREAM, PHASE_FAILED]
     };
     legend_html(page, legend.iter().map(|p| (p.name, p.color)));
-    request_bars(page, "timeline", &rows, BarLayout::OverTime, "seconds since run start");
+    request_bars(
+        page,
+        "timeline",
+        &rows,
+        BarLayout::OverTime,
+        "seconds since run start",
+    );
 }
 
 /// One horizontal bar per request, top to bottom in the given order.
-fn request_bars(page: &mut String, id: &str, rows: &[&RequestRecord], layout: BarLayout, x_label: &str) {
+fn request_bars(
+    page: &mut String,
+    id: &str,
+    rows: &[&RequestRecord],
+    layout: BarLayout,
+    x_label: &str,
+) {
     let phases_of = |r: &RequestRecord| -> Vec<(Phase, f64)> {
         let phases = bar_phases(r);
         match layout {
@@ -689,18 +779,22 @@ fn request_bars(page: &mut String, id: &str, rows: &[&RequestRecord], layout: Ba
         }
     };
     // Bar start and the unit of the x axis (seconds over time, ms when aligned).
-    let (unit, start_of): (f64, Box<dyn Fn(&RequestRecord) -> f64>) = match layout {
-        BarLayout::OverTime => (
-            1e3,
-            Box::new(|r: &RequestRecord| r.instants_ns.intended.min(r.instants_ns.sent) as f64 / 1e9),
-        ),
-        BarLayout::TtftAligned => (1.0, Box::new(|_: &RequestRecord| 0.0)),
+    let unit = match layout {
+        BarLayout::OverTime => 1e3,
+        BarLayout::TtftAligned => 1.0,
+    };
+    let start_of = |r: &RequestRecord| match layout {
+        BarLayout::OverTime => r.instants_ns.intended.min(r.instants_ns.sent) as f64 / 1e9,
+        BarLayout::TtftAligned => 0.0,
     };
     let ends = rows
         .iter()
         .map(|r| start_of(r) + phases_of(r).iter().map(|(_, v)| v).sum::<f64>() / unit);
     let end = ends.fold(0.0f64, f64::max);
-    let start = rows.iter().map(|r| start_of(r)).fold(f64::INFINITY, f64::min);
+    let start = rows
+        .iter()
+        .map(|r| start_of(r))
+        .fold(f64::INFINITY, f64::min);
     let x = Scale::new(start.min(end), end.max(start + 1e-3));
     let (width, left, right, top, bottom) = (1120.0, 64.0, 16.0, 8.0, 36.0);
     let plot_h = (rows.len() as f64 * 10.0).clamp(120.0, 720.0);
@@ -715,7 +809,11 @@ fn request_bars(page: &mut String, id: &str, rows: &[&RequestRecord], layout: Ba
         let y = top + i as f64 * row_h + (row_h - bar_h) / 2.0;
         let mut t = start_of(r);
         let phases = phases_of(r);
-        let _ = write!(body, "<g><title>{}</title>", esc(&bar_tooltip(r, &bar_phases(r))));
+        let _ = write!(
+            body,
+            "<g><title>{}</title>",
+            esc(&bar_tooltip(r, &bar_phases(r)))
+        );
         for (phase, ms) in phases {
             if ms <= 0.0 {
                 continue;
@@ -767,7 +865,12 @@ fn bar_tooltip(r: &RequestRecord, phases: &[(Phase, f64)]) -> String {
         text.push_str(" (warm-up)");
     }
     if let Some(e) = &r.error {
-        let _ = write!(text, "\nerror {}: {}", e.kind.as_str(), truncate(&e.message, 200));
+        let _ = write!(
+            text,
+            "\nerror {}: {}",
+            e.kind.as_str(),
+            truncate(&e.message, 200)
+        );
     }
     if let Some(v) = r.ttft_ms {
         let _ = write!(text, "\nTTFT {} ms", num(v));
@@ -808,10 +911,25 @@ fn section_over_time(page: &mut String, records: &[RequestRecord]) {
         );
     }
     page.push_str("<div class=\"grid\">");
-    let charts: [(&str, &str, &str, &Vec<(f64, f64)>); 3] = [
-        ("throughput-tokens", "Output tokens/s", "tokens/s", &series.tokens_per_s),
-        ("throughput-requests", "Completed requests/s", "requests/s", &series.requests_per_s),
-        ("in-flight", "Requests in flight", "requests (mean)", &series.in_flight),
+    let charts: [(&str, &str, &str, &Points); 3] = [
+        (
+            "throughput-tokens",
+            "Output tokens/s",
+            "tokens/s",
+            &series.tokens_per_s,
+        ),
+        (
+            "throughput-requests",
+            "Completed requests/s",
+            "requests/s",
+            &series.requests_per_s,
+        ),
+        (
+            "in-flight",
+            "Requests in flight",
+            "requests (mean)",
+            &series.in_flight,
+        ),
     ];
     for (i, (id, title, y_label, points)) in charts.into_iter().enumerate() {
         let _ = write!(page, "<div class=\"chart\"><h3>{title}</h3>");
@@ -834,16 +952,24 @@ fn section_over_time(page: &mut String, records: &[RequestRecord]) {
     page.push_str("</div>");
 }
 
+/// (x, y) points of one line.
+type Points = Vec<(f64, f64)>;
+
 /// Per-bucket rates over the run.
 struct TimeBuckets {
     bucket_s: f64,
-    tokens_per_s: Vec<(f64, f64)>,
-    requests_per_s: Vec<(f64, f64)>,
-    in_flight: Vec<(f64, f64)>,
+    tokens_per_s: Points,
+    requests_per_s: Points,
+    in_flight: Points,
 }
 
 fn time_buckets(measured: &[&RequestRecord]) -> Option<TimeBuckets> {
-    let end_ns = |r: &RequestRecord| r.instants_ns.end.or(r.instants_ns.last_token).unwrap_or(r.instants_ns.sent);
+    let end_ns = |r: &RequestRecord| {
+        r.instants_ns
+            .end
+            .or(r.instants_ns.last_token)
+            .unwrap_or(r.instants_ns.sent)
+    };
     let last_ns = measured.iter().map(|r| end_ns(r)).max()?;
     let span_s = last_ns as f64 / 1e9;
     let bucket_s = (span_s / MAX_TIME_BUCKETS as f64).ceil().max(1.0);
@@ -866,7 +992,12 @@ fn time_buckets(measured: &[&RequestRecord]) -> Option<TimeBuckets> {
         }
     }
     let at = |k: usize| (k as f64 + 0.5) * bucket_s;
-    let per_s = |v: &[f64]| v.iter().enumerate().map(|(k, v)| (at(k), v / bucket_s)).collect();
+    let per_s = |v: &[f64]| {
+        v.iter()
+            .enumerate()
+            .map(|(k, v)| (at(k), v / bucket_s))
+            .collect()
+    };
     Some(TimeBuckets {
         bucket_s,
         tokens_per_s: per_s(&tokens),
@@ -883,13 +1014,15 @@ fn sample_series(
     key: impl Fn(&Value) -> String,
     field: &str,
     scale: f64,
-) -> BTreeMap<String, Vec<(f64, f64)>> {
-    let mut out: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+) -> BTreeMap<String, Points> {
+    let mut out: BTreeMap<String, Points> = BTreeMap::new();
     for sample in samples.iter().filter(|s| s.get("gap").is_none()) {
         let (Some(t), Some(v)) = (sample["t_ns"].as_f64(), sample[field].as_f64()) else {
             continue;
         };
-        out.entry(key(sample)).or_default().push((t / 1e9, v * scale));
+        out.entry(key(sample))
+            .or_default()
+            .push((t / 1e9, v * scale));
     }
     for points in out.values_mut() {
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -902,7 +1035,10 @@ fn gap_note(samples: &[Value]) -> Option<String> {
     let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
     for sample in samples {
         if let Some(reason) = sample.get("gap") {
-            let reason = reason.as_str().map(str::to_string).unwrap_or_else(|| reason.to_string());
+            let reason = reason
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| reason.to_string());
             *reasons.entry(reason).or_default() += 1;
         }
     }
@@ -912,8 +1048,16 @@ fn gap_note(samples: &[Value]) -> Option<String> {
     })
 }
 
+/// Chart id, title, y label, and named lines.
+type SeriesChart = (
+    &'static str,
+    &'static str,
+    &'static str,
+    BTreeMap<String, Points>,
+);
+
 /// One chart per metric; each map entry becomes a line.
-fn series_charts(page: &mut String, charts: &[(&str, &str, &str, BTreeMap<String, Vec<(f64, f64)>>)]) {
+fn series_charts(page: &mut String, charts: &[SeriesChart]) {
     page.push_str("<div class=\"grid\">");
     for (id, title, y_label, lines) in charts {
         if lines.is_empty() {
@@ -967,7 +1111,12 @@ fn section_server_metrics(page: &mut String, samples: &[Value]) {
     }
     let kv = sample_series(samples, |_| "KV cache".into(), "kv_cache_usage", 100.0);
     let charts = [
-        ("server-queue", "Running and waiting requests", "requests", queue_lines),
+        (
+            "server-queue",
+            "Running and waiting requests",
+            "requests",
+            queue_lines,
+        ),
         ("server-kv", "KV cache usage", "%", kv),
     ];
     if charts.iter().all(|c| c.3.is_empty()) {
@@ -987,7 +1136,10 @@ fn section_gpu(page: &mut String, samples: &[Value]) {
     }
     let gpu_name = |s: &Value| {
         let host = s["host"].as_str().unwrap_or("");
-        let gpu = s["gpu"].as_str().map(str::to_string).unwrap_or_else(|| s["gpu"].to_string());
+        let gpu = s["gpu"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| s["gpu"].to_string());
         if host.is_empty() {
             format!("GPU {gpu}")
         } else {
@@ -995,9 +1147,24 @@ fn section_gpu(page: &mut String, samples: &[Value]) {
         }
     };
     let charts = [
-        ("gpu-memory", "GPU memory used", "MiB", sample_series(samples, gpu_name, "memory_used_mib", 1.0)),
-        ("gpu-util", "GPU utilisation", "%", sample_series(samples, gpu_name, "gpu_util_pct", 1.0)),
-        ("gpu-power", "GPU power", "W", sample_series(samples, gpu_name, "power_w", 1.0)),
+        (
+            "gpu-memory",
+            "GPU memory used",
+            "MiB",
+            sample_series(samples, gpu_name, "memory_used_mib", 1.0),
+        ),
+        (
+            "gpu-util",
+            "GPU utilisation",
+            "%",
+            sample_series(samples, gpu_name, "gpu_util_pct", 1.0),
+        ),
+        (
+            "gpu-power",
+            "GPU power",
+            "W",
+            sample_series(samples, gpu_name, "power_w", 1.0),
+        ),
     ];
     if charts.iter().all(|c| c.3.is_empty()) {
         page.push_str("<p class=\"note\">No usable GPU samples.</p>");
@@ -1017,7 +1184,8 @@ fn section_slowest(page: &mut String, records: &[RequestRecord]) {
     type Key = fn(&RequestRecord) -> Option<f64>;
     let tables: [(&str, Key); 2] = [("by TTFT", |r| r.ttft_ms), ("by E2E", |r| r.e2e_ms)];
     for (title, key) in tables {
-        let mut sorted: Vec<&RequestRecord> = ok.iter().copied().filter(|r| key(r).is_some()).collect();
+        let mut sorted: Vec<&RequestRecord> =
+            ok.iter().copied().filter(|r| key(r).is_some()).collect();
         sorted.sort_by(|a, b| key(b).unwrap_or(0.0).total_cmp(&key(a).unwrap_or(0.0)));
         let _ = write!(
             page,
@@ -1049,27 +1217,36 @@ fn section_slowest(page: &mut String, records: &[RequestRecord]) {
         }
         page.push_str("</tbody></table></div>");
     }
-    page.push_str("</div><p class=\"note\">Times in ms; queue and prefill from the server's span.</p>");
+    page.push_str(
+        "</div><p class=\"note\">Times in ms; queue and prefill from the server's span.</p>",
+    );
+}
+
+/// Failed requests of one kind: how many, their HTTP statuses, a few messages.
+#[derive(Default)]
+struct ErrorGroup {
+    count: u64,
+    statuses: BTreeMap<u16, u64>,
+    examples: Vec<String>,
 }
 
 fn section_errors(page: &mut String, records: &[RequestRecord]) {
     page.push_str("<h2>Errors</h2>");
-    let mut kinds: BTreeMap<crate::record::ErrorKind, (u64, BTreeMap<u16, u64>, Vec<String>)> =
-        BTreeMap::new();
+    let mut kinds: BTreeMap<crate::record::ErrorKind, ErrorGroup> = BTreeMap::new();
     for r in records.iter().filter(|r| !r.warmup) {
         let Some(error) = &r.error else { continue };
         let entry = kinds.entry(error.kind).or_default();
-        entry.0 += 1;
+        entry.count += 1;
         if let Some(status) = error.status {
-            *entry.1.entry(status).or_default() += 1;
+            *entry.statuses.entry(status).or_default() += 1;
         }
         let mut example = error.message.clone();
         if let Some(body) = &error.body_excerpt {
             let _ = write!(example, " — {body}");
         }
         let example = truncate(&example, 300);
-        if entry.2.len() < ERROR_EXAMPLES && !entry.2.contains(&example) {
-            entry.2.push(example);
+        if entry.examples.len() < ERROR_EXAMPLES && !entry.examples.contains(&example) {
+            entry.examples.push(example);
         }
     }
     if kinds.is_empty() {
@@ -1079,9 +1256,18 @@ fn section_errors(page: &mut String, records: &[RequestRecord]) {
     page.push_str(
         "<table><thead><tr><th>kind</th><th>count</th><th>HTTP status</th><th>example messages</th></tr></thead><tbody>",
     );
-    for (kind, (count, statuses, examples)) in kinds {
-        let statuses: Vec<String> = statuses.iter().map(|(s, n)| format!("{s} ×{n}")).collect();
-        let examples: Vec<String> = examples.iter().map(|e| format!("<li>{}</li>", esc(e))).collect();
+    for (kind, group) in kinds {
+        let count = group.count;
+        let statuses: Vec<String> = group
+            .statuses
+            .iter()
+            .map(|(s, n)| format!("{s} ×{n}"))
+            .collect();
+        let examples: Vec<String> = group
+            .examples
+            .iter()
+            .map(|e| format!("<li>{}</li>", esc(e)))
+            .collect();
         let _ = write!(
             page,
             "<tr><td>{}</td><td>{count}</td><td>{}</td><td><ul>{}</ul></td></tr>",
@@ -1116,10 +1302,17 @@ fn section_setup(page: &mut String, run: &Value) {
     };
     let models: Vec<String> = run["server"]["models"]["data"]
         .as_array()
-        .map(|data| data.iter().filter_map(|m| m["id"].as_str().map(str::to_string)).collect())
+        .map(|data| {
+            data.iter()
+                .filter_map(|m| m["id"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     let server_version = match &run["server"]["version"] {
-        Value::Object(o) => o.get("version").map(text).unwrap_or_else(|| Value::Object(o.clone()).to_string()),
+        Value::Object(o) => o
+            .get("version")
+            .map(text)
+            .unwrap_or_else(|| Value::Object(o.clone()).to_string()),
         other => text(other),
     };
     let rows = [
@@ -1130,7 +1323,14 @@ fn section_setup(page: &mut String, run: &Value) {
         ("partial", text(&run["partial"])),
         ("server URL", text(&run["server"]["url"])),
         ("server version", server_version),
-        ("server models", if models.is_empty() { "–".into() } else { models.join(", ") }),
+        (
+            "server models",
+            if models.is_empty() {
+                "–".into()
+            } else {
+                models.join(", ")
+            },
+        ),
         (
             "host",
             format!(
@@ -1152,7 +1352,12 @@ fn section_setup(page: &mut String, run: &Value) {
     ];
     page.push_str("<table class=\"kv\"><tbody>");
     for (key, value) in rows {
-        let _ = write!(page, "<tr><th>{}</th><td><code>{}</code></td></tr>", esc(key), esc(&value));
+        let _ = write!(
+            page,
+            "<tr><th>{}</th><td><code>{}</code></td></tr>",
+            esc(key),
+            esc(&value)
+        );
     }
     page.push_str("</tbody></table>");
     if let Some(notes) = run["notes"].as_array().filter(|n| !n.is_empty()) {
@@ -1204,7 +1409,10 @@ impl Scale {
         if max > min {
             Scale { min, max }
         } else {
-            Scale { min, max: min + 1.0 }
+            Scale {
+                min,
+                max: min + 1.0,
+            }
         }
     }
 
@@ -1259,7 +1467,15 @@ fn legend_html<'a>(page: &mut String, entries: impl Iterator<Item = (&'a str, &'
 }
 
 /// Writes the x axis (grid lines and labels) of a plot area.
-fn x_axis(body: &mut String, x: &Scale, left: f64, top: f64, plot_w: f64, plot_h: f64, label: &str) {
+fn x_axis(
+    body: &mut String,
+    x: &Scale,
+    left: f64,
+    top: f64,
+    plot_w: f64,
+    plot_h: f64,
+    label: &str,
+) {
     for t in x.ticks(8) {
         let px = left + x.at(t) * plot_w;
         let _ = write!(
@@ -1423,7 +1639,10 @@ mod tests {
 
     #[test]
     fn only_http_links_are_linked() {
-        assert_eq!(safe_url("http://jaeger:16686/trace/ab"), Some("http://jaeger:16686/trace/ab"));
+        assert_eq!(
+            safe_url("http://jaeger:16686/trace/ab"),
+            Some("http://jaeger:16686/trace/ab")
+        );
         assert_eq!(safe_url("HTTPS://x"), Some("HTTPS://x"));
         assert_eq!(safe_url("javascript:alert(1)"), None);
         assert_eq!(safe_url(" data:text/html,x"), None);
@@ -1444,7 +1663,9 @@ mod tests {
         let points = cdf_points(&sorted);
         assert_eq!(points.len(), CDF_POINTS + 1);
         assert_eq!(points.last().map(|p| p.1), Some(1.0));
-        assert!(points.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
+        assert!(points
+            .windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
         let few = cdf_points(&[1.0, 2.0]);
         assert_eq!(few, vec![(1.0, 0.5), (2.0, 1.0)]);
     }

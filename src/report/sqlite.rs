@@ -236,7 +236,12 @@ impl HistoryWriter {
     /// live writes is not reported when this final write succeeds (it rewrites
     /// every request row); unreadable lines of the run files are reported as an
     /// error after everything readable was stored.
-    pub fn finish(self, run_dir: &Path, records: &[RequestRecord], summary: &Summary) -> anyhow::Result<()> {
+    pub fn finish(
+        self,
+        run_dir: &Path,
+        records: &[RequestRecord],
+        summary: &Summary,
+    ) -> anyhow::Result<()> {
         let HistoryWriter {
             sender,
             thread,
@@ -249,7 +254,8 @@ impl HistoryWriter {
         let mut problems = Vec::new();
         let tx = conn.transaction()?;
         write_final(&tx, &run_id, run_dir, records, summary, &mut problems)?;
-        tx.commit().context("cannot commit the run to the history")?;
+        tx.commit()
+            .context("cannot commit the run to the history")?;
         problems_to_result(run_dir, problems)
     }
 }
@@ -293,7 +299,10 @@ fn write_live(
 pub fn import_run_dir(db: &Path, run_dir: &Path) -> anyhow::Result<()> {
     let folder = RunFolder::load(run_dir)?;
     if folder.run.is_null() {
-        bail!("{} has no readable run.json; cannot import it", run_dir.display());
+        bail!(
+            "{} has no readable run.json; cannot import it",
+            run_dir.display()
+        );
     }
     let summary = match read_summary(&run_dir.join("summary.json")) {
         Ok(summary) => summary,
@@ -310,7 +319,14 @@ pub fn import_run_dir(db: &Path, run_dir: &Path) -> anyhow::Result<()> {
     let tx = conn.transaction()?;
     delete_run(&tx, &run_id)?;
     insert_run(&tx, &run_id, &folder.run)?;
-    write_final(&tx, &run_id, run_dir, &folder.records, &summary, &mut problems)?;
+    write_final(
+        &tx,
+        &run_id,
+        run_dir,
+        &folder.records,
+        &summary,
+        &mut problems,
+    )?;
     tx.commit()
         .with_context(|| format!("cannot commit {} to {}", run_id, db.display()))?;
     problems_to_result(run_dir, problems)
@@ -346,11 +362,15 @@ fn unix_ns_to_rfc3339(ns: Option<u64>) -> Option<String> {
 fn insert_run(tx: &Transaction, run_id: &str, run: &Value) -> anyhow::Result<()> {
     let text = |v: &Value| v.as_str().map(str::to_string);
     let started = run["started_unix_ns"].as_u64();
-    let model = text(&run["config"]["model"]).or_else(|| text(&run["server"]["models"]["data"][0]["id"]));
+    let model =
+        text(&run["config"]["model"]).or_else(|| text(&run["server"]["models"]["data"][0]["id"]));
     let url = text(&run["server"]["url"]).or_else(|| text(&run["config"]["url"]));
     let server_version = match &run["server"]["version"] {
         Value::Null => None,
-        Value::Object(o) => o.get("version").and_then(text).or_else(|| Some(Value::Object(o.clone()).to_string())),
+        Value::Object(o) => o
+            .get("version")
+            .and_then(text)
+            .or_else(|| Some(Value::Object(o.clone()).to_string())),
         other => Some(other.to_string()),
     };
     tx.execute(
@@ -396,7 +416,10 @@ fn write_final(
     load_spans(tx, run_id, &run_dir.join("spans.jsonl"), problems)?;
     load_telemetry(tx, run_id, &run_dir.join("telemetry.jsonl"), problems)?;
     load_server_metrics(tx, run_id, &run_dir.join("server_metrics.jsonl"), problems)?;
-    let first_model = records.iter().find(|r| !r.model.is_empty()).map(|r| r.model.clone());
+    let first_model = records
+        .iter()
+        .find(|r| !r.model.is_empty())
+        .map(|r| r.model.clone());
     let ended = std::fs::read_to_string(run_dir.join("run.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<Value>(&t).ok())
@@ -451,73 +474,85 @@ fn insert_request(tx: &Transaction, r: &RequestRecord) -> anyhow::Result<()> {
         None => (None, None, None),
     };
     let i = &r.instants_ns;
-    statement.execute(rusqlite::params_from_iter::<Vec<Box<dyn rusqlite::ToSql>>>(vec![
-        Box::new(r.run_id.clone()),
-        Box::new(r.request_id.clone()),
-        Box::new(int(Some(r.index))),
-        Box::new(r.warmup),
-        Box::new(serde_name(&r.endpoint)),
-        Box::new(r.model.clone()),
-        Box::new(r.stream),
-        Box::new(r.trace_id.clone()),
-        Box::new(r.span_id.clone()),
-        Box::new(int(r.max_tokens)),
-        Box::new(int(r.input_tokens)),
-        Box::new(r.input_tokens_source.as_ref().and_then(serde_name)),
-        Box::new(int(r.output_tokens)),
-        Box::new(r.output_tokens_source.as_ref().and_then(serde_name)),
-        Box::new(r.status),
-        Box::new(r.response_id.clone()),
-        Box::new(r.finish_reason.clone()),
-        Box::new(error.map(|e| e.kind.as_str())),
-        Box::new(error.map(|e| e.message.clone())),
-        Box::new(error.and_then(|e| e.status)),
-        Box::new(error.and_then(|e| e.body_excerpt.clone())),
-        Box::new(int(Some(r.sent_unix_ns))),
-        Box::new(int(Some(i.intended))),
-        Box::new(int(Some(i.sent))),
-        Box::new(int(i.headers)),
-        Box::new(int(i.first_byte)),
-        Box::new(int(i.first_token)),
-        Box::new(int(i.last_token)),
-        Box::new(int(i.end)),
-        Box::new(r.ttft_ms),
-        Box::new(r.e2e_ms),
-        Box::new(r.e2e_end_ms),
-        Box::new(r.tpot_ms),
-        Box::new(r.schedule_lag_ms),
-        Box::new(int(Some(r.chunks))),
-        Box::new(serde_json::to_string(&r.itl_chunk_ms)?),
-        Box::new(r.itl_token_ms.as_ref().map(serde_json::to_string).transpose()?),
-        Box::new(server.map(|s| s.engine.clone())),
-        Box::new(server.map(|s| s.span_name.clone())),
-        Box::new(server.and_then(|s| s.service_name.clone())),
-        Box::new(server.map(|s| s.span_id.clone())),
-        Box::new(server.and_then(|s| s.queue_ms)),
-        Box::new(server.and_then(|s| s.prefill_ms)),
-        Box::new(server.and_then(|s| s.decode_ms)),
-        Box::new(server.and_then(|s| s.inference_ms)),
-        Box::new(server.and_then(|s| s.ttft_ms)),
-        Box::new(server.and_then(|s| s.e2e_ms)),
-        Box::new(int(server.and_then(|s| s.prompt_tokens))),
-        Box::new(int(server.and_then(|s| s.completion_tokens))),
-        Box::new(server.and_then(|s| s.request_id.clone())),
-        Box::new(int(server.map(|s| s.start_unix_ns))),
-        Box::new(int(server.map(|s| s.end_unix_ns))),
-        Box::new(server.map(|s| serde_json::to_string(&s.attributes)).transpose()?),
-        Box::new(r.server_missing_reason.clone()),
-        Box::new(d.and_then(|d| d.network_ms)),
-        Box::new(d.and_then(|d| d.frontend_ms)),
-        Box::new(d.and_then(|d| d.queue_ms)),
-        Box::new(d.and_then(|d| d.prefill_ms)),
-        Box::new(d.and_then(|d| d.arrival_delay_ms)),
-        Box::new(d.and_then(|d| d.stream_overhead_ms)),
-        Box::new(r.trace_url.clone()),
-        Box::new(gpu_peak),
-        Box::new(gpu_over_idle),
-        Box::new(gpu_unattributed),
-    ]))
-    .with_context(|| format!("cannot store request {}", r.request_id))?;
+    statement
+        .execute(rusqlite::params_from_iter::<Vec<Box<dyn rusqlite::ToSql>>>(
+            vec![
+                Box::new(r.run_id.clone()),
+                Box::new(r.request_id.clone()),
+                Box::new(int(Some(r.index))),
+                Box::new(r.warmup),
+                Box::new(serde_name(&r.endpoint)),
+                Box::new(r.model.clone()),
+                Box::new(r.stream),
+                Box::new(r.trace_id.clone()),
+                Box::new(r.span_id.clone()),
+                Box::new(int(r.max_tokens)),
+                Box::new(int(r.input_tokens)),
+                Box::new(r.input_tokens_source.as_ref().and_then(serde_name)),
+                Box::new(int(r.output_tokens)),
+                Box::new(r.output_tokens_source.as_ref().and_then(serde_name)),
+                Box::new(r.status),
+                Box::new(r.response_id.clone()),
+                Box::new(r.finish_reason.clone()),
+                Box::new(error.map(|e| e.kind.as_str())),
+                Box::new(error.map(|e| e.message.clone())),
+                Box::new(error.and_then(|e| e.status)),
+                Box::new(error.and_then(|e| e.body_excerpt.clone())),
+                Box::new(int(Some(r.sent_unix_ns))),
+                Box::new(int(Some(i.intended))),
+                Box::new(int(Some(i.sent))),
+                Box::new(int(i.headers)),
+                Box::new(int(i.first_byte)),
+                Box::new(int(i.first_token)),
+                Box::new(int(i.last_token)),
+                Box::new(int(i.end)),
+                Box::new(r.ttft_ms),
+                Box::new(r.e2e_ms),
+                Box::new(r.e2e_end_ms),
+                Box::new(r.tpot_ms),
+                Box::new(r.schedule_lag_ms),
+                Box::new(int(Some(r.chunks))),
+                Box::new(serde_json::to_string(&r.itl_chunk_ms)?),
+                Box::new(
+                    r.itl_token_ms
+                        .as_ref()
+                        .map(serde_json::to_string)
+                        .transpose()?,
+                ),
+                Box::new(server.map(|s| s.engine.clone())),
+                Box::new(server.map(|s| s.span_name.clone())),
+                Box::new(server.and_then(|s| s.service_name.clone())),
+                Box::new(server.map(|s| s.span_id.clone())),
+                Box::new(server.and_then(|s| s.queue_ms)),
+                Box::new(server.and_then(|s| s.prefill_ms)),
+                Box::new(server.and_then(|s| s.decode_ms)),
+                Box::new(server.and_then(|s| s.inference_ms)),
+                Box::new(server.and_then(|s| s.ttft_ms)),
+                Box::new(server.and_then(|s| s.e2e_ms)),
+                Box::new(int(server.and_then(|s| s.prompt_tokens))),
+                Box::new(int(server.and_then(|s| s.completion_tokens))),
+                Box::new(server.and_then(|s| s.request_id.clone())),
+                Box::new(int(server.map(|s| s.start_unix_ns))),
+                Box::new(int(server.map(|s| s.end_unix_ns))),
+                Box::new(
+                    server
+                        .map(|s| serde_json::to_string(&s.attributes))
+                        .transpose()?,
+                ),
+                Box::new(r.server_missing_reason.clone()),
+                Box::new(d.and_then(|d| d.network_ms)),
+                Box::new(d.and_then(|d| d.frontend_ms)),
+                Box::new(d.and_then(|d| d.queue_ms)),
+                Box::new(d.and_then(|d| d.prefill_ms)),
+                Box::new(d.and_then(|d| d.arrival_delay_ms)),
+                Box::new(d.and_then(|d| d.stream_overhead_ms)),
+                Box::new(r.trace_url.clone()),
+                Box::new(gpu_peak),
+                Box::new(gpu_over_idle),
+                Box::new(gpu_unattributed),
+            ],
+        ))
+        .with_context(|| format!("cannot store request {}", r.request_id))?;
     Ok(())
 }
 
@@ -536,7 +571,12 @@ fn otlp_nanos(v: &Value) -> Option<i64> {
     }
 }
 
-fn load_spans(tx: &Transaction, run_id: &str, path: &Path, problems: &mut Vec<String>) -> anyhow::Result<()> {
+fn load_spans(
+    tx: &Transaction,
+    run_id: &str,
+    path: &Path,
+    problems: &mut Vec<String>,
+) -> anyhow::Result<()> {
     let mut statement = tx.prepare(
         "INSERT INTO spans (run_id, trace_id, span_id, parent_span_id, name, service_name,
             start_unix_ns, end_unix_ns, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -547,7 +587,12 @@ fn load_spans(tx: &Transaction, run_id: &str, path: &Path, problems: &mut Vec<St
             .as_array()
             .and_then(|attrs| attrs.iter().find(|a| a["key"] == "service.name"))
             .and_then(|a| a["value"]["stringValue"].as_str());
-        let hex = |key: &str| span[key].as_str().filter(|s| !s.is_empty()).map(str::to_ascii_lowercase);
+        let hex = |key: &str| {
+            span[key]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_ascii_lowercase)
+        };
         statement.execute(params![
             run_id,
             hex("traceId"),
@@ -563,7 +608,12 @@ fn load_spans(tx: &Transaction, run_id: &str, path: &Path, problems: &mut Vec<St
     })
 }
 
-fn load_telemetry(tx: &Transaction, run_id: &str, path: &Path, problems: &mut Vec<String>) -> anyhow::Result<()> {
+fn load_telemetry(
+    tx: &Transaction,
+    run_id: &str,
+    path: &Path,
+    problems: &mut Vec<String>,
+) -> anyhow::Result<()> {
     let mut statement = tx.prepare(
         "INSERT INTO telemetry VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
     )?;
@@ -638,7 +688,8 @@ mod tests {
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
         drop(conn);
         let err = open_db(&path).unwrap_err().to_string();
         assert!(err.contains("schema version 2"), "{err}");
@@ -648,14 +699,21 @@ mod tests {
     fn a_file_that_is_not_a_database_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("not.db");
-        std::fs::write(&path, "this is a text file, not SQLite, and it is long enough").unwrap();
+        std::fs::write(
+            &path,
+            "this is a text file, not SQLite, and it is long enough",
+        )
+        .unwrap();
         let err = format!("{:#}", open_db(&path).unwrap_err());
         assert!(err.contains("not.db"), "{err}");
     }
 
     #[test]
     fn otlp_times_parse_from_strings_and_numbers() {
-        assert_eq!(otlp_nanos(&serde_json::json!("1795333865537596928")), Some(1795333865537596928));
+        assert_eq!(
+            otlp_nanos(&serde_json::json!("1795333865537596928")),
+            Some(1795333865537596928)
+        );
         assert_eq!(otlp_nanos(&serde_json::json!(12)), Some(12));
         assert_eq!(otlp_nanos(&serde_json::json!("x")), None);
     }

@@ -125,7 +125,12 @@ pub fn synthetic_records(run: &SyntheticRun) -> Vec<RequestRecord> {
                 tpot_ms: Some((last_token - first_token) as f64 / 1e6 / (output_tokens - 1) as f64),
                 schedule_lag_ms: (sent - intended) as f64 / 1e6,
                 chunks: output_tokens,
-                itl_chunk_ms: vec![(last_token - first_token) as f64 / 1e6 / (output_tokens - 1) as f64; output_tokens as usize - 1],
+                itl_chunk_ms: vec![
+                    (last_token - first_token) as f64
+                        / 1e6
+                        / (output_tokens - 1) as f64;
+                    output_tokens as usize - 1
+                ],
                 itl_token_ms: None,
                 server: None,
                 server_missing_reason: Some("no_span".into()),
@@ -139,7 +144,9 @@ pub fn synthetic_records(run: &SyntheticRun) -> Vec<RequestRecord> {
                         kind: ErrorKind::HttpStatus,
                         message: "HTTP 503 <script>window.__xss=1</script>".into(),
                         status: Some(503),
-                        body_excerpt: Some("{\"error\":\"<img src=x onerror=\\\"window.__xss=2\\\">\"}".into()),
+                        body_excerpt: Some(
+                            "{\"error\":\"<img src=x onerror=\\\"window.__xss=2\\\">\"}".into(),
+                        ),
                     }
                 } else {
                     RequestError {
@@ -232,8 +239,11 @@ pub fn write_run_folder(dir: &Path, run: &SyntheticRun) -> (Vec<RequestRecord>, 
                    "models": {"object": "list", "data": [{"id": run.model, "object": "model"}]}},
         "notes": ["synthetic run </pre><b>for tests</b>"],
     });
-    std::fs::write(dir.join("run.json"), serde_json::to_vec_pretty(&run_json).expect("run json"))
-        .expect("write run.json");
+    std::fs::write(
+        dir.join("run.json"),
+        serde_json::to_vec_pretty(&run_json).expect("run json"),
+    )
+    .expect("write run.json");
     let mut spans = String::new();
     for r in &records {
         let Some(server) = &r.server else { continue };
