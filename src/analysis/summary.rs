@@ -240,33 +240,14 @@ fn join_stats(measured: &[&RequestRecord]) -> Option<JoinStats> {
     })
 }
 
-/// Keys spelled as `vllm bench serve --save-result` spells them.
+/// Keys spelled as `vllm bench serve --save-result` spells them, beside the
+/// struct fields that already carry vLLM's names (throughputs, token totals).
 fn vllm_keys(summary: &Summary) -> BTreeMap<String, serde_json::Value> {
     let mut keys = BTreeMap::new();
     let number = |v: f64| serde_json::json!(v);
     keys.insert("completed".into(), serde_json::json!(summary.requests.ok));
     keys.insert("failed".into(), serde_json::json!(summary.requests.failed));
     keys.insert("duration".into(), number(summary.duration_s));
-    keys.insert(
-        "total_input_tokens".into(),
-        serde_json::json!(summary.total_input_tokens),
-    );
-    keys.insert(
-        "total_output_tokens".into(),
-        serde_json::json!(summary.total_output_tokens),
-    );
-    keys.insert(
-        "request_throughput".into(),
-        number(summary.request_throughput),
-    );
-    keys.insert(
-        "output_throughput".into(),
-        number(summary.output_throughput),
-    );
-    keys.insert(
-        "total_token_throughput".into(),
-        number(summary.total_token_throughput),
-    );
     for (ours, theirs) in [
         ("ttft_ms", "ttft"),
         ("tpot_ms", "tpot"),
