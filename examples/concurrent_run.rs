@@ -17,7 +17,11 @@ use tracebench::workload::{BodyOptions, Item, Prompt};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let sim = tracebench::sim::spawn(tracebench::sim::SimArgs { port: 0, ..Default::default() }).await?;
+    let sim = tracebench::sim::spawn(tracebench::sim::SimArgs {
+        port: 0,
+        ..Default::default()
+    })
+    .await?;
     let body = BodyOptions {
         endpoint: Endpoint::Chat,
         model: "tracebench-sim".into(),
@@ -61,7 +65,9 @@ async fn main() -> anyhow::Result<()> {
         records: tx,
         in_flight: Arc::new(AtomicU64::new(0)),
     };
-    dispatcher.run_phase(PhaseRequests::Ready(requests.into_iter()), None).await;
+    dispatcher
+        .run_phase(PhaseRequests::Ready(requests.into_iter()), None)
+        .await;
     drop(dispatcher);
     let mut records = Vec::new();
     while let Some(record) = rx.recv().await {

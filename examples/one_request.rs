@@ -12,7 +12,11 @@ use tracebench::workload::{BodyOptions, Item, Prompt};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let sim = tracebench::sim::spawn(tracebench::sim::SimArgs { port: 0, ..Default::default() }).await?;
+    let sim = tracebench::sim::spawn(tracebench::sim::SimArgs {
+        port: 0,
+        ..Default::default()
+    })
+    .await?;
     let body = BodyOptions {
         endpoint: Endpoint::Chat,
         model: "tracebench-sim".into(),
@@ -42,8 +46,13 @@ async fn main() -> anyhow::Result<()> {
         },
         RunClock::start(),
     )?;
-    let record = client.execute(&request, Instant::now(), &CancellationToken::new()).await;
-    println!("request {} (traceparent trace id {:?})", record.request_id, record.trace_id);
+    let record = client
+        .execute(&request, Instant::now(), &CancellationToken::new())
+        .await;
+    println!(
+        "request {} (traceparent trace id {:?})",
+        record.request_id, record.trace_id
+    );
     println!(
         "TTFT {:.2} ms, TPOT {:.2} ms, E2E {:.2} ms, {} output tokens ({:?}), {} chunks",
         record.ttft_ms.unwrap_or(f64::NAN),

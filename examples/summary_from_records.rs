@@ -16,7 +16,10 @@ fn main() -> anyhow::Result<()> {
         None => Slo::default(),
     };
     let records = read_records(std::path::Path::new(&path))?;
-    let run_id = records.first().map(|r| r.run_id.clone()).unwrap_or_default();
+    let run_id = records
+        .first()
+        .map(|r| r.run_id.clone())
+        .unwrap_or_default();
     let summary = summarize(&run_id, &records, &slo, false);
     print!("{}", tracebench::report::console::render(&summary));
     Ok(())

@@ -362,8 +362,9 @@ fn unix_ns_to_rfc3339(ns: Option<u64>) -> Option<String> {
 fn insert_run(tx: &Transaction, run_id: &str, run: &Value) -> anyhow::Result<()> {
     let text = |v: &Value| v.as_str().map(str::to_string);
     let started = run["started_unix_ns"].as_u64();
-    let model =
-        text(&run["config"]["model"]).or_else(|| text(&run["server"]["models"]["data"][0]["id"]));
+    let model = text(&run["model"])
+        .or_else(|| text(&run["config"]["model"]))
+        .or_else(|| text(&run["server"]["models"]["data"][0]["id"]));
     let url = text(&run["server"]["url"]).or_else(|| text(&run["config"]["url"]));
     let server_version = match &run["server"]["version"] {
         Value::Null => None,
