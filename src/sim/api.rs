@@ -142,9 +142,9 @@ fn byte_offset(body: &[u8], line: usize, column: usize) -> usize {
 
 /// Stable token ids for `/tokenize` (FNV-1a of the word).
 fn token_id(word: &str) -> u32 {
-    let hash = word
-        .bytes()
-        .fold(0x811c_9dc5u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193));
+    let hash = word.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    });
     hash % 32_000
 }
 
@@ -177,11 +177,16 @@ struct ContentPart {
 
 /// The words of a prompt or of a conversation's message contents: the
 /// simulator's tokenizer makes one token of each whitespace-separated word.
-fn prompt_words<'a>(prompt: Option<&'a Prompt>, messages: Option<&'a [Message]>) -> Result<Vec<&'a str>, ApiError> {
+fn prompt_words<'a>(
+    prompt: Option<&'a Prompt>,
+    messages: Option<&'a [Message]>,
+) -> Result<Vec<&'a str>, ApiError> {
     let mut words = Vec::new();
     match (prompt, messages) {
         (Some(Prompt::Text(text)), _) => words.extend(text.split_whitespace()),
-        (Some(Prompt::Texts(texts)), _) if texts.len() == 1 => words.extend(texts[0].split_whitespace()),
+        (Some(Prompt::Texts(texts)), _) if texts.len() == 1 => {
+            words.extend(texts[0].split_whitespace())
+        }
         (Some(Prompt::Texts(_)), _) => {
             return Err(ApiError::bad_request(
                 "the simulator serves one prompt per request".into(),
@@ -211,7 +216,10 @@ fn prompt_words<'a>(prompt: Option<&'a Prompt>, messages: Option<&'a [Message]>)
     Ok(words)
 }
 
-fn prompt_token_count(prompt: Option<&Prompt>, messages: Option<&[Message]>) -> Result<u32, ApiError> {
+fn prompt_token_count(
+    prompt: Option<&Prompt>,
+    messages: Option<&[Message]>,
+) -> Result<u32, ApiError> {
     match prompt {
         Some(Prompt::TokenIds(ids)) => Ok(ids.len() as u32),
         _ => Ok(prompt_words(prompt, messages)?.len() as u32),
@@ -268,7 +276,11 @@ fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
 }
 
 /// Output tokens for the request, validated and capped like vLLM does.
-fn output_tokens(state: &AppState, requested: Option<u64>, prompt_tokens: u32) -> Result<u32, ApiError> {
+fn output_tokens(
+    state: &AppState,
+    requested: Option<u64>,
+    prompt_tokens: u32,
+) -> Result<u32, ApiError> {
     let max_model_len = state.max_model_len;
     if let Some(asked) = requested {
         if asked > max_model_len as u64 {
@@ -294,29 +306,47 @@ fn output_tokens(state: &AppState, requested: Option<u64>, prompt_tokens: u32) -
     Ok(asked.min((max_model_len - prompt_tokens) as u64) as u32)
 }
 
-async fn chat_completions(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     create_completion(&state, Api::Chat, &headers, &body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn completions(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     create_completion(&state, Api::Completions, &headers, &body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn create_completion(state: &AppState, api: Api, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
+async fn create_completion(
+    state: &AppState,
+    api: Api,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
     let arrival = Instant::now();
     let request: CompletionRequest =
         serde_json::from_slice(body).map_err(|e| ApiError::invalid_body(&e, body))?;
     check_model(state, request.model.as_deref())?;
     let prompt_tokens = match api {
-        Api::Chat => prompt_token_count(None, Some(request.messages.as_deref().unwrap_or_default()))?,
+        Api::Chat => {
+            prompt_token_count(None, Some(request.messages.as_deref().unwrap_or_default()))?
+        }
         Api::Completions => prompt_token_count(request.prompt.as_ref(), None)?,
     };
     if request.n.is_some_and(|n| n != 1) {
-        return Err(ApiError::bad_request("the simulator serves n=1 only".into(), Some("n")));
+        return Err(ApiError::bad_request(
+            "the simulator serves n=1 only".into(),
+            Some("n"),
+        ));
     }
     let requested = match api {
         Api::Chat => request.max_completion_tokens.or(request.max_tokens),
@@ -606,12 +636,16 @@ async fn models(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn version() -> Response {
-    Json(serde_json::json!({ "version": concat!("tracebench-sim ", env!("CARGO_PKG_VERSION")) })).into_response()
+    Json(serde_json::json!({ "version": concat!("tracebench-sim ", env!("CARGO_PKG_VERSION")) }))
+        .into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=1.0.0; charset=utf-8",
+        )],
         state.response.metrics.render(),
     )
         .into_response()
@@ -632,9 +666,17 @@ mod tests {
         assert_eq!(prompt_token_count(None, Some(&messages)).ok(), Some(5));
         let prompt = Prompt::Text(" a\tb\nc ".into());
         assert_eq!(prompt_token_count(Some(&prompt), None).ok(), Some(3));
-        assert_eq!(prompt_token_count(Some(&Prompt::TokenIds(vec![1, 2])), None).ok(), Some(2));
-        assert_eq!(prompt_token_count(Some(&Prompt::Text(String::new())), None).ok(), Some(0));
-        assert!(prompt_token_count(Some(&Prompt::Texts(vec!["a".into(), "b".into()])), None).is_err());
+        assert_eq!(
+            prompt_token_count(Some(&Prompt::TokenIds(vec![1, 2])), None).ok(),
+            Some(2)
+        );
+        assert_eq!(
+            prompt_token_count(Some(&Prompt::Text(String::new())), None).ok(),
+            Some(0)
+        );
+        assert!(
+            prompt_token_count(Some(&Prompt::Texts(vec!["a".into(), "b".into()])), None).is_err()
+        );
         assert_eq!(token_id("word"), token_id("word"));
     }
 

@@ -55,7 +55,11 @@ pub(crate) struct EngineHandle {
 impl EngineHandle {
     /// Queues a request; its events arrive on the returned receiver. Dropping
     /// the receiver aborts the request. `None` when the engine has stopped.
-    pub fn submit(&self, prompt_tokens: u32, max_tokens: u32) -> Option<mpsc::UnboundedReceiver<EngineEvent>> {
+    pub fn submit(
+        &self,
+        prompt_tokens: u32,
+        max_tokens: u32,
+    ) -> Option<mpsc::UnboundedReceiver<EngineEvent>> {
         let (events, receiver) = mpsc::unbounded_channel();
         self.submissions
             .send(Submission {
@@ -70,7 +74,10 @@ impl EngineHandle {
 
 /// Starts the engine loop; it ends when every handle is dropped and the batch
 /// has drained.
-pub(crate) fn start(config: EngineConfig, metrics: Arc<Metrics>) -> (EngineHandle, tokio::task::JoinHandle<()>) {
+pub(crate) fn start(
+    config: EngineConfig,
+    metrics: Arc<Metrics>,
+) -> (EngineHandle, tokio::task::JoinHandle<()>) {
     let (submissions, receiver) = mpsc::unbounded_channel();
     let task = tokio::spawn(run_engine(config, receiver, metrics));
     (EngineHandle { submissions }, task)
@@ -120,11 +127,15 @@ impl Batch {
     fn admit(&mut self, now: Instant) {
         self.waiting.retain(|seq| !seq.events.is_closed());
         while self.running.len() < self.config.max_num_seqs {
-            let Some(next) = self.waiting.front() else { break };
+            let Some(next) = self.waiting.front() else {
+                break;
+            };
             if self.reserved_tokens + next.reserved_tokens() > self.config.kv_capacity_tokens {
                 break;
             }
-            let Some(seq) = self.waiting.pop_front() else { break };
+            let Some(seq) = self.waiting.pop_front() else {
+                break;
+            };
             if seq.events.send(EngineEvent::Scheduled(now)).is_ok() {
                 self.reserved_tokens += seq.reserved_tokens();
                 self.running.push(seq);
@@ -145,7 +156,11 @@ impl Batch {
             }
         }
         let mut prefill_tokens = 0u64;
-        for seq in self.running.iter_mut().filter(|s| s.prefilled < s.prompt_tokens) {
+        for seq in self
+            .running
+            .iter_mut()
+            .filter(|s| s.prefilled < s.prompt_tokens)
+        {
             let chunk = budget.min((seq.prompt_tokens - seq.prefilled) as u64);
             if chunk == 0 {
                 break;
@@ -156,7 +171,8 @@ impl Batch {
             seq.emits_this_step = seq.prefilled == seq.prompt_tokens;
         }
         let per_seq = self.config.decode_step_per_seq * self.running.len() as u32;
-        let prefill = Duration::from_secs_f64(prefill_tokens as f64 / self.config.prefill_tokens_per_s);
+        let prefill =
+            Duration::from_secs_f64(prefill_tokens as f64 / self.config.prefill_tokens_per_s);
         self.config.decode_step + per_seq + prefill
     }
 
@@ -190,7 +206,11 @@ impl Batch {
     }
 }
 
-async fn run_engine(config: EngineConfig, mut submissions: mpsc::UnboundedReceiver<Submission>, metrics: Arc<Metrics>) {
+async fn run_engine(
+    config: EngineConfig,
+    mut submissions: mpsc::UnboundedReceiver<Submission>,
+    metrics: Arc<Metrics>,
+) {
     let mut batch = Batch {
         config,
         waiting: VecDeque::new(),
@@ -250,7 +270,13 @@ pub(crate) struct PacedTokens {
 }
 
 impl PacedTokens {
-    pub fn new(arrival: Instant, ttft: Duration, itl: Duration, tokens: u32, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        arrival: Instant,
+        ttft: Duration,
+        itl: Duration,
+        tokens: u32,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let next_due = arrival + ttft;
         Self {
             arrival,
@@ -313,7 +339,9 @@ mod tests {
     }
 
     /// Drains a receiver: (scheduled, token instants).
-    async fn collect(mut events: mpsc::UnboundedReceiver<EngineEvent>) -> (Option<Instant>, Vec<Instant>) {
+    async fn collect(
+        mut events: mpsc::UnboundedReceiver<EngineEvent>,
+    ) -> (Option<Instant>, Vec<Instant>) {
         let mut scheduled = None;
         let mut tokens = Vec::new();
         while let Some(event) = events.recv().await {
@@ -335,7 +363,10 @@ mod tests {
         assert_eq!(scheduled, Some(start));
         assert_eq!(tokens.len(), 3);
         // Prefill step: 10 ms + 1 ms + 100 tokens at 10k/s = 21 ms; decode steps 11 ms.
-        let offsets: Vec<_> = tokens.iter().map(|t| t.duration_since(start).as_millis()).collect();
+        let offsets: Vec<_> = tokens
+            .iter()
+            .map(|t| t.duration_since(start).as_millis())
+            .collect();
         assert_eq!(offsets, [21, 32, 43]);
         drop(engine);
         task.await.expect("engine ends");
@@ -346,9 +377,13 @@ mod tests {
         let metrics = Arc::new(Metrics::new("m"));
         let (engine, _task) = start(config(2), metrics.clone());
         let start = Instant::now();
-        let receivers: Vec<_> = (0..3).map(|_| engine.submit(10, 4).expect("engine runs")).collect();
+        let receivers: Vec<_> = (0..3)
+            .map(|_| engine.submit(10, 4).expect("engine runs"))
+            .collect();
         tokio::time::sleep(Duration::from_millis(5)).await;
-        assert!(metrics.render().contains("vllm:num_requests_waiting{engine=\"0\",model_name=\"m\"} 1.0"));
+        assert!(metrics
+            .render()
+            .contains("vllm:num_requests_waiting{engine=\"0\",model_name=\"m\"} 1.0"));
         let mut results = Vec::new();
         for receiver in receivers {
             results.push(collect(receiver).await);
@@ -370,7 +405,9 @@ mod tests {
         let first = engine.submit(50, 50).expect("engine runs");
         let second = engine.submit(50, 50).expect("engine runs");
         tokio::time::sleep(Duration::from_millis(5)).await;
-        assert!(metrics.render().contains("vllm:num_requests_waiting{engine=\"0\",model_name=\"m\"} 1.0"));
+        assert!(metrics
+            .render()
+            .contains("vllm:num_requests_waiting{engine=\"0\",model_name=\"m\"} 1.0"));
         drop(first);
         let (scheduled, tokens) = collect(second).await;
         assert!(scheduled.is_some());
@@ -400,7 +437,9 @@ mod tests {
             3,
             metrics.clone(),
         ));
-        assert!(metrics.render().contains("vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 1.0"));
+        assert!(metrics
+            .render()
+            .contains("vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 1.0"));
         let mut events = Vec::new();
         while let Some(event) = std::future::poll_fn(|cx| source.poll_event(cx)).await {
             events.push(event);
@@ -416,6 +455,8 @@ mod tests {
             ]
         );
         drop(source);
-        assert!(metrics.render().contains("vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 0.0"));
+        assert!(metrics
+            .render()
+            .contains("vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 0.0"));
     }
 }

@@ -130,7 +130,11 @@ fn client_parent(request: &FinishedRequest, honors_sampling: bool) -> Option<Con
     if !parent.sampled && honors_sampling {
         return None;
     }
-    let flags = if parent.sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
+    let flags = if parent.sampled {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
     let context = SpanContext::new(
         TraceId::from_bytes(parent.trace_id),
         SpanId::from_bytes(parent.span_id),
@@ -146,7 +150,9 @@ fn seconds(duration: Duration) -> f64 {
 }
 
 fn emit_vllm(writer: &SpanWriter<'_>, request: &FinishedRequest) {
-    let Some(parent) = client_parent(request, true) else { return };
+    let Some(parent) = client_parent(request, true) else {
+        return;
+    };
     let info = &request.info;
     let phases = request.phases();
     let attributes = vec![
@@ -154,21 +160,44 @@ fn emit_vllm(writer: &SpanWriter<'_>, request: &FinishedRequest) {
         KeyValue::new("gen_ai.latency.e2e", seconds(phases.e2e)),
         KeyValue::new("gen_ai.latency.time_in_queue", seconds(phases.queue)),
         KeyValue::new("gen_ai.usage.prompt_tokens", info.prompt_tokens as i64),
-        KeyValue::new("gen_ai.usage.completion_tokens", request.completion_tokens() as i64),
-        KeyValue::new("gen_ai.latency.time_in_model_prefill", seconds(phases.prefill)),
-        KeyValue::new("gen_ai.latency.time_in_model_decode", seconds(phases.decode)),
-        KeyValue::new("gen_ai.latency.time_in_model_inference", seconds(phases.inference())),
+        KeyValue::new(
+            "gen_ai.usage.completion_tokens",
+            request.completion_tokens() as i64,
+        ),
+        KeyValue::new(
+            "gen_ai.latency.time_in_model_prefill",
+            seconds(phases.prefill),
+        ),
+        KeyValue::new(
+            "gen_ai.latency.time_in_model_decode",
+            seconds(phases.decode),
+        ),
+        KeyValue::new(
+            "gen_ai.latency.time_in_model_inference",
+            seconds(phases.inference()),
+        ),
         KeyValue::new("gen_ai.request.id", info.span_request_id()),
         KeyValue::new("gen_ai.request.top_p", info.top_p.unwrap_or(1.0)),
         KeyValue::new("gen_ai.request.max_tokens", info.max_tokens as i64),
-        KeyValue::new("gen_ai.request.temperature", info.temperature.unwrap_or(1.0)),
+        KeyValue::new(
+            "gen_ai.request.temperature",
+            info.temperature.unwrap_or(1.0),
+        ),
         KeyValue::new("gen_ai.request.n", 1i64),
     ];
-    writer.leaf(&parent, "llm_request", SpanKind::Server, (info.arrival, request.end()), attributes);
+    writer.leaf(
+        &parent,
+        "llm_request",
+        SpanKind::Server,
+        (info.arrival, request.end()),
+        attributes,
+    );
 }
 
 fn emit_sglang(writer: &SpanWriter<'_>, request: &FinishedRequest) {
-    let Some(parent) = client_parent(request, true) else { return };
+    let Some(parent) = client_parent(request, true) else {
+        return;
+    };
     let info = &request.info;
     let phases = request.phases();
     let (arrival, first, end) = (info.arrival, request.first_token(), request.end());
@@ -182,7 +211,10 @@ fn emit_sglang(writer: &SpanWriter<'_>, request: &FinishedRequest) {
         KeyValue::new("rid", rid.clone()),
         KeyValue::new("module", "sglang::request"),
         KeyValue::new("gen_ai.usage.prompt_tokens", info.prompt_tokens as i64),
-        KeyValue::new("gen_ai.usage.completion_tokens", request.completion_tokens() as i64),
+        KeyValue::new(
+            "gen_ai.usage.completion_tokens",
+            request.completion_tokens() as i64,
+        ),
         KeyValue::new("gen_ai.usage.cached_tokens", 0i64),
         KeyValue::new("gen_ai.request.id", rid),
         KeyValue::new("gen_ai.request.max_tokens", info.max_tokens as i64),
@@ -192,18 +224,33 @@ fn emit_sglang(writer: &SpanWriter<'_>, request: &FinishedRequest) {
         KeyValue::new("gen_ai.response.finish_reasons", r#"["length"]"#),
         KeyValue::new("gen_ai.latency.time_to_first_token", seconds(phases.ttft)),
         KeyValue::new("gen_ai.latency.e2e", seconds(phases.e2e)),
-        KeyValue::new("gen_ai.latency.time_in_model_decode", seconds(phases.decode)),
+        KeyValue::new(
+            "gen_ai.latency.time_in_model_decode",
+            seconds(phases.decode),
+        ),
         // Dispatch to the scheduler is instant here, so inference and
         // prefill (which includes the queue wait in SGLang) start at arrival.
-        KeyValue::new("gen_ai.latency.time_in_model_inference", seconds(phases.e2e)),
+        KeyValue::new(
+            "gen_ai.latency.time_in_model_inference",
+            seconds(phases.e2e),
+        ),
         KeyValue::new("gen_ai.latency.time_in_model_prefill", seconds(phases.ttft)),
     ];
-    for (key, value) in [("gen_ai.request.top_p", info.top_p), ("gen_ai.request.temperature", info.temperature)] {
+    for (key, value) in [
+        ("gen_ai.request.top_p", info.top_p),
+        ("gen_ai.request.temperature", info.temperature),
+    ] {
         if let Some(value) = value.filter(|v| *v != 0.0) {
             attributes.push(KeyValue::new(key, value));
         }
     }
-    let root = writer.open(&parent, format!(" Req {rid8}"), SpanKind::Internal, arrival, attributes);
+    let root = writer.open(
+        &parent,
+        format!(" Req {rid8}"),
+        SpanKind::Internal,
+        arrival,
+        attributes,
+    );
     let host8: String = writer.host_id.chars().take(8).collect();
     let thread = |label: &'static str, extra: Vec<KeyValue>| {
         let mut attributes = vec![
@@ -222,23 +269,68 @@ fn emit_sglang(writer: &SpanWriter<'_>, request: &FinishedRequest) {
         thread("Tokenizer", vec![]),
     );
     for name in ["tokenize", "api_server_dispatch"] {
-        writer.leaf(&tokenizer, name, SpanKind::Internal, (arrival, arrival), vec![]);
+        writer.leaf(
+            &tokenizer,
+            name,
+            SpanKind::Internal,
+            (arrival, arrival),
+            vec![],
+        );
     }
     writer.close(&tokenizer, arrival);
     let scheduler = writer.open(
         &root,
-        format!("Scheduler [TP 0]  [PP 0] (host:{host8} | pid:{})", writer.pid),
+        format!(
+            "Scheduler [TP 0]  [PP 0] (host:{host8} | pid:{})",
+            writer.pid
+        ),
         SpanKind::Internal,
         arrival,
-        thread("Scheduler", vec![KeyValue::new("tp_rank", 0i64), KeyValue::new("pp_rank", 0i64)]),
+        thread(
+            "Scheduler",
+            vec![
+                KeyValue::new("tp_rank", 0i64),
+                KeyValue::new("pp_rank", 0i64),
+            ],
+        ),
     );
-    writer.leaf(&scheduler, "request_process", SpanKind::Internal, (arrival, arrival), vec![]);
-    writer.leaf(&scheduler, "prefill_waiting", SpanKind::Internal, (arrival, request.scheduled), vec![]);
-    writer.leaf(&scheduler, "prefill_forward", SpanKind::Internal, (request.scheduled, first), vec![]);
-    let decode = writer.open(&scheduler, "decode_forward", SpanKind::Internal, first, vec![]);
+    writer.leaf(
+        &scheduler,
+        "request_process",
+        SpanKind::Internal,
+        (arrival, arrival),
+        vec![],
+    );
+    writer.leaf(
+        &scheduler,
+        "prefill_waiting",
+        SpanKind::Internal,
+        (arrival, request.scheduled),
+        vec![],
+    );
+    writer.leaf(
+        &scheduler,
+        "prefill_forward",
+        SpanKind::Internal,
+        (request.scheduled, first),
+        vec![],
+    );
+    let decode = writer.open(
+        &scheduler,
+        "decode_forward",
+        SpanKind::Internal,
+        first,
+        vec![],
+    );
     for (step, pair) in request.token_instants.windows(2).enumerate() {
         let attributes = vec![KeyValue::new("decode_ct", step as i64)];
-        writer.leaf(&decode, "decode_loop", SpanKind::Internal, (pair[0], pair[1]), attributes);
+        writer.leaf(
+            &decode,
+            "decode_loop",
+            SpanKind::Internal,
+            (pair[0], pair[1]),
+            attributes,
+        );
     }
     writer.close(&decode, end);
     writer.close(&scheduler, end);
@@ -270,7 +362,9 @@ fn tgi_generation(token_index: usize, request: &FinishedRequest) -> String {
 
 fn emit_tgi(writer: &SpanWriter<'_>, request: &FinishedRequest) {
     // TGI samples everything, even an unsampled client parent.
-    let Some(parent) = client_parent(request, false) else { return };
+    let Some(parent) = client_parent(request, false) else {
+        return;
+    };
     let info = &request.info;
     let (arrival, end) = (info.arrival, request.end());
     let queue_time = request.scheduled.saturating_duration_since(arrival);
@@ -290,7 +384,10 @@ fn emit_tgi(writer: &SpanWriter<'_>, request: &FinishedRequest) {
     let mut attributes = code("text_generation_router::server", "router/src/server.rs");
     attributes.extend([
         KeyValue::new("parameters", parameters),
-        KeyValue::new("total_time", format!("{:?}", end.saturating_duration_since(arrival))),
+        KeyValue::new(
+            "total_time",
+            format!("{:?}", end.saturating_duration_since(arrival)),
+        ),
         KeyValue::new("validation_time", format!("{:?}", Duration::ZERO)),
         KeyValue::new("queue_time", format!("{queue_time:?}")),
         KeyValue::new("inference_time", format!("{inference_time:?}")),
@@ -298,10 +395,20 @@ fn emit_tgi(writer: &SpanWriter<'_>, request: &FinishedRequest) {
     ]);
     let root = writer.open(&parent, handler, SpanKind::Internal, arrival, attributes);
     let server_code = || code("text_generation_router::server", "router/src/server.rs");
-    let async_stream = info
-        .stream
-        .then(|| writer.open(&root, "async_stream", SpanKind::Internal, arrival, server_code()));
-    let generate_name = if info.stream { "generate_stream" } else { "generate" };
+    let async_stream = info.stream.then(|| {
+        writer.open(
+            &root,
+            "async_stream",
+            SpanKind::Internal,
+            arrival,
+            server_code(),
+        )
+    });
+    let generate_name = if info.stream {
+        "generate_stream"
+    } else {
+        "generate"
+    };
     let generate = writer.open(
         async_stream.as_ref().unwrap_or(&root),
         generate_name,
@@ -309,14 +416,28 @@ fn emit_tgi(writer: &SpanWriter<'_>, request: &FinishedRequest) {
         arrival,
         code("text_generation_router::infer", "router/src/infer/mod.rs"),
     );
-    let backend = || code("text_generation_router_v3::backend", "backends/v3/src/backend.rs");
-    let schedule = writer.open(&generate, "schedule", SpanKind::Internal, arrival, backend());
+    let backend = || {
+        code(
+            "text_generation_router_v3::backend",
+            "backends/v3/src/backend.rs",
+        )
+    };
+    let schedule = writer.open(
+        &generate,
+        "schedule",
+        SpanKind::Internal,
+        arrival,
+        backend(),
+    );
     writer.leaf(
         &schedule,
         "queued",
         SpanKind::Internal,
         (arrival, request.scheduled),
-        code("text_generation_router_v3::queue", "backends/v3/src/queue.rs"),
+        code(
+            "text_generation_router_v3::queue",
+            "backends/v3/src/queue.rs",
+        ),
     );
     // One `infer` per forward step the request was in, each living until the
     // next step starts; the first is the prefill (opened by the queue).
@@ -324,18 +445,41 @@ fn emit_tgi(writer: &SpanWriter<'_>, request: &FinishedRequest) {
     for (index, &token) in request.token_instants.iter().enumerate() {
         let step_end = request.token_instants.get(index + 1).map_or(end, |_| token);
         let attributes = if index == 0 {
-            code("text_generation_router_v3::queue", "backends/v3/src/queue.rs")
+            code(
+                "text_generation_router_v3::queue",
+                "backends/v3/src/queue.rs",
+            )
         } else {
             backend()
         };
-        let infer = writer.open(&schedule, "infer", SpanKind::Internal, step_start, attributes);
+        let infer = writer.open(
+            &schedule,
+            "infer",
+            SpanKind::Internal,
+            step_start,
+            attributes,
+        );
         let mut attributes = backend();
         attributes.push(KeyValue::new("generation", tgi_generation(index, request)));
-        writer.leaf(&infer, "send_generation", SpanKind::Internal, (token, token), attributes);
+        writer.leaf(
+            &infer,
+            "send_generation",
+            SpanKind::Internal,
+            (token, token),
+            attributes,
+        );
         writer.close(&infer, step_end);
         step_start = token;
     }
-    for span in [Some(&schedule), Some(&generate), async_stream.as_ref(), Some(&root)].into_iter().flatten() {
+    for span in [
+        Some(&schedule),
+        Some(&generate),
+        async_stream.as_ref(),
+        Some(&root),
+    ]
+    .into_iter()
+    .flatten()
+    {
         writer.close(span, end);
     }
 }

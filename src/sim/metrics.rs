@@ -18,8 +18,8 @@ const ITL_BUCKETS: &[f64] = &[
     40.0, 80.0,
 ];
 const REQUEST_BUCKETS: &[f64] = &[
-    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
-    240.0, 480.0, 960.0, 1920.0, 7680.0,
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+    480.0, 960.0, 1920.0, 7680.0,
 ];
 /// vLLM's `finished_reason` label values, in its order.
 const FINISHED_REASONS: [&str; 5] = ["stop", "length", "abort", "error", "repetition"];
@@ -115,13 +115,15 @@ impl Metrics {
         if delta >= 0 {
             self.running.fetch_add(delta as u64, Ordering::Relaxed);
         } else {
-            self.running.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+            self.running
+                .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
         }
     }
 
     /// A request's prompt went through prefill.
     pub fn add_prompt_tokens(&self, tokens: u32) {
-        self.prompt_tokens.fetch_add(tokens as u64, Ordering::Relaxed);
+        self.prompt_tokens
+            .fetch_add(tokens as u64, Ordering::Relaxed);
     }
 
     /// One output token was produced.
@@ -217,13 +219,41 @@ impl Metrics {
         }
         let h = self.histograms.lock().unwrap_or_else(|e| e.into_inner());
         let families: [(&str, &str, &Histogram); 7] = [
-            ("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", &h.ttft),
-            ("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", &h.itl),
-            ("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", &h.e2e),
-            ("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.", &h.queue),
-            ("vllm:request_inference_time_seconds", "Histogram of time spent in RUNNING phase for request.", &h.inference),
-            ("vllm:request_prefill_time_seconds", "Histogram of time spent in PREFILL phase for request.", &h.prefill),
-            ("vllm:request_decode_time_seconds", "Histogram of time spent in DECODE phase for request.", &h.decode),
+            (
+                "vllm:time_to_first_token_seconds",
+                "Histogram of time to first token in seconds.",
+                &h.ttft,
+            ),
+            (
+                "vllm:inter_token_latency_seconds",
+                "Histogram of inter-token latency in seconds.",
+                &h.itl,
+            ),
+            (
+                "vllm:e2e_request_latency_seconds",
+                "Histogram of e2e request latency in seconds.",
+                &h.e2e,
+            ),
+            (
+                "vllm:request_queue_time_seconds",
+                "Histogram of time spent in WAITING phase for request.",
+                &h.queue,
+            ),
+            (
+                "vllm:request_inference_time_seconds",
+                "Histogram of time spent in RUNNING phase for request.",
+                &h.inference,
+            ),
+            (
+                "vllm:request_prefill_time_seconds",
+                "Histogram of time spent in PREFILL phase for request.",
+                &h.prefill,
+            ),
+            (
+                "vllm:request_decode_time_seconds",
+                "Histogram of time spent in DECODE phase for request.",
+                &h.decode,
+            ),
         ];
         for (name, help, histogram) in families {
             family_header(&mut out, name, "histogram", help);
@@ -284,7 +314,13 @@ mod tests {
         let prefix = format!("{family}_bucket{{");
         text.lines()
             .filter(|line| line.starts_with(&prefix))
-            .filter_map(|line| line.split("le=\"").nth(1)?.split('"').next().map(str::to_owned))
+            .filter_map(|line| {
+                line.split("le=\"")
+                    .nth(1)?
+                    .split('"')
+                    .next()
+                    .map(str::to_owned)
+            })
             .collect()
     }
 
@@ -300,9 +336,16 @@ mod tests {
             "vllm:request_prefill_time_seconds",
             "vllm:request_decode_time_seconds",
         ] {
-            assert_eq!(bucket_bounds(&text, family), bucket_bounds(FIXTURE, family), "{family}");
+            assert_eq!(
+                bucket_bounds(&text, family),
+                bucket_bounds(FIXTURE, family),
+                "{family}"
+            );
             let header = format!("# TYPE {family} histogram");
-            assert!(FIXTURE.contains(&header) && text.contains(&header), "{family}");
+            assert!(
+                FIXTURE.contains(&header) && text.contains(&header),
+                "{family}"
+            );
         }
         for line in text.lines().filter(|l| l.starts_with("# HELP")) {
             assert!(FIXTURE.contains(line), "HELP differs from vLLM: {line}");
@@ -324,7 +367,9 @@ mod tests {
         assert!(text.contains(&format!("vllm:prompt_tokens_total{labels} 7.0")));
         assert!(text.contains(&format!("vllm:generation_tokens_total{labels} 1.0")));
         assert!(text.contains(r#"vllm:request_success_total{engine="0",finished_reason="length",model_name="sim \"x\""} 1.0"#));
-        assert!(text.contains(&format!("vllm:inter_token_latency_seconds_count{labels} 2.0")));
+        assert!(text.contains(&format!(
+            "vllm:inter_token_latency_seconds_count{labels} 2.0"
+        )));
         assert!(text.contains(r#"vllm:time_to_first_token_seconds_bucket{engine="0",le="0.02",model_name="sim \"x\""} 0.0"#));
         assert!(text.contains(r#"vllm:time_to_first_token_seconds_bucket{engine="0",le="0.04",model_name="sim \"x\""} 1.0"#));
         assert!(text.contains(&format!("vllm:request_queue_time_seconds_sum{labels} 0.01")));

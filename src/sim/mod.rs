@@ -109,8 +109,15 @@ fn millis(value: f64, flag: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(value / 1000.0))
 }
 
+/// How output tokens are timed, from validated flags.
+#[derive(Debug)]
+enum Timing {
+    Engine(engine::EngineConfig),
+    Deterministic { ttft: Duration, itl: Duration },
+}
+
 /// Checks the flags and decides how tokens are timed.
-fn engine_config(args: &SimArgs) -> anyhow::Result<Option<engine::EngineConfig>> {
+fn timing(args: &SimArgs) -> anyhow::Result<Timing> {
     if args.max_model_len == 0 || args.max_num_seqs == 0 {
         bail!("--max-model-len and --max-num-seqs must be at least 1");
     }
@@ -131,7 +138,13 @@ fn engine_config(args: &SimArgs) -> anyhow::Result<Option<engine::EngineConfig>>
         decode_step: millis(args.decode_step_ms, "--decode-step-ms")?,
         decode_step_per_seq: millis(args.decode_step_per_seq_ms, "--decode-step-per-seq-ms")?,
     };
-    Ok((args.ttft_ms.is_none() && args.itl_ms.is_none()).then_some(config))
+    match (args.ttft_ms, args.itl_ms) {
+        (None, None) => Ok(Timing::Engine(config)),
+        (ttft, itl) => Ok(Timing::Deterministic {
+            ttft: millis(ttft.or(itl).unwrap_or_default(), "--ttft-ms")?,
+            itl: millis(itl.or(ttft).unwrap_or_default(), "--itl-ms")?,
+        }),
+    }
 }
 
 /// A running simulator.
@@ -174,14 +187,18 @@ impl SimServer {
 
 /// Binds `args.host:args.port` and serves until [`SimServer::shutdown`].
 pub async fn spawn(args: SimArgs) -> anyhow::Result<SimServer> {
-    let engine_config = engine_config(&args)?;
+    let timing = timing(&args)?;
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
     let addr = listener.local_addr().context("no local address")?;
     let clock = RunClock::start();
     let metrics = Arc::new(metrics::Metrics::new(&args.model));
-    let truth = args.truth_log.as_deref().map(truth::TruthLog::open).transpose()?;
+    let truth = args
+        .truth_log
+        .as_deref()
+        .map(truth::TruthLog::open)
+        .transpose()?;
     let spans = match &args.otlp_endpoint {
         Some(endpoint) => Some(spans::SpanSink::start(
             &spans::SpanSettings {
@@ -200,20 +217,12 @@ pub async fn spawn(args: SimArgs) -> anyhow::Result<SimServer> {
     };
     let stamp_writes = truth.is_some();
     let (recorder, recorder_task) = recorder::start(metrics.clone(), spans, truth, clock);
-    let (pacing, engine_task) = match engine_config {
-        Some(config) => {
+    let (pacing, engine_task) = match timing {
+        Timing::Engine(config) => {
             let (handle, task) = engine::start(config, metrics.clone());
             (api::Pacing::Engine(handle), Some(task))
         }
-        None => {
-            let ttft = args.ttft_ms.or(args.itl_ms).unwrap_or_default();
-            let itl = args.itl_ms.or(args.ttft_ms).unwrap_or_default();
-            let pacing = api::Pacing::Deterministic {
-                ttft: millis(ttft, "--ttft-ms")?,
-                itl: millis(itl, "--itl-ms")?,
-            };
-            (pacing, None)
-        }
+        Timing::Deterministic { ttft, itl } => (api::Pacing::Deterministic { ttft, itl }, None),
     };
     let state = Arc::new(api::AppState {
         max_model_len: args.max_model_len,
@@ -256,4 +265,115 @@ pub async fn run_until_ctrl_c(args: SimArgs) -> anyhow::Result<()> {
     let shutdown = server.shutdown().await;
     interrupted.context("cannot wait for Ctrl-C")?;
     shutdown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_flags_defaults() {
+        let args = SimArgs::default();
+        assert_eq!((args.host.as_str(), args.port), ("127.0.0.1", 8000));
+        assert_eq!(
+            (args.model.as_str(), args.max_model_len, args.max_num_seqs),
+            ("tracebench-sim", 4096, 64)
+        );
+        assert_eq!(
+            (args.kv_capacity_tokens, args.span_delay_ms, args.seed),
+            (262_144, 5000, 0)
+        );
+        assert_eq!(
+            (
+                args.decode_step_ms,
+                args.decode_step_per_seq_ms,
+                args.prefill_tokens_per_s
+            ),
+            (8.0, 0.08, 20_000.0)
+        );
+        assert_eq!(args.flavor, Flavor::Vllm);
+        assert!(args.ttft_ms.is_none() && args.itl_ms.is_none() && args.service_name.is_none());
+        assert!(
+            matches!(timing(&args), Ok(Timing::Engine(_))),
+            "engine mode by default"
+        );
+        let deterministic = SimArgs {
+            itl_ms: Some(5.0),
+            ..SimArgs::default()
+        };
+        let expected = Duration::from_millis(5);
+        assert!(matches!(
+            timing(&deterministic),
+            Ok(Timing::Deterministic { ttft, itl }) if ttft == expected && itl == expected
+        ));
+    }
+
+    #[test]
+    fn bad_flags_are_clear_errors() {
+        let cases = [
+            (
+                SimArgs {
+                    max_num_seqs: 0,
+                    ..SimArgs::default()
+                },
+                "--max-num-seqs",
+            ),
+            (
+                SimArgs {
+                    kv_capacity_tokens: 10,
+                    ..SimArgs::default()
+                },
+                "--kv-capacity-tokens",
+            ),
+            (
+                SimArgs {
+                    prefill_tokens_per_s: 0.0,
+                    ..SimArgs::default()
+                },
+                "--prefill-tokens-per-s",
+            ),
+            (
+                SimArgs {
+                    decode_step_ms: f64::NAN,
+                    ..SimArgs::default()
+                },
+                "--decode-step-ms",
+            ),
+            (
+                SimArgs {
+                    ttft_ms: Some(-1.0),
+                    ..SimArgs::default()
+                },
+                "--ttft-ms",
+            ),
+        ];
+        for (args, flag) in cases {
+            let error = timing(&args).expect_err("rejected").to_string();
+            assert!(error.contains(flag), "{error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn spawn_rejects_a_bad_otlp_endpoint_and_a_busy_port() {
+        let bad_endpoint = SimArgs {
+            port: 0,
+            otlp_endpoint: Some("ftp://x".into()),
+            ..SimArgs::default()
+        };
+        let error = spawn(bad_endpoint).await.expect_err("rejected").to_string();
+        assert!(error.contains("grpc://"), "{error}");
+        let running = spawn(SimArgs {
+            port: 0,
+            ..SimArgs::default()
+        })
+        .await
+        .expect("starts");
+        let busy = SimArgs {
+            port: running.addr().port(),
+            ..SimArgs::default()
+        };
+        let error = spawn(busy).await.expect_err("rejected").to_string();
+        assert!(error.contains("cannot listen"), "{error}");
+        running.shutdown().await.expect("clean shutdown");
+    }
 }

@@ -80,12 +80,18 @@ impl Phases {
 
 impl FinishedRequest {
     pub fn first_token(&self) -> Instant {
-        self.token_instants.first().copied().unwrap_or(self.scheduled)
+        self.token_instants
+            .first()
+            .copied()
+            .unwrap_or(self.scheduled)
     }
 
     /// The last output: the end of the request.
     pub fn end(&self) -> Instant {
-        self.token_instants.last().copied().unwrap_or(self.scheduled)
+        self.token_instants
+            .last()
+            .copied()
+            .unwrap_or(self.scheduled)
     }
 
     pub fn completion_tokens(&self) -> u32 {

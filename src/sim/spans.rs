@@ -10,7 +10,8 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter,
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanData,
+    SpanExporter,
 };
 use opentelemetry_sdk::Resource;
 
@@ -115,7 +116,9 @@ fn build_exporter(endpoint: &str) -> anyhow::Result<opentelemetry_otlp::SpanExpo
             .with_endpoint(endpoint)
             .build()
     } else {
-        bail!("--otlp-endpoint `{endpoint}`: expected grpc://HOST:PORT or http://HOST:PORT/v1/traces");
+        bail!(
+            "--otlp-endpoint `{endpoint}`: expected grpc://HOST:PORT or http://HOST:PORT/v1/traces"
+        );
     };
     exporter.with_context(|| format!("cannot set up the OTLP exporter for {endpoint}"))
 }

@@ -177,7 +177,9 @@ impl Generation {
                 Poll::Ready(Some(EngineEvent::Scheduled(at))) => self.scheduled = Some(at),
                 Poll::Ready(Some(EngineEvent::Token(at))) => {
                     if self.tokens.is_empty() {
-                        self.context.metrics.add_prompt_tokens(self.info.prompt_tokens);
+                        self.context
+                            .metrics
+                            .add_prompt_tokens(self.info.prompt_tokens);
                     }
                     self.context.metrics.add_generation_token();
                     self.tokens.push(at);
@@ -190,7 +192,10 @@ impl Generation {
     /// Waits for every token; false when the engine stopped early.
     pub async fn run_to_end(&mut self) -> bool {
         while !self.is_complete() {
-            if std::future::poll_fn(|cx| self.poll_token(cx)).await.is_none() {
+            if std::future::poll_fn(|cx| self.poll_token(cx))
+                .await
+                .is_none()
+            {
                 return false;
             }
         }
@@ -246,7 +251,10 @@ impl SseStream {
         }
     }
 
-    fn hand_over_token(&mut self, chunk: Bytes) -> Poll<Option<Result<Bytes, std::convert::Infallible>>> {
+    fn hand_over_token(
+        &mut self,
+        chunk: Bytes,
+    ) -> Poll<Option<Result<Bytes, std::convert::Infallible>>> {
         self.generation.stamp_write();
         if self.generation.is_complete() {
             self.generation.finish();
@@ -329,7 +337,9 @@ mod tests {
                     out.push_str(if is_key { &json[start..i] } else { "s" });
                 }
                 b'-' | b'0'..=b'9' => {
-                    while i < bytes.len() && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+                    while i < bytes.len()
+                        && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                    {
                         i += 1;
                     }
                     out.push('n');
@@ -407,7 +417,8 @@ mod tests {
         info.response_id = "chatcmpl-a\"b".into();
         let chunk = ChunkEncoder::new(&info, "m\\x").token(1);
         let json: serde_json::Value =
-            serde_json::from_slice(chunk.strip_prefix(b"data: ").expect("prefix")).expect("valid JSON");
+            serde_json::from_slice(chunk.strip_prefix(b"data: ").expect("prefix"))
+                .expect("valid JSON");
         assert_eq!(json["id"], "chatcmpl-a\"b");
         assert_eq!(json["model"], "m\\x");
     }

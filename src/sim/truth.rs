@@ -42,7 +42,8 @@ impl TruthLog {
 
     /// Buffers one request's line.
     pub fn append(&mut self, request: &FinishedRequest, clock: &RunClock) -> anyhow::Result<()> {
-        let unix_ns = |instant: tokio::time::Instant| clock.unix_ns_of(clock.ns_at(instant.into_std()));
+        let unix_ns =
+            |instant: tokio::time::Instant| clock.unix_ns_of(clock.ns_at(instant.into_std()));
         let line = TruthLine {
             request_id: request.info.client_request_id.as_deref(),
             arrival_unix_ns: unix_ns(request.info.arrival),
@@ -50,7 +51,9 @@ impl TruthLog {
             first_token_unix_ns: unix_ns(request.first_token()),
         };
         serde_json::to_writer(&mut self.writer, &line).context("cannot write truth log")?;
-        self.writer.write_all(b"\n").context("cannot write truth log")
+        self.writer
+            .write_all(b"\n")
+            .context("cannot write truth log")
     }
 
     pub fn flush(&mut self) -> anyhow::Result<()> {
@@ -76,12 +79,17 @@ mod tests {
         log.append(&request, &clock).expect("append");
         log.flush().expect("flush");
         let text = std::fs::read_to_string(&path).expect("read");
-        let lines: Vec<serde_json::Value> =
-            text.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["request_id"], "abc");
         assert!(lines[1]["request_id"].is_null());
-        assert_eq!(lines[0]["chunk_write_unix_ns"], serde_json::json!([100, 200]));
+        assert_eq!(
+            lines[0]["chunk_write_unix_ns"],
+            serde_json::json!([100, 200])
+        );
         let arrival = lines[0]["arrival_unix_ns"].as_u64().expect("number");
         let first = lines[0]["first_token_unix_ns"].as_u64().expect("number");
         assert_eq!(first - arrival, 20_000_000);
