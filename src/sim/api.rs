@@ -577,26 +577,26 @@ struct TokenizeRequest {
     messages: Option<Vec<Message>>,
 }
 
-async fn tokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    let result = (|| {
-        let request: TokenizeRequest =
-            serde_json::from_slice(&body).map_err(|e| ApiError::invalid_body(&e, &body))?;
-        check_model(&state, request.model.as_deref())?;
-        let tokens: Vec<u32> = match &request.prompt {
-            Some(Prompt::TokenIds(ids)) => ids.clone(),
-            prompt => prompt_words(prompt.as_ref(), request.messages.as_deref())?
-                .into_iter()
-                .map(token_id)
-                .collect(),
-        };
-        Ok::<_, ApiError>(Json(serde_json::json!({
-            "count": tokens.len(),
-            "max_model_len": state.max_model_len,
-            "tokens": tokens,
-            "token_strs": null,
-        })))
-    })();
-    result.into_response()
+async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let request: TokenizeRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::invalid_body(&e, &body))?;
+    check_model(&state, request.model.as_deref())?;
+    let tokens: Vec<u32> = match &request.prompt {
+        Some(Prompt::TokenIds(ids)) => ids.clone(),
+        prompt => prompt_words(prompt.as_ref(), request.messages.as_deref())?
+            .into_iter()
+            .map(token_id)
+            .collect(),
+    };
+    Ok(Json(serde_json::json!({
+        "count": tokens.len(),
+        "max_model_len": state.max_model_len,
+        "tokens": tokens,
+        "token_strs": null,
+    })))
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Response {
