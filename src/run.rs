@@ -119,8 +119,6 @@ pub async fn execute(config: RunConfig, command_line: String) -> anyhow::Result<
             run_dir.display()
         );
     }
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("cannot create {}", run_dir.display()))?;
 
     let http = http_client()?;
     let server = ServerInfo::discover(&http, &config.url).await;
@@ -137,6 +135,8 @@ pub async fn execute(config: RunConfig, command_line: String) -> anyhow::Result<
     };
     let mut notes = Vec::new();
     let items = Workload::prepare(&config, &http, &model, &mut notes).await?;
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create {}", run_dir.display()))?;
 
     let started_unix_ns = crate::units::unix_now_ns();
     let mut run_json = run_json(
@@ -235,8 +235,10 @@ pub async fn execute(config: RunConfig, command_line: String) -> anyhow::Result<
     view.finish().await;
     let partial = interrupted.load(Ordering::SeqCst);
 
+    let mut waited = false;
     let join = collector
         .finish(&mut records, |progress| {
+            waited = true;
             eprint!(
                 "\rwaiting for server spans: {} missing, {:.0}s left   ",
                 progress.missing,
@@ -244,7 +246,9 @@ pub async fn execute(config: RunConfig, command_line: String) -> anyhow::Result<
             );
         })
         .await;
-    eprint!("\r{:60}\r", "");
+    if waited {
+        eprintln!();
+    }
     match &join {
         Ok(report) if report.duplicates > 0 => notes.push(format!(
             "{} requests had more than one server span (e.g. n>1); the first was used",

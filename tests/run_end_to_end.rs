@@ -1,0 +1,239 @@
+//! The real `tracebench` binary, run in a fresh temp folder against the
+//! built-in simulator (also started as the real binary): the files it writes
+//! follow their JSON Schemas, failures are records, Ctrl-C keeps everything,
+//! and bad configuration fails before any request with exit code 2.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tracebench");
+
+/// A simulator process, killed when dropped.
+struct Sim {
+    child: Child,
+    url: String,
+}
+
+impl Sim {
+    fn start(args: &[&str]) -> Sim {
+        let mut child = Command::new(BIN)
+            .args(["sim", "--port", "0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the simulator");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = line.split_whitespace().find(|w| w.starts_with("http://")).expect("sim url").to_string();
+        Sim { child, url }
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tracebench(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run tracebench")
+}
+
+fn only_run_dir(out: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs[0].clone()
+}
+
+fn validator(schema: &str) -> jsonschema::Validator {
+    let path = format!("{}/schemas/{schema}", env!("CARGO_MANIFEST_DIR"));
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    jsonschema::validator_for(&schema).expect("a valid schema")
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn assert_valid(validator: &jsonschema::Validator, value: &Value, what: &str) {
+    let errors: Vec<String> = validator.iter_errors(value).map(|e| format!("{e} at {}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "{what}: {errors:?}\n{value:#}");
+}
+
+#[test]
+fn a_run_writes_every_file_and_they_follow_their_schemas() {
+    let sim = Sim::start(&["--max-num-seqs", "4"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tracebench(
+        tmp.path(),
+        &[
+            "run", "--url", &sim.url, "--concurrency", "8", "--requests", "40", "--warmup", "4",
+            "--input-tokens", "64:16", "--output-tokens", "16:4", "--ignore-eos", "--no-tui",
+            "--slo", "ttft:10s", "--trace-source", "none", "--server-metrics", "off", "--gpu", "off",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("TTFT (ms)") && stdout.contains("throughput"), "{stdout}");
+    let run_dir = only_run_dir(&tmp.path().join("results"));
+    for file in ["requests.jsonl", "requests.csv", "summary.json", "run.json", "report.html"] {
+        assert!(run_dir.join(file).is_file(), "{file} missing");
+    }
+    assert!(tmp.path().join("results/tracebench.db").is_file());
+
+    let records = lines(&run_dir.join("requests.jsonl"));
+    assert_eq!(records.len(), 44);
+    let request_schema = validator("request.schema.json");
+    let mut ids = std::collections::HashSet::new();
+    for record in &records {
+        assert_valid(&request_schema, record, "request record");
+        assert!(record["error"].is_null(), "{record}");
+        assert!(ids.insert(record["request_id"].as_str().unwrap().to_string()));
+        // Exact prompt lengths: the simulator's /tokenize counted them, usage agrees.
+        assert_eq!(record["input_tokens_source"], "usage");
+        assert_eq!(record["output_tokens"], record["max_tokens"]);
+    }
+    assert_eq!(records.iter().filter(|r| r["warmup"] == true).count(), 4);
+
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
+    assert_valid(&validator("summary.schema.json"), &summary, "summary");
+    assert_eq!(summary["requests"]["total"], 40);
+    assert_eq!(summary["requests"]["warmup"], 4);
+    assert_eq!(summary["completed"], 40);
+    assert!(summary["median_ttft_ms"].as_f64().unwrap() > 0.0);
+    // summary.json reads back into the library's type.
+    let _: tracebench::analysis::Summary = serde_json::from_value(summary).unwrap();
+
+    let run: Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["partial"], false);
+    assert_eq!(run["model"], "tracebench-sim");
+    assert!(run["server"]["version"]["version"].as_str().unwrap().starts_with("tracebench-sim"));
+    assert!(run["command_line"].as_str().unwrap().contains("--concurrency 8"));
+
+    let csv = std::fs::read_to_string(run_dir.join("requests.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 45);
+    assert!(csv.lines().next().unwrap().contains("instants_ns.first_token"));
+}
+
+#[test]
+fn an_unreachable_server_gives_failed_records_and_exit_1() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tracebench(
+        tmp.path(),
+        &["run", "--url", &url, "--model", "m", "--requests", "5", "--no-tui", "--trace-source", "none", "--no-db"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let run_dir = only_run_dir(&tmp.path().join("results"));
+    let records = lines(&run_dir.join("requests.jsonl"));
+    assert_eq!(records.len(), 5);
+    assert!(records.iter().all(|r| r["error"]["kind"] == "connect"));
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["errors"]["connect"], 5);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("connect 5"));
+}
+
+#[test]
+fn http_errors_are_counted_and_the_run_goes_on() {
+    let sim = Sim::start(&["--max-model-len", "64"]);
+    let tmp = tempfile::tempdir().unwrap();
+    // Every request asks for more tokens than the model's context: 400 from the server.
+    let out = tracebench(
+        tmp.path(),
+        &[
+            "run", "--url", &sim.url, "--requests", "6", "--concurrency", "3", "--max-tokens", "500",
+            "--input-tokens", "8", "--no-tui", "--trace-source", "none", "--no-db", "--max-error-rate", "1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let records = lines(&only_run_dir(&tmp.path().join("results")).join("requests.jsonl"));
+    assert_eq!(records.len(), 6);
+    for record in records {
+        assert_eq!(record["error"]["kind"], "http_status");
+        assert_eq!(record["error"]["status"], 400);
+        assert!(record["error"]["body_excerpt"].as_str().unwrap().contains("max_model_len"));
+    }
+}
+
+#[test]
+fn ctrl_c_keeps_every_finished_request_and_marks_the_run_partial() {
+    let sim = Sim::start(&["--ttft-ms", "20", "--itl-ms", "20"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let child = Command::new(BIN)
+        .current_dir(tmp.path())
+        .args([
+            "run", "--url", &sim.url, "--duration", "60s", "--concurrency", "4", "--output-tokens", "10",
+            "--no-tui", "--trace-source", "none", "--no-db", "--grace-period", "5s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let results = tmp.path().join("results");
+    // Wait until some records are on disk, then interrupt.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let done = std::fs::read_dir(&results)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| std::fs::read_to_string(e.unwrap().path().join("requests.jsonl")).ok())
+            .is_some_and(|text| text.lines().count() >= 8);
+        if done || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // SAFETY: sending SIGINT to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let run_dir = only_run_dir(&results);
+    let records = lines(&run_dir.join("requests.jsonl"));
+    assert!(records.len() >= 8);
+    // In-flight requests finished within the grace period: nothing was cut.
+    assert!(records.iter().all(|r| r["error"].is_null()), "{records:?}");
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["partial"], true);
+    assert_eq!(summary["requests"]["total"].as_u64().unwrap() as usize, records.len());
+    let run: Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["partial"], true);
+}
+
+#[test]
+fn bad_configuration_fails_before_any_request_with_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = tmp.path().join("prompts.jsonl");
+    std::fs::write(&dataset, "{\"prompt\":\"fine\"}\n{\"prompt\": 3}\n").unwrap();
+    let dataset = dataset.display().to_string();
+    for (args, needle) in [
+        (vec!["run", "--url", "not a url"], "--url"),
+        (vec!["run", "--rate", "-2"], "--rate"),
+        (vec!["run", "--model", "m", "--dataset", &dataset], "prompts.jsonl:2"),
+        (vec!["run", "--arrival", "sometimes"], "sometimes"),
+    ] {
+        let out = tracebench(tmp.path(), &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    assert!(!tmp.path().join("results").exists() || std::fs::read_dir(tmp.path().join("results")).unwrap().all(|e| {
+        !e.unwrap().path().join("requests.jsonl").exists()
+    }));
+}
