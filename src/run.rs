@@ -134,7 +134,7 @@ pub async fn execute(config: RunConfig, command_line: String) -> anyhow::Result<
         ),
     };
     let mut notes = Vec::new();
-    let items = Workload::prepare(&config, &http, &model, &mut notes).await?;
+    let items = Workload::prepare(&config, &run_id, &http, &model, &mut notes).await?;
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create {}", run_dir.display()))?;
 
@@ -450,6 +450,7 @@ impl ItemSource {
 impl Workload {
     async fn prepare(
         config: &RunConfig,
+        run_id: &str,
         http: &reqwest::Client,
         model: &str,
         notes: &mut Vec<String>,
@@ -462,7 +463,6 @@ impl Workload {
             temperature: config.temperature,
             extra_body: config.extra_body.clone(),
         };
-        let run_id = config.run_id.clone().unwrap_or_default();
         let (synthetic, dataset, counter) = match &config.source {
             Source::Dataset { path } => (
                 None,
@@ -512,7 +512,7 @@ impl Workload {
             dataset,
             counter,
             body,
-            run_id,
+            run_id: run_id.to_string(),
             warmup: config.warmup,
         };
         let feed = match config.stop {
