@@ -183,7 +183,8 @@ async fn http_grpc_post(addr: std::net::SocketAddr, frame: Vec<u8>) -> Option<i3
     })
 }
 
-#[tokio::test]
+// Two workers: the writer blocks one of them on the held store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_503_and_resource_exhausted() {
     let running = start(|c| c.queue_capacity = 1).await;
     let http_addr = running.receiver.http_addr();

@@ -334,7 +334,7 @@ mod tests {
     #[test]
     fn reasons_for_missing_spans() {
         let store = SpanStore::new();
-        let mut off = record("a", None);
+        let off = record("a", None);
         let mut failed = record("b", Some("0102030405060708090a0b0c0d0e0f10"));
         failed.error = Some(crate::record::RequestError {
             kind: ErrorKind::Connect,
@@ -342,7 +342,7 @@ mod tests {
             status: None,
             body_excerpt: None,
         });
-        let mut unreachable = record("c", Some("1112131415161718191a1b1c1d1e1f20"));
+        let unreachable = record("c", Some("1112131415161718191a1b1c1d1e1f20"));
         let options = JoinOptions {
             backend_errors: HashMap::from([(
                 "1112131415161718191a1b1c1d1e1f20".to_string(),
@@ -350,17 +350,16 @@ mod tests {
             )]),
             ..JoinOptions::default()
         };
-        let mut records = vec![off.clone(), failed.clone(), unreachable.clone()];
+        let mut records = vec![off, failed, unreachable];
         join(&mut records, &store, &options);
-        [off, failed, unreachable] = [records[0].clone(), records[1].clone(), records[2].clone()];
-        assert_eq!(off.server_missing_reason.as_deref(), Some(TRACING_OFF));
-        assert_eq!(off.trace_url, None);
+        assert_eq!(records[0].server_missing_reason.as_deref(), Some(TRACING_OFF));
+        assert_eq!(records[0].trace_url, None);
         assert_eq!(
-            failed.server_missing_reason.as_deref(),
+            records[1].server_missing_reason.as_deref(),
             Some("request failed before the server answered (connect)")
         );
         assert_eq!(
-            unreachable.server_missing_reason.as_deref(),
+            records[2].server_missing_reason.as_deref(),
             Some("trace backend unreachable: connection refused")
         );
         assert!(records.iter().all(|r| r.server.is_none() && r.decomposition.is_none()));

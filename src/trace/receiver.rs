@@ -13,7 +13,8 @@ use bytes::{Buf, Bytes};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use prost::Message;
-use std::io::{Read, Write};
+use std::io::Read;
+use tokio::io::AsyncWriteExt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -194,7 +195,7 @@ impl Receiver {
         };
         let writer = {
             let counters = counters.clone();
-            tokio::task::spawn_blocking(move || write_loop(file, queue_rx, store, forward_tx, counters))
+            tokio::spawn(write_loop(file, queue_rx, store, forward_tx, counters))
         };
         let ingest = Arc::new(Ingest {
             queue: RwLock::new(Some(queue_tx)),
@@ -265,23 +266,27 @@ impl Receiver {
 /// The one writer: each batch's spans go to `spans.jsonl` (flushed per batch),
 /// then into the store, then to the forwarder. A write error is remembered and
 /// returned at the end; the spans still reach the store.
-fn write_loop(
+async fn write_loop(
     file: std::fs::File,
     mut queue: mpsc::Receiver<Batch>,
     store: Arc<Mutex<SpanStore>>,
     forward: Option<mpsc::Sender<ExportTraceServiceRequest>>,
     counters: Arc<Counters>,
 ) -> Result<(), String> {
-    let mut out = std::io::BufWriter::new(file);
+    let mut out = tokio::fs::File::from_std(file);
     let mut first_error: Option<String> = None;
-    while let Some(batch) = queue.blocking_recv() {
-        let written = SpanLine::all_of(&batch.request.resource_spans)
-            .iter()
-            .try_for_each(|line| {
-                serde_json::to_writer(&mut out, line).map_err(std::io::Error::other)?;
-                out.write_all(b"\n")
-            })
-            .and_then(|()| out.flush());
+    while let Some(batch) = queue.recv().await {
+        let mut lines = Vec::new();
+        for line in SpanLine::all_of(&batch.request.resource_spans) {
+            // Serializing proto types to a Vec cannot fail; skip a line rather than stop.
+            if serde_json::to_writer(&mut lines, &line).is_ok() {
+                lines.push(b'\n');
+            }
+        }
+        let written = match out.write_all(&lines).await {
+            Ok(()) => out.flush().await,
+            Err(error) => Err(error),
+        };
         if let Err(error) = written {
             first_error.get_or_insert_with(|| format!("cannot write spans.jsonl: {error}"));
         }
@@ -644,6 +649,7 @@ impl Decoder for RawDecoder {
 mod tests {
     use super::*;
     use flate2::write::GzEncoder;
+    use std::io::Write;
 
     #[test]
     fn gzip_is_capped() {

@@ -38,8 +38,7 @@ fn render(r: &RequestRecord, command_line: Option<&str>) -> String {
     let _ = writeln!(out, "### tracebench request `{}` (run `{}`)\n", r.request_id, r.run_id);
     let _ = writeln!(
         out,
-        "- request: `{}` {}, model `{}`, stream {}, max_tokens {}",
-        "POST",
+        "- request: `POST {}`, model `{}`, stream {}, max_tokens {}",
         r.endpoint.path(),
         r.model,
         r.stream,
