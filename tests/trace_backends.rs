@@ -7,6 +7,7 @@ mod trace_support;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use opentelemetry_proto::tonic::trace::v1::TracesData;
 use prost::Message;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +19,6 @@ use tracebench::trace::jaeger::JaegerClient;
 use tracebench::trace::span::{decode_protobuf, spans_of};
 use tracebench::trace::tempo::TraceByIdResponse;
 use tracebench::trace::{join_run_dir, TraceSource};
-use opentelemetry_proto::tonic::trace::v1::TracesData;
 
 /// The vLLM trace the tests look for (`traced-chat`).
 const TRACE: &str = "00112233445566778899aabbccddeeff";
@@ -99,18 +99,22 @@ fn jaeger_ui_only() -> axum::Router {
 fn tempo() -> axum::Router {
     axum::Router::new().route(
         "/api/v2/traces/{id}",
-        axum::routing::get(|UrlPath(id): UrlPath<String>, headers: axum::http::HeaderMap| async move {
-            assert_eq!(headers[header::ACCEPT], "application/protobuf");
-            if id != TRACE {
-                return StatusCode::NOT_FOUND.into_response();
-            }
-            let request = decode_protobuf(&fixture_bytes("vllm/traced-chat.spans.pb")).unwrap();
-            let body = TraceByIdResponse {
-                trace: Some(TracesData { resource_spans: request.resource_spans }),
-            }
-            .encode_to_vec();
-            ([(header::CONTENT_TYPE, "application/protobuf")], body).into_response()
-        }),
+        axum::routing::get(
+            |UrlPath(id): UrlPath<String>, headers: axum::http::HeaderMap| async move {
+                assert_eq!(headers[header::ACCEPT], "application/protobuf");
+                if id != TRACE {
+                    return StatusCode::NOT_FOUND.into_response();
+                }
+                let request = decode_protobuf(&fixture_bytes("vllm/traced-chat.spans.pb")).unwrap();
+                let body = TraceByIdResponse {
+                    trace: Some(TracesData {
+                        resource_spans: request.resource_spans,
+                    }),
+                }
+                .encode_to_vec();
+                ([(header::CONTENT_TYPE, "application/protobuf")], body).into_response()
+            },
+        ),
     )
 }
 
@@ -124,7 +128,12 @@ fn records() -> Vec<RequestRecord> {
     };
     vec![
         record("found", Some(TRACE), Some("0123456789abcdef"), &timing),
-        record("absent", Some("ffffffffffffffffffffffffffffffff"), Some("0123456789abcdef"), &timing),
+        record(
+            "absent",
+            Some("ffffffffffffffffffffffffffffffff"),
+            Some("0123456789abcdef"),
+            &timing,
+        ),
     ]
 }
 
@@ -144,14 +153,23 @@ async fn join_with(source: TraceSource, url: String) -> Vec<RequestRecord> {
 }
 
 fn assert_found_and_absent(joined: &[RequestRecord], backend: &str) {
-    let server = joined[0].server.as_ref().unwrap_or_else(|| panic!("{backend}: {:?}", joined[0].server_missing_reason));
+    let server = joined[0]
+        .server
+        .as_ref()
+        .unwrap_or_else(|| panic!("{backend}: {:?}", joined[0].server_missing_reason));
     assert_eq!(server.engine, "vllm");
-    assert_eq!(server.request_id.as_deref(), Some("chatcmpl-b667cda1694cf546"));
+    assert_eq!(
+        server.request_id.as_deref(),
+        Some("chatcmpl-b667cda1694cf546")
+    );
     assert!((server.ttft_ms.unwrap() - 30.76481819152832).abs() < 1e-9);
     assert_eq!(server.prompt_tokens, Some(15));
     assert!(joined[0].decomposition.is_some());
     assert_eq!(joined[1].server, None);
-    assert_eq!(joined[1].server_missing_reason.as_deref(), Some(format!("trace not found in {backend}").as_str()));
+    assert_eq!(
+        joined[1].server_missing_reason.as_deref(),
+        Some(format!("trace not found in {backend}").as_str())
+    );
 }
 
 #[tokio::test]
@@ -181,21 +199,48 @@ async fn tempo_protobuf() {
 
 #[tokio::test]
 async fn backend_failures_become_the_missing_reason() {
-    let failing = serve(axum::Router::new().fallback(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "boom") })).await;
-    let garbage = serve(axum::Router::new().fallback(|| async { (StatusCode::OK, "<html>not json</html>") })).await;
-    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let failing = serve(
+        axum::Router::new().fallback(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "boom") }),
+    )
+    .await;
+    let garbage =
+        serve(axum::Router::new().fallback(|| async { (StatusCode::OK, "<html>not json</html>") }))
+            .await;
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     for (source, addr, expected) in [
-        (TraceSource::Jaeger, failing, "answered 500 Internal Server Error"),
-        (TraceSource::Tempo, failing, "answered 500 Internal Server Error"),
-        (TraceSource::Jaeger, garbage, "trace backend sent an unreadable answer"),
-        (TraceSource::Tempo, garbage, "trace backend sent an unreadable answer"),
+        (
+            TraceSource::Jaeger,
+            failing,
+            "answered 500 Internal Server Error",
+        ),
+        (
+            TraceSource::Tempo,
+            failing,
+            "answered 500 Internal Server Error",
+        ),
+        (
+            TraceSource::Jaeger,
+            garbage,
+            "trace backend sent an unreadable answer",
+        ),
+        (
+            TraceSource::Tempo,
+            garbage,
+            "trace backend sent an unreadable answer",
+        ),
         (TraceSource::Jaeger, down, "trace backend unreachable"),
         (TraceSource::Tempo, down, "trace backend unreachable"),
     ] {
         let joined = join_with(source, format!("http://{addr}")).await;
         for r in &joined {
             let reason = r.server_missing_reason.as_deref().unwrap_or_default();
-            assert!(r.server.is_none() && reason.contains(expected), "{source:?} {addr}: {reason}");
+            assert!(
+                r.server.is_none() && reason.contains(expected),
+                "{source:?} {addr}: {reason}"
+            );
         }
     }
 }
@@ -207,24 +252,39 @@ async fn jaeger_polls_until_the_span_set_settles() {
     let app = axum::Router::new()
         .route(
             "/api/v3/traces/{id}",
-            axum::routing::get(|State(polls): State<Arc<std::sync::atomic::AtomicUsize>>| async move {
-                let n = polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let mut trace: serde_json::Value =
-                    serde_json::from_slice(&fixture_bytes("vllm/traced-chat-n2.spans.otlp.json")).unwrap();
-                if n == 0 {
-                    trace["resourceSpans"][0]["scopeSpans"][0]["spans"].as_array_mut().unwrap().truncate(1);
-                }
-                axum::Json(serde_json::json!({ "result": trace }))
-            }),
+            axum::routing::get(
+                |State(polls): State<Arc<std::sync::atomic::AtomicUsize>>| async move {
+                    let n = polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let mut trace: serde_json::Value = serde_json::from_slice(&fixture_bytes(
+                        "vllm/traced-chat-n2.spans.otlp.json",
+                    ))
+                    .unwrap();
+                    if n == 0 {
+                        trace["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                            .as_array_mut()
+                            .unwrap()
+                            .truncate(1);
+                    }
+                    axum::Json(serde_json::json!({ "result": trace }))
+                },
+            ),
         )
         .with_state(polls.clone());
     let addr = serve(app).await;
     let client = JaegerClient::new(http_client().unwrap(), &format!("http://{addr}"));
-    let trace_id: [u8; 16] = [0x22; 14].into_iter().chain([0xaa, 0xaa]).collect::<Vec<u8>>().try_into().unwrap();
+    let trace_id: [u8; 16] = [0x22; 14]
+        .into_iter()
+        .chain([0xaa, 0xaa])
+        .collect::<Vec<u8>>()
+        .try_into()
+        .unwrap();
     let found = tracebench::trace::backend::fetch_settled(
         || client.fetch(&trace_id),
         tokio::time::Instant::now() + Duration::from_secs(10),
-        tracebench::trace::backend::Backoff { first: Duration::from_millis(10), max: Duration::from_millis(50) },
+        tracebench::trace::backend::Backoff {
+            first: Duration::from_millis(10),
+            max: Duration::from_millis(50),
+        },
     )
     .await
     .unwrap()

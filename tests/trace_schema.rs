@@ -11,7 +11,8 @@ use tracebench::trace::receiver::{Receiver, ReceiverConfig};
 
 fn validator() -> jsonschema::Validator {
     let schema: serde_json::Value =
-        serde_json::from_str(include_str!("../schemas/span.schema.json")).expect("the schema is JSON");
+        serde_json::from_str(include_str!("../schemas/span.schema.json"))
+            .expect("the schema is JSON");
     jsonschema::validator_for(&schema).expect("the schema compiles")
 }
 
@@ -20,15 +21,30 @@ async fn received_span_lines_validate() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let spans_path = dir.path().join("spans.jsonl");
-    let config = ReceiverConfig::new("127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap(), spans_path.clone());
-    let receiver = Receiver::start(config, Arc::new(Mutex::new(SpanStore::new()))).await.unwrap();
+    let config = ReceiverConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        spans_path.clone(),
+    );
+    let receiver = Receiver::start(config, Arc::new(Mutex::new(SpanStore::new())))
+        .await
+        .unwrap();
     let client = reqwest::Client::new();
     for (file, content_type) in [
         ("vllm/concurrent-12.spans.pb", "application/x-protobuf"),
         ("vllm/untraced-chat.spans.pb", "application/x-protobuf"),
-        ("sglang/chat-stream.no-overlap.otlp.json", "application/json"),
-        ("tgi/chat-stream.request-trace.otlp.json", "application/json"),
-        ("tgi/chat-stream.batch-traces.sample.otlp.json", "application/json"),
+        (
+            "sglang/chat-stream.no-overlap.otlp.json",
+            "application/json",
+        ),
+        (
+            "tgi/chat-stream.request-trace.otlp.json",
+            "application/json",
+        ),
+        (
+            "tgi/chat-stream.batch-traces.sample.otlp.json",
+            "application/json",
+        ),
         ("otlp/trace.json", "application/json"),
     ] {
         let response = client
@@ -44,7 +60,10 @@ async fn received_span_lines_validate() {
 
     let validator = validator();
     let text = std::fs::read_to_string(&spans_path).unwrap();
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len() as u64, accepted);
     for line in &lines {
         let errors: Vec<String> = validator.iter_errors(line).map(|e| e.to_string()).collect();

@@ -67,6 +67,9 @@ pub fn unreadable(url: &str, error: impl std::fmt::Display) -> String {
     format!("trace backend sent an unreadable answer: {url}: {error}")
 }
 
+/// The identity of a span set: (trace id, span id) of each span.
+type SpanIds = BTreeSet<([u8; 16], [u8; 8])>;
+
 /// Polls `fetch` until two polls in a row give the same non-empty span set, or
 /// the deadline passes (then the last spans seen, if any). An error ends the
 /// polling at once.
@@ -75,11 +78,11 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Fetched>,
 {
-    let mut last: Option<(Vec<ResourceSpans>, BTreeSet<([u8; 16], [u8; 8])>)> = None;
+    let mut last: Option<(Vec<ResourceSpans>, SpanIds)> = None;
     let mut delay = backoff.first;
     loop {
         if let Some(found) = fetch().await? {
-            let ids: BTreeSet<_> = spans_of(&found)
+            let ids: SpanIds = spans_of(&found)
                 .map_err(|e| format!("trace backend sent an unreadable span: {e}"))?
                 .iter()
                 .map(|s| (s.trace_id, s.span_id))
@@ -104,8 +107,13 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn n2_spans() -> Vec<ResourceSpans> {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/vllm/traced-chat-n2.spans.pb");
-        decode_protobuf(&std::fs::read(path).unwrap()).unwrap().resource_spans
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/fixtures/vllm/traced-chat-n2.spans.pb"
+        );
+        decode_protobuf(&std::fs::read(path).unwrap())
+            .unwrap()
+            .resource_spans
     }
 
     /// The first n2 span alone, as if the second had not arrived yet.
@@ -130,10 +138,14 @@ mod tests {
         };
         // Two equal answers in a row (polls 1 and 2) would end it with one span;
         // here the third poll gives both, so the answer depends on the sequence.
-        let found = fetch_settled(fetch, Instant::now() + Duration::from_secs(60), Backoff::default())
-            .await
-            .unwrap()
-            .unwrap();
+        let found = fetch_settled(
+            fetch,
+            Instant::now() + Duration::from_secs(60),
+            Backoff::default(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
         assert_eq!(spans_of(&found).unwrap().len(), 1);
         assert_eq!(polls.load(Ordering::SeqCst), 3);
 
@@ -142,10 +154,14 @@ mod tests {
             let n = polls.fetch_add(1, Ordering::SeqCst);
             async move { Ok(Some(if n == 0 { first_only() } else { n2_spans() })) }
         };
-        let found = fetch_settled(growing, Instant::now() + Duration::from_secs(60), Backoff::default())
-            .await
-            .unwrap()
-            .unwrap();
+        let found = fetch_settled(
+            growing,
+            Instant::now() + Duration::from_secs(60),
+            Backoff::default(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
         assert_eq!(spans_of(&found).unwrap().len(), 2);
     }
 
@@ -153,7 +169,9 @@ mod tests {
     async fn deadline_returns_what_was_seen_and_errors_stop_at_once() {
         let start = Instant::now();
         let never = || async { Ok(None) };
-        let found = fetch_settled(never, start + Duration::from_secs(5), Backoff::default()).await.unwrap();
+        let found = fetch_settled(never, start + Duration::from_secs(5), Backoff::default())
+            .await
+            .unwrap();
         assert!(found.is_none());
         assert!(Instant::now() <= start + Duration::from_secs(5));
         assert!(Instant::now() >= start + Duration::from_secs(3));
@@ -163,7 +181,9 @@ mod tests {
             polls.fetch_add(1, Ordering::SeqCst);
             async { Err("trace backend error: x answered 500".to_string()) }
         };
-        let error = fetch_settled(failing, start + Duration::from_secs(60), Backoff::default()).await.unwrap_err();
+        let error = fetch_settled(failing, start + Duration::from_secs(60), Backoff::default())
+            .await
+            .unwrap_err();
         assert!(error.contains("500"));
         assert_eq!(polls.load(Ordering::SeqCst), 1);
     }

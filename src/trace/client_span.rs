@@ -5,7 +5,9 @@
 use super::receiver::otlp_http_traces_url;
 use crate::client::traceparent::unhex;
 use crate::record::RequestRecord;
-use opentelemetry::trace::{Event, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
+use opentelemetry::trace::{
+    Event, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
@@ -45,7 +47,11 @@ pub fn client_span_data(record: &RequestRecord) -> Option<SpanData> {
         ("tracebench.e2e_ms", record.e2e_ms),
         ("tracebench.tpot_ms", record.tpot_ms),
     ];
-    attributes.extend(optional_f64.into_iter().filter_map(|(k, v)| Some(KeyValue::new(k, v?))));
+    attributes.extend(
+        optional_f64
+            .into_iter()
+            .filter_map(|(k, v)| Some(KeyValue::new(k, v?))),
+    );
     let optional_u64 = [
         ("gen_ai.usage.input_tokens", record.input_tokens),
         ("gen_ai.usage.output_tokens", record.output_tokens),
@@ -67,10 +73,13 @@ pub fn client_span_data(record: &RequestRecord) -> Option<SpanData> {
         }
         None => Status::Ok,
     };
-    let events: Vec<Event> = [("first_token", instants.first_token), ("last_token", instants.last_token)]
-        .into_iter()
-        .filter_map(|(name, at)| Some(Event::new(name, wall(at?), Vec::new(), 0)))
-        .collect();
+    let events: Vec<Event> = [
+        ("first_token", instants.first_token),
+        ("last_token", instants.last_token),
+    ]
+    .into_iter()
+    .filter_map(|(name, at)| Some(Event::new(name, wall(at?), Vec::new(), 0)))
+    .collect();
 
     let mut span_events = SpanEvents::default();
     span_events.events = events;

@@ -62,7 +62,13 @@ pub async fn start_collector(args: &TraceArgs, run_dir: &Path) -> anyhow::Result
     check_backend_url(args)?;
     let store = Arc::new(Mutex::new(SpanStore::new()));
     let receiver = if args.trace_source == TraceSource::Otlp && args.sends_trace_header() {
-        Some(Receiver::start(receiver_config(args, run_dir.join("spans.jsonl")), store.clone()).await?)
+        Some(
+            Receiver::start(
+                receiver_config(args, run_dir.join("spans.jsonl")),
+                store.clone(),
+            )
+            .await?,
+        )
     } else {
         None
     };
@@ -108,7 +114,9 @@ impl SpanCollector {
 
     /// The receiver's addresses (gRPC, HTTP) when it listens.
     pub fn receiver_addrs(&self) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
-        self.receiver.as_ref().map(|r| (r.grpc_addr(), r.http_addr()))
+        self.receiver
+            .as_ref()
+            .map(|r| (r.grpc_addr(), r.http_addr()))
     }
 
     /// Waits up to `--span-wait` after the last response for the spans of the
@@ -129,19 +137,29 @@ impl SpanCollector {
             let remaining = wait_left_after_last_response(records, wait);
             let mut options = JoinOptions {
                 jaeger_ui: self.args.jaeger_ui.clone(),
-                no_span_reason: format!("no span arrived within {}", humantime::format_duration(wait)),
+                no_span_reason: format!(
+                    "no span arrived within {}",
+                    humantime::format_duration(wait)
+                ),
                 backend_errors: HashMap::new(),
             };
             match backend_of(&self.args)? {
                 Some(backend) => {
-                    let fetched = fetch_from_backend(&backend, records, remaining, &mut on_wait).await;
+                    let fetched =
+                        fetch_from_backend(&backend, records, remaining, &mut on_wait).await;
                     write_span_lines(&self.run_dir.join("spans.jsonl"), &fetched.resource_spans)?;
                     fetched.insert_into(&mut *lock(&self.store)?);
-                    options.no_span_reason =
-                        format!("trace not found in {} within {}", backend.name(), humantime::format_duration(wait));
+                    options.no_span_reason = format!(
+                        "trace not found in {} within {}",
+                        backend.name(),
+                        humantime::format_duration(wait)
+                    );
                     options.backend_errors = fetched.errors;
                 }
-                None => self.wait_for_spans(records, remaining, &mut on_wait).await?,
+                None => {
+                    self.wait_for_spans(records, remaining, &mut on_wait)
+                        .await?
+                }
             }
             // Stopping the receiver first lets the writer put every queued span in the store.
             report.receiver = self.stop_receiver().await?;
@@ -153,7 +171,8 @@ impl SpanCollector {
         }
         report.receiver = report.receiver.or(self.stop_receiver().await?);
         let requests = self.run_dir.join("requests.jsonl");
-        rewrite_records(&requests, records).with_context(|| format!("cannot rewrite {}", requests.display()))?;
+        rewrite_records(&requests, records)
+            .with_context(|| format!("cannot rewrite {}", requests.display()))?;
         Ok(report)
     }
 
@@ -171,7 +190,10 @@ impl SpanCollector {
         on_wait: &mut impl FnMut(WaitProgress),
     ) -> anyhow::Result<()> {
         let deadline = Instant::now() + remaining;
-        let mut pending: Vec<&RequestRecord> = records.iter().filter(|r| r.ok() && r.trace_id.is_some()).collect();
+        let mut pending: Vec<&RequestRecord> = records
+            .iter()
+            .filter(|r| r.ok() && r.trace_id.is_some())
+            .collect();
         loop {
             {
                 let store = lock(&self.store)?;
@@ -191,7 +213,9 @@ impl SpanCollector {
 }
 
 fn lock(store: &Mutex<SpanStore>) -> anyhow::Result<std::sync::MutexGuard<'_, SpanStore>> {
-    store.lock().map_err(|_| anyhow::anyhow!("the span store was poisoned by a panic"))
+    store
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the span store was poisoned by a panic"))
 }
 
 /// Every record gets `tracing_off` (and the trace link, when one was sent).
@@ -249,11 +273,17 @@ impl Backend {
 fn backend_of(args: &TraceArgs) -> anyhow::Result<Option<Backend>> {
     check_backend_url(args)?;
     let client = || http_client().map_err(anyhow::Error::msg);
-    Ok(match (args.trace_source, &args.jaeger_url, &args.tempo_url) {
-        (TraceSource::Jaeger, Some(url), _) => Some(Backend::Jaeger(JaegerClient::new(client()?, url))),
-        (TraceSource::Tempo, _, Some(url)) => Some(Backend::Tempo(TempoClient::new(client()?, url))),
-        _ => None,
-    })
+    Ok(
+        match (args.trace_source, &args.jaeger_url, &args.tempo_url) {
+            (TraceSource::Jaeger, Some(url), _) => {
+                Some(Backend::Jaeger(JaegerClient::new(client()?, url)))
+            }
+            (TraceSource::Tempo, _, Some(url)) => {
+                Some(Backend::Tempo(TempoClient::new(client()?, url)))
+            }
+            _ => None,
+        },
+    )
 }
 
 /// What a round of backend queries gave.
@@ -280,13 +310,18 @@ async fn fetch_from_backend(
     on_wait: &mut impl FnMut(WaitProgress),
 ) -> BackendSpans {
     let deadline = Instant::now() + remaining;
-    let mut trace_ids: Vec<[u8; 16]> = records.iter().filter(|r| r.ok()).filter_map(record_trace_id).collect();
+    let mut trace_ids: Vec<[u8; 16]> = records
+        .iter()
+        .filter(|r| r.ok())
+        .filter_map(record_trace_id)
+        .collect();
     trace_ids.sort_unstable();
     trace_ids.dedup();
     let mut missing = trace_ids.len();
     let mut results = futures::stream::iter(trace_ids)
         .map(|trace_id| async move {
-            let fetched = fetch_settled(|| backend.fetch(&trace_id), deadline, Backoff::default()).await;
+            let fetched =
+                fetch_settled(|| backend.fetch(&trace_id), deadline, Backoff::default()).await;
             (trace_id, fetched)
         })
         .buffer_unordered(BACKEND_CONCURRENCY);
@@ -301,7 +336,10 @@ async fn fetch_from_backend(
                 match spans_of(&found) {
                     Ok(_) => out.resource_spans.extend(found),
                     Err(e) => {
-                        out.errors.insert(hex(&trace_id), format!("trace backend sent an unreadable span: {e}"));
+                        out.errors.insert(
+                            hex(&trace_id),
+                            format!("trace backend sent an unreadable span: {e}"),
+                        );
                     }
                 }
                 missing -= 1;
@@ -321,13 +359,15 @@ async fn fetch_from_backend(
 }
 
 fn write_span_lines(path: &Path, resource_spans: &[ResourceSpans]) -> anyhow::Result<()> {
-    let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut out = std::io::BufWriter::new(file);
     for line in SpanLine::all_of(resource_spans) {
         serde_json::to_writer(&mut out, &line)?;
         out.write_all(b"\n")?;
     }
-    out.flush().with_context(|| format!("cannot write {}", path.display()))
+    out.flush()
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// `tracebench join RUN_DIR`: joins again from `requests.jsonl` and
@@ -360,7 +400,8 @@ pub async fn join_run_dir(run_dir: &Path, args: &TraceArgs) -> anyhow::Result<Jo
         }
     }
     let counts = join(&mut records, &store, &options);
-    rewrite_records(&requests, &records).with_context(|| format!("cannot rewrite {}", requests.display()))?;
+    rewrite_records(&requests, &records)
+        .with_context(|| format!("cannot rewrite {}", requests.display()))?;
     Ok(JoinReport {
         joined: counts.joined,
         missing: counts.missing,
@@ -380,11 +421,16 @@ pub async fn collect_until_ctrl_c(args: &TraceArgs, out: &Path) -> anyhow::Resul
         receiver.http_addr(),
         out.display()
     );
-    tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot wait for Ctrl-C")?;
     let counters = receiver.shutdown().await?;
     eprintln!(
         "stopped: {} spans accepted, {} requests refused, {} malformed, {} forward failures",
-        counters.accepted_spans, counters.refused_requests, counters.malformed_requests, counters.forward_failures
+        counters.accepted_spans,
+        counters.refused_requests,
+        counters.malformed_requests,
+        counters.forward_failures
     );
     Ok(())
 }

@@ -37,7 +37,9 @@ pub fn request_views(trace: &[Span]) -> Vec<ServerView> {
     for span in trace {
         if span.name == VLLM_REQUEST_SPAN {
             views.push(vllm_view(span));
-        } else if span.attr_str("module") == Some(SGLANG_REQUEST_MODULE) && span.attributes.contains_key("rid") {
+        } else if span.attr_str("module") == Some(SGLANG_REQUEST_MODULE)
+            && span.attributes.contains_key("rid")
+        {
             views.push(sglang_view(span, &tree));
         } else if span.name == "queued" {
             if let Some(handler) = tgi_handler(span, &tree) {
@@ -51,12 +53,14 @@ pub fn request_views(trace: &[Span]) -> Vec<ServerView> {
 
 /// Which engine produced a trace, when any request span in it is recognized.
 pub fn detect_engine(trace: &[Span]) -> Option<Engine> {
-    request_views(trace).first().and_then(|v| match v.engine.as_str() {
-        "vllm" => Some(Engine::Vllm),
-        "sglang" => Some(Engine::Sglang),
-        "tgi" => Some(Engine::Tgi),
-        _ => None,
-    })
+    request_views(trace)
+        .first()
+        .and_then(|v| match v.engine.as_str() {
+            "vllm" => Some(Engine::Vllm),
+            "sglang" => Some(Engine::Sglang),
+            "tgi" => Some(Engine::Tgi),
+            _ => None,
+        })
 }
 
 /// Parent/child lookups within one trace.
@@ -174,7 +178,10 @@ fn tgi_handler<'a>(queued: &Span, tree: &Tree<'a>) -> Option<&'a Span> {
         if steps > tree.by_id.len() {
             break; // a cycle in malformed input
         }
-        if TGI_TIMING_FIELDS.iter().any(|k| span.attributes.contains_key(*k)) {
+        if TGI_TIMING_FIELDS
+            .iter()
+            .any(|k| span.attributes.contains_key(*k))
+        {
             handler = Some(span);
         }
         current = tree.parent(span);
@@ -194,11 +201,16 @@ fn tgi_view(handler: &Span, tree: &Tree) -> ServerView {
             .min_by_key(|s| s.start_unix_ns)
             .copied()
     };
-    let sends: Vec<&Span> = below.iter().filter(|s| s.name == "send_generation").copied().collect();
+    let sends: Vec<&Span> = below
+        .iter()
+        .filter(|s| s.name == "send_generation")
+        .copied()
+        .collect();
     let first_send = sends.iter().min_by_key(|s| s.start_unix_ns).copied();
     let duration_field = |key: &str| handler.attr_str(key).and_then(parse_debug_duration_ms);
 
-    let queue_ms = duration_field("queue_time").or_else(|| earliest("queued").map(|s| s.duration_ns() as f64 / 1e6));
+    let queue_ms = duration_field("queue_time")
+        .or_else(|| earliest("queued").map(|s| s.duration_ns() as f64 / 1e6));
     let prefill_ms = match (earliest("infer"), first_send) {
         (Some(infer), Some(send)) if send.start_unix_ns >= infer.start_unix_ns => {
             Some((send.start_unix_ns - infer.start_unix_ns) as f64 / 1e6)
@@ -213,7 +225,9 @@ fn tgi_view(handler: &Span, tree: &Tree) -> ServerView {
     let ttft_ms = first_send
         .filter(|s| s.start_unix_ns >= handler.start_unix_ns)
         .map(|s| (s.start_unix_ns - handler.start_unix_ns) as f64 / 1e6);
-    let generated_tokens = sends.iter().find_map(|s| s.attr_str("generation").and_then(generated_tokens_of));
+    let generated_tokens = sends
+        .iter()
+        .find_map(|s| s.attr_str("generation").and_then(generated_tokens_of));
     let completion_tokens = generated_tokens.or((!sends.is_empty()).then_some(sends.len() as u64));
     ServerView {
         queue_ms,
@@ -242,7 +256,11 @@ pub fn parse_debug_duration_ms(text: &str) -> Option<f64> {
     let text = text.trim();
     let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
         (n, 1.0)
-    } else if let Some(n) = text.strip_suffix("µs").or_else(|| text.strip_suffix("μs")).or_else(|| text.strip_suffix("us")) {
+    } else if let Some(n) = text
+        .strip_suffix("µs")
+        .or_else(|| text.strip_suffix("μs"))
+        .or_else(|| text.strip_suffix("us"))
+    {
         (n, 1e-3)
     } else if let Some(n) = text.strip_suffix("ns") {
         (n, 1e-6)
@@ -263,7 +281,12 @@ mod tests {
     fn fixture_spans(name: &str) -> Vec<Span> {
         let path = format!("{}/../shared/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        let request = if name.ends_with(".pb") { decode_protobuf(&bytes) } else { decode_json(&bytes) }.unwrap();
+        let request = if name.ends_with(".pb") {
+            decode_protobuf(&bytes)
+        } else {
+            decode_json(&bytes)
+        }
+        .unwrap();
         spans_of(&request.resource_spans).unwrap()
     }
 
@@ -279,7 +302,10 @@ mod tests {
         let v = &views[0];
         let span = &spans[0];
         assert_eq!(v.engine, "vllm");
-        assert!(close(v.queue_ms, span.attr_f64("gen_ai.latency.time_in_queue").unwrap() * 1e3));
+        assert!(close(
+            v.queue_ms,
+            span.attr_f64("gen_ai.latency.time_in_queue").unwrap() * 1e3
+        ));
         assert!(close(v.ttft_ms, 30.76481819152832));
         assert!(close(v.e2e_ms, 66.1165714263916));
         assert!(close(v.prefill_ms, 16.014365000046382));
@@ -302,8 +328,16 @@ mod tests {
     #[test]
     fn sglang_queue_is_taken_out_of_prefill() {
         for (file, queue_ns, ttft_s) in [
-            ("sglang/chat-stream.overlap.otlp.json", 30_110_976.0, 0.07693947400002799),
-            ("sglang/chat-stream.no-overlap.otlp.json", 30_116_608.0, 0.0762178059994767),
+            (
+                "sglang/chat-stream.overlap.otlp.json",
+                30_110_976.0,
+                0.07693947400002799,
+            ),
+            (
+                "sglang/chat-stream.no-overlap.otlp.json",
+                30_116_608.0,
+                0.0762178059994767,
+            ),
         ] {
             let spans = fixture_spans(file);
             let views = request_views(&spans);
@@ -311,17 +345,36 @@ mod tests {
             let v = &views[0];
             assert_eq!(v.engine, "sglang");
             assert_eq!(v.span_name, " Req 3f2a9c7e");
-            assert!(close(v.queue_ms, queue_ns / 1e6), "{file}: {:?}", v.queue_ms);
+            assert!(
+                close(v.queue_ms, queue_ns / 1e6),
+                "{file}: {:?}",
+                v.queue_ms
+            );
             assert!(close(v.ttft_ms, ttft_s * 1e3));
             let root = spans.iter().find(|s| s.name == " Req 3f2a9c7e").unwrap();
-            let with_wait = root.attr_f64("gen_ai.latency.time_in_model_prefill").unwrap() * 1e3;
+            let with_wait = root
+                .attr_f64("gen_ai.latency.time_in_model_prefill")
+                .unwrap()
+                * 1e3;
             assert!(close(v.prefill_ms, with_wait - queue_ns / 1e6));
             // The prefill without the wait is close to the prefill_forward slice (about 40 ms).
-            let forward = spans.iter().find(|s| s.name == "prefill_forward").unwrap().duration_ns() as f64 / 1e6;
-            assert!((v.prefill_ms.unwrap() - forward).abs() < 5.0, "{:?} vs {forward}", v.prefill_ms);
+            let forward = spans
+                .iter()
+                .find(|s| s.name == "prefill_forward")
+                .unwrap()
+                .duration_ns() as f64
+                / 1e6;
+            assert!(
+                (v.prefill_ms.unwrap() - forward).abs() < 5.0,
+                "{:?} vs {forward}",
+                v.prefill_ms
+            );
             assert_eq!(v.prompt_tokens, Some(15));
             assert_eq!(v.completion_tokens, Some(20));
-            assert_eq!(v.request_id.as_deref(), Some("3f2a9c7e5b1d4e8fa0c6d2b4e6f8a1c3"));
+            assert_eq!(
+                v.request_id.as_deref(),
+                Some("3f2a9c7e5b1d4e8fa0c6d2b4e6f8a1c3")
+            );
             assert_eq!(detect_engine(&spans), Some(Engine::Sglang));
         }
     }
@@ -343,7 +396,10 @@ mod tests {
         assert_eq!(v.completion_tokens, Some(20));
         assert_eq!(v.prompt_tokens, None);
         assert_eq!(v.request_id, None);
-        assert_eq!(v.service_name.as_deref(), Some("text-generation-inference.router"));
+        assert_eq!(
+            v.service_name.as_deref(),
+            Some("text-generation-inference.router")
+        );
     }
 
     #[test]
@@ -353,7 +409,10 @@ mod tests {
             .filter(|s| s.name != "chat_completions")
             .collect();
         assert!(request_views(&spans).is_empty());
-        assert!(request_views(&fixture_spans("tgi/chat-stream.batch-traces.sample.otlp.json")).is_empty());
+        assert!(request_views(&fixture_spans(
+            "tgi/chat-stream.batch-traces.sample.otlp.json"
+        ))
+        .is_empty());
         assert!(request_views(&fixture_spans("tgi/variant.otel-http-span.otlp.json")).is_empty());
         assert!(request_views(&fixture_spans("otlp/trace.json")).is_empty());
     }

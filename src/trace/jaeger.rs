@@ -45,7 +45,12 @@ impl JaegerClient {
 
     async fn fetch_v3(&self, trace_id: &[u8; 16]) -> Result<V3, String> {
         let url = format!("{}/api/v3/traces/{}", self.base, hex(trace_id));
-        let response = self.http.get(&url).send().await.map_err(|e| unreachable(&url, &e))?;
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| unreachable(&url, &e))?;
         let status = response.status();
         let body = response.bytes().await.map_err(|e| unreachable(&url, &e))?;
         if status == reqwest::StatusCode::NOT_FOUND {
@@ -53,7 +58,11 @@ impl JaegerClient {
             let is_jaeger_error = serde_json::from_slice::<Value>(&body)
                 .ok()
                 .is_some_and(|v| v.get("error").is_some());
-            return Ok(if is_jaeger_error { V3::NotYet } else { V3::NoSuchApi });
+            return Ok(if is_jaeger_error {
+                V3::NotYet
+            } else {
+                V3::NoSuchApi
+            });
         }
         if !status.is_success() {
             return Err(bad_status(&url, status));
@@ -63,7 +72,8 @@ impl JaegerClient {
             result: Value,
         }
         let envelope: Envelope = serde_json::from_slice(&body).map_err(|e| unreadable(&url, e))?;
-        let traces = decode_json(envelope.result.to_string().as_bytes()).map_err(|e| unreadable(&url, e))?;
+        let traces =
+            decode_json(envelope.result.to_string().as_bytes()).map_err(|e| unreadable(&url, e))?;
         Ok(if traces.resource_spans.is_empty() {
             V3::NotYet
         } else {
@@ -73,7 +83,12 @@ impl JaegerClient {
 
     async fn fetch_ui(&self, trace_id: &[u8; 16]) -> Fetched {
         let url = format!("{}/api/traces/{}", self.base, hex(trace_id));
-        let response = self.http.get(&url).send().await.map_err(|e| unreachable(&url, &e))?;
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| unreachable(&url, &e))?;
         let status = response.status();
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
@@ -82,7 +97,8 @@ impl JaegerClient {
             return Err(bad_status(&url, status));
         }
         let body = response.bytes().await.map_err(|e| unreachable(&url, &e))?;
-        let envelope: UiEnvelope = serde_json::from_slice(&body).map_err(|e| unreadable(&url, e))?;
+        let envelope: UiEnvelope =
+            serde_json::from_slice(&body).map_err(|e| unreadable(&url, e))?;
         let mut resource_spans = Vec::new();
         for trace in &envelope.data {
             resource_spans.extend(ui_trace_to_otlp(trace).map_err(|e| unreadable(&url, e))?);
@@ -230,8 +246,10 @@ pub fn ui_trace_to_otlp(trace: &UiTrace) -> Result<Vec<ResourceSpans>, String> {
             Some("internal") => SpanKind::Internal,
             _ => SpanKind::Unspecified,
         };
-        let scope_name = tag_text(&span.tags, &["otel.scope.name", "otel.library.name"]).unwrap_or_default();
-        let scope_version = tag_text(&span.tags, &["otel.scope.version", "otel.library.version"]).unwrap_or_default();
+        let scope_name =
+            tag_text(&span.tags, &["otel.scope.name", "otel.library.name"]).unwrap_or_default();
+        let scope_version = tag_text(&span.tags, &["otel.scope.version", "otel.library.version"])
+            .unwrap_or_default();
         let start = span.start_time.saturating_mul(1000);
         let proto = ProtoSpan {
             trace_id,
@@ -250,7 +268,11 @@ pub fn ui_trace_to_otlp(trace: &UiTrace) -> Result<Vec<ResourceSpans>, String> {
             ..ProtoSpan::default()
         };
         grouped
-            .entry((span.process_id.clone(), scope_name.to_string(), scope_version.to_string()))
+            .entry((
+                span.process_id.clone(),
+                scope_name.to_string(),
+                scope_version.to_string(),
+            ))
             .or_default()
             .push(proto);
     }
@@ -258,7 +280,9 @@ pub fn ui_trace_to_otlp(trace: &UiTrace) -> Result<Vec<ResourceSpans>, String> {
         .into_iter()
         .map(|((process_id, scope_name, scope_version), spans)| {
             let process = trace.processes.get(&process_id);
-            let mut attributes: Vec<KeyValue> = process.map(|p| p.tags.iter().map(key_value).collect()).unwrap_or_default();
+            let mut attributes: Vec<KeyValue> = process
+                .map(|p| p.tags.iter().map(key_value).collect())
+                .unwrap_or_default();
             if let Some(process) = process {
                 attributes.push(KeyValue {
                     key: "service.name".into(),
@@ -294,13 +318,17 @@ mod tests {
     use crate::trace::span::spans_of;
 
     fn fixture(name: &str) -> Vec<u8> {
-        let path = format!("{}/../shared/fixtures/jaeger/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/../shared/fixtures/jaeger/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
     #[test]
     fn ui_and_v3_views_of_one_trace_agree() {
-        let capture: Value = serde_json::from_slice(&fixture("ui-parser-parity-capture.json")).unwrap();
+        let capture: Value =
+            serde_json::from_slice(&fixture("ui-parser-parity-capture.json")).unwrap();
         let legacy: UiEnvelope = serde_json::from_value(capture["legacy"].clone()).unwrap();
         let from_ui = spans_of(&ui_trace_to_otlp(&legacy.data[0]).unwrap()).unwrap();
         let v3 = decode_json(capture["v3"]["result"].to_string().as_bytes()).unwrap();
@@ -323,20 +351,42 @@ mod tests {
         let trace: UiTrace = serde_json::from_slice(&fixture("ui_01.json")).unwrap();
         let spans = spans_of(&ui_trace_to_otlp(&trace).unwrap()).unwrap();
         assert_eq!(spans.len(), 5);
-        assert!(spans.iter().all(|s| hex(&s.trace_id) == "00000000000000000000000000000001"));
-        let tagged = spans.iter().find(|s| s.attributes.contains_key("peer.ipv4")).unwrap();
+        assert!(spans
+            .iter()
+            .all(|s| hex(&s.trace_id) == "00000000000000000000000000000001"));
+        let tagged = spans
+            .iter()
+            .find(|s| s.attributes.contains_key("peer.ipv4"))
+            .unwrap();
         assert_eq!(tagged.attributes["peer.ipv4"], 23456);
         assert_eq!(tagged.attributes["error"], true);
         assert_eq!(tagged.attributes["temperature"], 72.5);
-        assert_eq!(tagged.service_name.as_deref(), Some("service-y"));
+        assert_eq!(
+            tagged.service_name.as_deref(),
+            Some("service-x"),
+            "process p1"
+        );
+        let five = spans
+            .iter()
+            .find(|s| s.span_id == [0, 0, 0, 0, 0, 0, 0, 5])
+            .unwrap();
+        assert_eq!(
+            five.service_name.as_deref(),
+            Some("service-y"),
+            "process p2"
+        );
         // A CHILD_OF into another trace is not a parent; the one in this trace is.
-        let four = spans.iter().find(|s| s.span_id == [0, 0, 0, 0, 0, 0, 0, 4]).unwrap();
+        let four = spans
+            .iter()
+            .find(|s| s.span_id == [0, 0, 0, 0, 0, 0, 0, 4])
+            .unwrap();
         assert_eq!(four.parent_span_id, Some([0, 0, 0, 0, 0, 0, 0, 2]));
     }
 
     #[test]
     fn otlp_translation_output_reads_back() {
-        let envelope: UiEnvelope = serde_json::from_slice(&fixture("otlp2jaeger-out.json")).unwrap();
+        let envelope: UiEnvelope =
+            serde_json::from_slice(&fixture("otlp2jaeger-out.json")).unwrap();
         let spans = spans_of(&ui_trace_to_otlp(&envelope.data[0]).unwrap()).unwrap();
         assert_eq!(spans.len(), 2);
         assert_eq!(spans[0].kind, SpanKind::Server);

@@ -54,7 +54,13 @@ impl PhaseSums {
     }
 
     fn add(&mut self, other: &Self, sign: f64) {
-        let count = |a: u64, b: u64| if sign > 0.0 { a + b } else { a.saturating_sub(b) };
+        let count = |a: u64, b: u64| {
+            if sign > 0.0 {
+                a + b
+            } else {
+                a.saturating_sub(b)
+            }
+        };
         self.views = count(self.views, other.views);
         for (mine, theirs) in [
             (&mut self.queue, other.queue),
@@ -204,7 +210,9 @@ pub fn join(records: &mut [RequestRecord], store: &SpanStore, options: &JoinOpti
     let mut used_traces: HashSet<[u8; 16]> = HashSet::new();
     for record in records.iter_mut() {
         record.trace_url = match (&options.jaeger_ui, &record.trace_id) {
-            (Some(ui), Some(trace_id)) => Some(format!("{}/trace/{trace_id}", ui.trim_end_matches('/'))),
+            (Some(ui), Some(trace_id)) => {
+                Some(format!("{}/trace/{trace_id}", ui.trim_end_matches('/')))
+            }
             _ => None,
         };
         if let Some(trace_id) = record_trace_id(record) {
@@ -249,7 +257,11 @@ pub fn missing_reason(record: &RequestRecord, options: &JoinOptions) -> String {
             kind => format!("request failed ({}) and no span arrived", kind.as_str()),
         };
     }
-    if let Some(error) = record.trace_id.as_ref().and_then(|t| options.backend_errors.get(t)) {
+    if let Some(error) = record
+        .trace_id
+        .as_ref()
+        .and_then(|t| options.backend_errors.get(t))
+    {
         return error.clone();
     }
     options.no_span_reason.clone()
@@ -261,7 +273,10 @@ mod tests {
     use crate::trace::span::{decode_protobuf, spans_of};
 
     fn store_of(file: &str) -> SpanStore {
-        let path = format!("{}/../shared/fixtures/vllm/{file}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/../shared/fixtures/vllm/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let request = decode_protobuf(&std::fs::read(path).unwrap()).unwrap();
         let mut store = SpanStore::new();
         for span in spans_of(&request.resource_spans).unwrap() {
@@ -296,7 +311,15 @@ mod tests {
             ..JoinOptions::default()
         };
         let counts = join(&mut records, &store, &options);
-        assert_eq!(counts, JoinCounts { joined: 1, missing: 0, duplicates: 1, unrelated_spans: 0 });
+        assert_eq!(
+            counts,
+            JoinCounts {
+                joined: 1,
+                missing: 0,
+                duplicates: 1,
+                unrelated_spans: 0
+            }
+        );
         let r = &records[0];
         assert!(r.server.is_some());
         assert_eq!(r.server_missing_reason, None);
@@ -313,19 +336,33 @@ mod tests {
     fn falls_back_to_the_request_id_and_reports_unrelated_spans() {
         // The untraced capture's span is a root of a trace the client never saw.
         let store = store_of("untraced-chat.spans.pb");
-        let gen_ai_id = store.trace_ids().flat_map(|t| store.trace(t)).find_map(|s| s.attr_str("gen_ai.request.id")).unwrap().to_string();
+        let gen_ai_id = store
+            .trace_ids()
+            .flat_map(|t| store.trace(t))
+            .find_map(|s| s.attr_str("gen_ai.request.id"))
+            .unwrap()
+            .to_string();
         let request_id = gen_ai_id.strip_prefix("chatcmpl-").unwrap();
         let mut records = vec![
             record(request_id, Some("0102030405060708090a0b0c0d0e0f10")),
             record("other", Some("1112131415161718191a1b1c1d1e1f20")),
         ];
-        let options = JoinOptions { no_span_reason: "no span arrived within 15s".into(), ..JoinOptions::default() };
+        let options = JoinOptions {
+            no_span_reason: "no span arrived within 15s".into(),
+            ..JoinOptions::default()
+        };
         let counts = join(&mut records, &store, &options);
         assert_eq!(counts.joined, 1);
         assert_eq!(counts.missing, 1);
         assert_eq!(counts.unrelated_spans, 0);
-        assert_eq!(records[0].server.as_ref().unwrap().request_id.as_deref(), Some(gen_ai_id.as_str()));
-        assert_eq!(records[1].server_missing_reason.as_deref(), Some("no span arrived within 15s"));
+        assert_eq!(
+            records[0].server.as_ref().unwrap().request_id.as_deref(),
+            Some(gen_ai_id.as_str())
+        );
+        assert_eq!(
+            records[1].server_missing_reason.as_deref(),
+            Some("no span arrived within 15s")
+        );
 
         let mut lonely = vec![record("nobody", Some("1112131415161718191a1b1c1d1e1f20"))];
         assert_eq!(join(&mut lonely, &store, &options).unrelated_spans, 1);
@@ -352,7 +389,10 @@ mod tests {
         };
         let mut records = vec![off, failed, unreachable];
         join(&mut records, &store, &options);
-        assert_eq!(records[0].server_missing_reason.as_deref(), Some(TRACING_OFF));
+        assert_eq!(
+            records[0].server_missing_reason.as_deref(),
+            Some(TRACING_OFF)
+        );
         assert_eq!(records[0].trace_url, None);
         assert_eq!(
             records[1].server_missing_reason.as_deref(),
@@ -362,7 +402,9 @@ mod tests {
             records[2].server_missing_reason.as_deref(),
             Some("trace backend unreachable: connection refused")
         );
-        assert!(records.iter().all(|r| r.server.is_none() && r.decomposition.is_none()));
+        assert!(records
+            .iter()
+            .all(|r| r.server.is_none() && r.decomposition.is_none()));
     }
 
     #[test]
@@ -370,8 +412,15 @@ mod tests {
         let mut store = SpanStore::new();
         assert_eq!(store.live_phases(), None);
         let full = store_of("concurrent-12.spans.pb");
-        let all: Vec<Span> = full.trace_ids().flat_map(|t| full.trace(t).to_vec()).collect();
-        let queue_mean = all.iter().map(|s| s.attr_f64("gen_ai.latency.time_in_queue").unwrap() * 1e3).sum::<f64>() / 12.0;
+        let all: Vec<Span> = full
+            .trace_ids()
+            .flat_map(|t| full.trace(t).to_vec())
+            .collect();
+        let queue_mean = all
+            .iter()
+            .map(|s| s.attr_f64("gen_ai.latency.time_in_queue").unwrap() * 1e3)
+            .sum::<f64>()
+            / 12.0;
         for span in all.iter().take(3).cloned() {
             store.insert(span);
         }

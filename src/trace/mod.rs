@@ -14,7 +14,9 @@ pub mod span;
 pub mod tempo;
 
 pub use client_span::export_client_spans;
-pub use collector::{collect_until_ctrl_c, join_run_dir, start_collector, JoinReport, SpanCollector, WaitProgress};
+pub use collector::{
+    collect_until_ctrl_c, join_run_dir, start_collector, JoinReport, SpanCollector, WaitProgress,
+};
 pub use receiver::ReceiverCounters;
 pub use show::show_request;
 

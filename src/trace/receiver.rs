@@ -11,15 +11,17 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{Buf, Bytes};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use prost::Message;
 use std::io::Read;
-use tokio::io::AsyncWriteExt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -131,19 +133,27 @@ impl Ingest {
     }
 
     /// Checks the decoded request's spans and queues it for the writer.
-    fn accept(&self, decoded: Result<ExportTraceServiceRequest, DecodeError>) -> Result<(), Refusal> {
+    fn accept(
+        &self,
+        decoded: Result<ExportTraceServiceRequest, DecodeError>,
+    ) -> Result<(), Refusal> {
         let request = decoded.map_err(|e| self.refuse(Refusal::Malformed(e.to_string())))?;
-        let spans = spans_of(&request.resource_spans).map_err(|e| self.refuse(Refusal::Malformed(e.to_string())))?;
+        let spans = spans_of(&request.resource_spans)
+            .map_err(|e| self.refuse(Refusal::Malformed(e.to_string())))?;
         if request.resource_spans.is_empty() {
             return Ok(());
         }
         let count = spans.len() as u64;
         let sender = self.queue.read().ok().and_then(|q| q.clone());
-        let sent = sender.map(|s| s.try_send(Batch { request, spans }).is_ok()).unwrap_or(false);
+        let sent = sender
+            .map(|s| s.try_send(Batch { request, spans }).is_ok())
+            .unwrap_or(false);
         if !sent {
             return Err(self.refuse(Refusal::Full));
         }
-        self.counters.accepted_spans.fetch_add(count, Ordering::Relaxed);
+        self.counters
+            .accepted_spans
+            .fetch_add(count, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -174,8 +184,15 @@ async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<tokio::net::TcpLis
 impl Receiver {
     /// Binds both listeners (an address in use is an error naming its flag),
     /// opens the spans file and starts the servers, the writer and the forwarder.
-    pub async fn start(config: ReceiverConfig, store: Arc<Mutex<SpanStore>>) -> anyhow::Result<Self> {
-        let forward_target = config.forward.as_deref().map(ForwardTarget::new).transpose()?;
+    pub async fn start(
+        config: ReceiverConfig,
+        store: Arc<Mutex<SpanStore>>,
+    ) -> anyhow::Result<Self> {
+        let forward_target = config
+            .forward
+            .as_deref()
+            .map(ForwardTarget::new)
+            .transpose()?;
         let grpc_listener = bind(config.grpc_addr, "--otlp-grpc").await?;
         let http_listener = bind(config.http_addr, "--otlp-http").await?;
         let grpc_addr = grpc_listener.local_addr()?;
@@ -241,7 +258,10 @@ impl Receiver {
         let _ = self.stop.send(true);
         for server in self.servers {
             let abort = server.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(5), server).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), server)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }
@@ -251,7 +271,10 @@ impl Receiver {
         let written = self.writer.await;
         if let Some(forwarder) = self.forwarder {
             let abort = forwarder.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(10), forwarder).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(10), forwarder)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }
@@ -307,18 +330,25 @@ async fn write_loop(
 /// Where `--otlp-forward` sends export requests.
 enum ForwardTarget {
     Grpc(TraceServiceClient<tonic::transport::Channel>),
-    Http { client: reqwest::Client, url: String },
+    Http {
+        client: reqwest::Client,
+        url: String,
+    },
 }
 
 impl ForwardTarget {
     fn new(url: &str) -> anyhow::Result<Self> {
         if let Some(rest) = url.strip_prefix("grpc://") {
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", rest.trim_end_matches('/')))
-                .map_err(|e| anyhow::anyhow!("--otlp-forward {url}: {e}"))?
-                .connect_timeout(Duration::from_secs(5))
-                .timeout(Duration::from_secs(10))
-                .connect_lazy();
-            let client = TraceServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+            let channel = tonic::transport::Endpoint::from_shared(format!(
+                "http://{}",
+                rest.trim_end_matches('/')
+            ))
+            .map_err(|e| anyhow::anyhow!("--otlp-forward {url}: {e}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .connect_lazy();
+            let client =
+                TraceServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
             Ok(Self::Grpc(client))
         } else if url.starts_with("http://") || url.starts_with("https://") {
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -331,13 +361,19 @@ impl ForwardTarget {
                 url: otlp_http_traces_url(url),
             })
         } else {
-            anyhow::bail!("--otlp-forward {url}: the URL must start with grpc://, http:// or https://")
+            anyhow::bail!(
+                "--otlp-forward {url}: the URL must start with grpc://, http:// or https://"
+            )
         }
     }
 
     async fn send(&mut self, request: ExportTraceServiceRequest) -> Result<(), String> {
         match self {
-            Self::Grpc(client) => client.export(request).await.map(|_| ()).map_err(|s| s.to_string()),
+            Self::Grpc(client) => client
+                .export(request)
+                .await
+                .map(|_| ())
+                .map_err(|s| s.to_string()),
             Self::Http { client, url } => {
                 let response = client
                     .post(url.as_str())
@@ -376,7 +412,9 @@ async fn forward_loop(
         if let Err(error) = target.send(request).await {
             counters.forward_failures.fetch_add(1, Ordering::Relaxed);
             if !reported {
-                eprintln!("warning: --otlp-forward failed (further failures are only counted): {error}");
+                eprintln!(
+                    "warning: --otlp-forward failed (further failures are only counted): {error}"
+                );
                 reported = true;
             }
         }
@@ -405,7 +443,11 @@ impl Encoding {
     }
 }
 
-async fn serve_http(listener: tokio::net::TcpListener, ingest: Arc<Ingest>, stopped: watch::Receiver<bool>) {
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    ingest: Arc<Ingest>,
+    stopped: watch::Receiver<bool>,
+) {
     let app = axum::Router::new()
         .route("/v1/traces", axum::routing::post(http_export))
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -418,7 +460,11 @@ async fn serve_http(listener: tokio::net::TcpListener, ingest: Arc<Ingest>, stop
     }
 }
 
-async fn http_export(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Body) -> Response {
+async fn http_export(
+    State(ingest): State<Arc<Ingest>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -446,7 +492,12 @@ async fn http_export(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body
     }
 }
 
-async fn read_export(ingest: &Ingest, headers: &HeaderMap, body: Body, encoding: Encoding) -> Result<(), Refusal> {
+async fn read_export(
+    ingest: &Ingest,
+    headers: &HeaderMap,
+    body: Body,
+    encoding: Encoding,
+) -> Result<(), Refusal> {
     let limit = ingest.max_message_bytes;
     let raw = axum::body::to_bytes(body, limit).await.map_err(|error| {
         let too_large = error
@@ -489,7 +540,9 @@ fn gunzip_capped(compressed: &[u8], limit: usize) -> Result<Bytes, Refusal> {
         .read_to_end(&mut out)
         .map_err(|e| Refusal::Malformed(format!("bad gzip body: {e}")))?;
     if out.len() > limit {
-        return Err(Refusal::TooLarge(format!("body decompresses to more than {limit} bytes")));
+        return Err(Refusal::TooLarge(format!(
+            "body decompresses to more than {limit} bytes"
+        )));
     }
     Ok(Bytes::from(out))
 }
@@ -506,8 +559,16 @@ struct RpcStatus {
 fn refusal_response(encoding: Encoding, refusal: Refusal) -> Response {
     let (status, code, message) = match refusal {
         Refusal::Malformed(m) => (StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument, m),
-        Refusal::Unsupported(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, tonic::Code::InvalidArgument, m),
-        Refusal::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, tonic::Code::ResourceExhausted, m),
+        Refusal::Unsupported(m) => (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            tonic::Code::InvalidArgument,
+            m,
+        ),
+        Refusal::TooLarge(m) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            tonic::Code::ResourceExhausted,
+            m,
+        ),
         Refusal::Full => (
             StatusCode::SERVICE_UNAVAILABLE,
             tonic::Code::Unavailable,
@@ -524,7 +585,12 @@ fn refusal_response(encoding: Encoding, refusal: Refusal) -> Response {
             .to_string()
             .into_bytes(),
     };
-    let mut response = (status, [(header::CONTENT_TYPE, encoding.content_type())], body).into_response();
+    let mut response = (
+        status,
+        [(header::CONTENT_TYPE, encoding.content_type())],
+        body,
+    )
+        .into_response();
     if status == StatusCode::SERVICE_UNAVAILABLE {
         response
             .headers_mut()
@@ -535,7 +601,11 @@ fn refusal_response(encoding: Encoding, refusal: Refusal) -> Response {
 
 // ---------------------------------------------------------------- gRPC
 
-async fn serve_grpc(listener: tokio::net::TcpListener, ingest: Arc<Ingest>, stopped: watch::Receiver<bool>) {
+async fn serve_grpc(
+    listener: tokio::net::TcpListener,
+    ingest: Arc<Ingest>,
+    stopped: watch::Receiver<bool>,
+) {
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
     if let Err(error) = tonic::transport::Server::builder()
         .add_service(GrpcExport { ingest })
@@ -572,7 +642,9 @@ where
 
     fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
         if request.uri().path() != GRPC_EXPORT_PATH {
-            return Box::pin(async { Ok(tonic::Status::unimplemented("only TraceService/Export is served").into_http()) });
+            return Box::pin(async {
+                Ok(tonic::Status::unimplemented("only TraceService/Export is served").into_http())
+            });
         }
         let ingest = self.ingest.clone();
         Box::pin(async move {
@@ -596,9 +668,13 @@ impl tonic::server::UnaryService<Bytes> for ExportMethod {
         Box::pin(async move {
             match ingest.accept(decode_protobuf(request.get_ref())) {
                 Ok(()) => Ok(tonic::Response::new(ExportTraceServiceResponse::default())),
-                Err(Refusal::Full) => Err(tonic::Status::resource_exhausted("the span queue is full; retry later")),
+                Err(Refusal::Full) => Err(tonic::Status::resource_exhausted(
+                    "the span queue is full; retry later",
+                )),
                 Err(Refusal::TooLarge(m)) => Err(tonic::Status::resource_exhausted(m)),
-                Err(Refusal::Malformed(m) | Refusal::Unsupported(m)) => Err(tonic::Status::invalid_argument(m)),
+                Err(Refusal::Malformed(m) | Refusal::Unsupported(m)) => {
+                    Err(tonic::Status::invalid_argument(m))
+                }
             }
         })
     }
@@ -631,7 +707,8 @@ impl Encoder for ResponseEncoder {
     type Error = tonic::Status;
 
     fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
-        item.encode(dst).map_err(|e| tonic::Status::internal(e.to_string()))
+        item.encode(dst)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
     }
 }
 
@@ -656,15 +733,30 @@ mod tests {
         let mut encoder = GzEncoder::new(Vec::new(), flate2::Compression::best());
         encoder.write_all(&vec![0u8; 1 << 20]).unwrap();
         let bomb = encoder.finish().unwrap();
-        assert!(matches!(gunzip_capped(&bomb, 1000), Err(Refusal::TooLarge(_))));
+        assert!(matches!(
+            gunzip_capped(&bomb, 1000),
+            Err(Refusal::TooLarge(_))
+        ));
         assert_eq!(gunzip_capped(&bomb, 1 << 20).unwrap().len(), 1 << 20);
-        assert!(matches!(gunzip_capped(b"not gzip", 1000), Err(Refusal::Malformed(_))));
+        assert!(matches!(
+            gunzip_capped(b"not gzip", 1000),
+            Err(Refusal::Malformed(_))
+        ));
     }
 
     #[test]
     fn http_forward_urls_get_the_traces_path() {
-        assert_eq!(otlp_http_traces_url("http://h:4318"), "http://h:4318/v1/traces");
-        assert_eq!(otlp_http_traces_url("http://h:4318/"), "http://h:4318/v1/traces");
-        assert_eq!(otlp_http_traces_url("https://h/custom/path"), "https://h/custom/path");
+        assert_eq!(
+            otlp_http_traces_url("http://h:4318"),
+            "http://h:4318/v1/traces"
+        );
+        assert_eq!(
+            otlp_http_traces_url("http://h:4318/"),
+            "http://h:4318/v1/traces"
+        );
+        assert_eq!(
+            otlp_http_traces_url("https://h/custom/path"),
+            "https://h/custom/path"
+        );
     }
 }

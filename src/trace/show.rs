@@ -21,7 +21,12 @@ pub fn show_request(run_dir: &Path, request_id: &str) -> anyhow::Result<String> 
     let record = records
         .iter()
         .find(|r| r.request_id == request_id)
-        .with_context(|| format!("no request `{request_id}` in {}", run_dir.join("requests.jsonl").display()))?;
+        .with_context(|| {
+            format!(
+                "no request `{request_id}` in {}",
+                run_dir.join("requests.jsonl").display()
+            )
+        })?;
     let command_line = std::fs::read(run_dir.join("run.json"))
         .ok()
         .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
@@ -32,10 +37,22 @@ pub fn show_request(run_dir: &Path, request_id: &str) -> anyhow::Result<String> 
 fn render(r: &RequestRecord, command_line: Option<&str>) -> String {
     let mut out = String::new();
     let source = |s: Option<crate::record::CountSource>| {
-        s.map(|s| format!(" ({})", serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()))
-            .unwrap_or_default()
+        s.map(|s| {
+            format!(
+                " ({})",
+                serde_json::to_value(s)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            )
+        })
+        .unwrap_or_default()
     };
-    let _ = writeln!(out, "### tracebench request `{}` (run `{}`)\n", r.request_id, r.run_id);
+    let _ = writeln!(
+        out,
+        "### tracebench request `{}` (run `{}`)\n",
+        r.request_id, r.run_id
+    );
     let _ = writeln!(
         out,
         "- request: `POST {}`, model `{}`, stream {}, max_tokens {}",
@@ -54,15 +71,34 @@ fn render(r: &RequestRecord, command_line: Option<&str>) -> String {
     );
     match &r.error {
         Some(e) => {
-            let _ = writeln!(out, "- result: failed, {} {}: {}", e.kind.as_str(), count(e.status.map(u64::from)), e.message);
+            let _ = writeln!(
+                out,
+                "- result: failed, {} {}: {}",
+                e.kind.as_str(),
+                count(e.status.map(u64::from)),
+                e.message
+            );
         }
         None => {
-            let _ = writeln!(out, "- result: HTTP {}, finish_reason {}", count(r.status.map(u64::from)), r.finish_reason.as_deref().unwrap_or("–"));
+            let _ = writeln!(
+                out,
+                "- result: HTTP {}, finish_reason {}",
+                count(r.status.map(u64::from)),
+                r.finish_reason.as_deref().unwrap_or("–")
+            );
         }
     }
     if let Some(trace_id) = &r.trace_id {
-        let link = r.trace_url.as_deref().map(|u| format!(" ({u})")).unwrap_or_default();
-        let _ = writeln!(out, "- trace: `{trace_id}`, client span `{}`{link}", r.span_id.as_deref().unwrap_or("–"));
+        let link = r
+            .trace_url
+            .as_deref()
+            .map(|u| format!(" ({u})"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "- trace: `{trace_id}`, client span `{}`{link}",
+            r.span_id.as_deref().unwrap_or("–")
+        );
     }
     let _ = writeln!(out, "\n| client | ms |\n|---|---:|");
     for (name, value) in [
@@ -102,7 +138,11 @@ fn render(r: &RequestRecord, command_line: Option<&str>) -> String {
             );
         }
         None => {
-            let _ = writeln!(out, "\nserver span: none ({})", r.server_missing_reason.as_deref().unwrap_or("unknown"));
+            let _ = writeln!(
+                out,
+                "\nserver span: none ({})",
+                r.server_missing_reason.as_deref().unwrap_or("unknown")
+            );
         }
     }
     if let Some(d) = &r.decomposition {
@@ -118,6 +158,10 @@ fn render(r: &RequestRecord, command_line: Option<&str>) -> String {
             let _ = writeln!(out, "| {name} | {} |", ms(value));
         }
     }
-    let _ = writeln!(out, "\ncommand line:\n\n```\n{}\n```", command_line.unwrap_or("(run.json not found)"));
+    let _ = writeln!(
+        out,
+        "\ncommand line:\n\n```\n{}\n```",
+        command_line.unwrap_or("(run.json not found)")
+    );
     out
 }

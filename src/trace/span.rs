@@ -176,7 +176,9 @@ pub fn any_value_to_json(value: Option<&AnyValue>) -> Value {
         ),
         any_value::Value::BytesValue(bytes) => Value::String(hex(bytes)),
         // An index into a profiles string table, which spans never carry: kept as is.
-        any_value::Value::StringValueStrindex(index) => serde_json::json!({ "stringValueStrindex": index }),
+        any_value::Value::StringValueStrindex(index) => {
+            serde_json::json!({ "stringValueStrindex": index })
+        }
     }
 }
 
@@ -281,7 +283,13 @@ mod tests {
 
     #[test]
     fn vllm_protobuf_and_json_fixtures_give_equal_spans() {
-        for name in ["traced-chat", "traced-completions", "untraced-chat", "traced-chat-n2", "concurrent-12"] {
+        for name in [
+            "traced-chat",
+            "traced-completions",
+            "untraced-chat",
+            "traced-chat-n2",
+            "concurrent-12",
+        ] {
             let pb = decode_protobuf(&fixture(&format!("vllm/{name}.spans.pb"))).unwrap();
             let json = decode_json(&fixture(&format!("vllm/{name}.spans.otlp.json"))).unwrap();
             let from_pb = spans_of(&pb.resource_spans).unwrap();
@@ -298,7 +306,10 @@ mod tests {
         assert_eq!(spans.len(), 1);
         let span = &spans[0];
         assert_eq!(span.trace_id_hex(), "00112233445566778899aabbccddeeff");
-        assert_eq!(span.parent_span_id.map(|p| hex(&p)).as_deref(), Some("0123456789abcdef"));
+        assert_eq!(
+            span.parent_span_id.map(|p| hex(&p)).as_deref(),
+            Some("0123456789abcdef")
+        );
         assert_eq!(span.name, "llm_request");
         assert_eq!(span.kind, SpanKind::Server);
         assert_eq!(span.service_name.as_deref(), Some("vllm"));
@@ -322,12 +333,17 @@ mod tests {
         let sglang = decode_json(&fixture("sglang/chat-stream.overlap.otlp.json")).unwrap();
         let spans = spans_of(&sglang.resource_spans).unwrap();
         assert_eq!(spans.len(), 28);
-        assert!(spans.iter().all(|s| s.trace_id_hex() == "4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert!(spans
+            .iter()
+            .all(|s| s.trace_id_hex() == "4bf92f3577b34da6a3ce929d0e0e4736"));
 
         let tgi = decode_json(&fixture("tgi/chat-stream.request-trace.otlp.json")).unwrap();
         let spans = spans_of(&tgi.resource_spans).unwrap();
         assert_eq!(spans.len(), 50);
-        assert_eq!(spans.iter().filter(|s| s.name == "send_generation").count(), 20);
+        assert_eq!(
+            spans.iter().filter(|s| s.name == "send_generation").count(),
+            20
+        );
 
         let example = decode_json(&fixture("otlp/trace.json")).unwrap();
         let spans = spans_of(&example.resource_spans).unwrap();
@@ -357,7 +373,12 @@ mod tests {
         for (trace, span, parent, field) in [
             ("0011", "0123456789abcdef", "", "traceId"),
             ("00112233445566778899aabbccddeeff", "0123", "", "spanId"),
-            ("00112233445566778899aabbccddeeff", "0123456789abcdef", "01", "parentSpanId"),
+            (
+                "00112233445566778899aabbccddeeff",
+                "0123456789abcdef",
+                "01",
+                "parentSpanId",
+            ),
             ("", "0123456789abcdef", "", "traceId"),
         ] {
             let json = format!(
@@ -367,7 +388,10 @@ mod tests {
             let error = spans_of(&request.resource_spans).unwrap_err();
             assert!(error.to_string().contains(field), "{error}");
         }
-        assert!(decode_json(br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz"}]}]}]}"#).is_err());
+        assert!(decode_json(
+            br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz"}]}]}]}"#
+        )
+        .is_err());
         assert!(decode_protobuf(&[0x0a, 0xff, 0xff]).is_err());
     }
 
@@ -380,7 +404,10 @@ mod tests {
             let text = serde_json::to_string(line).unwrap();
             let back: SpanLine = serde_json::from_str(&text).unwrap();
             assert_eq!(&back, line);
-            assert_eq!(back.to_span().unwrap().service_name.as_deref(), Some("vllm"));
+            assert_eq!(
+                back.to_span().unwrap().service_name.as_deref(),
+                Some("vllm")
+            );
         }
     }
 }

@@ -26,7 +26,12 @@ pub struct Timing {
 }
 
 /// A successful streaming chat record with the given ids and timings.
-pub fn record(request_id: &str, trace_id: Option<&str>, span_id: Option<&str>, t: &Timing) -> RequestRecord {
+pub fn record(
+    request_id: &str,
+    trace_id: Option<&str>,
+    span_id: Option<&str>,
+    t: &Timing,
+) -> RequestRecord {
     let ms = |ns: u64| ns as f64 / 1e6;
     serde_json::from_value(serde_json::json!({
         "schema": "tracebench.request/1", "run_id": "test-run", "request_id": request_id, "index": 0,
@@ -48,7 +53,8 @@ pub fn record(request_id: &str, trace_id: Option<&str>, span_id: Option<&str>, t
 /// The 12 concurrent requests of the vLLM capture as records (request ids `c12-<i>`).
 pub fn concurrent12_records() -> Vec<RequestRecord> {
     let client: serde_json::Value =
-        serde_json::from_slice(&fixture_bytes("vllm/concurrent-12.client.json")).expect("client json");
+        serde_json::from_slice(&fixture_bytes("vllm/concurrent-12.client.json"))
+            .expect("client json");
     let ns = |r: &serde_json::Value, k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k}"));
     client["requests"]
         .as_array()
