@@ -171,7 +171,7 @@ pub async fn execute(config: RunConfig, command_line: String) -> anyhow::Result<
             model: model.clone(),
             stream: config.stream,
             headers: config.headers.clone(),
-            trace_header: config.trace.trace_header == "on",
+            trace_header: config.trace.sends_trace_header(),
             first_byte_timeout: config.first_byte_timeout,
             request_timeout: config.request_timeout,
             run_id: run_id.clone(),
@@ -235,20 +235,17 @@ pub async fn execute(config: RunConfig, command_line: String) -> anyhow::Result<
     view.finish().await;
     let partial = interrupted.load(Ordering::SeqCst);
 
-    let mut waited = false;
+    let mut countdown = Countdown::new();
     let join = collector
         .finish(&mut records, |progress| {
-            waited = true;
-            eprint!(
-                "\rwaiting for server spans: {} missing, {:.0}s left   ",
+            countdown.show(&format!(
+                "waiting for server spans: {} missing, {:.0}s left",
                 progress.missing,
                 progress.remaining.as_secs_f64()
-            );
+            ))
         })
         .await;
-    if waited {
-        eprintln!();
-    }
+    countdown.done();
     match &join {
         Ok(report) if report.duplicates > 0 => notes.push(format!(
             "{} requests had more than one server span (e.g. n>1); the first was used",
@@ -258,6 +255,11 @@ pub async fn execute(config: RunConfig, command_line: String) -> anyhow::Result<
         Err(e) => notes.push(format!("span join failed: {e:#}")),
     }
     interrupter.abort();
+    if let Some(url) = &config.trace.export_client_spans {
+        if let Err(e) = crate::trace::export_client_spans(&records, url).await {
+            notes.push(format!("client spans were not exported to {url}: {e:#}"));
+        }
+    }
 
     let measured_records: Vec<&RequestRecord> = records.iter().filter(|r| !r.warmup).collect();
     let window = measured_window_ns(&measured_records);
@@ -778,6 +780,41 @@ impl View {
                 handle.abort();
                 eprintln!();
             }
+        }
+    }
+}
+
+/// A status line on stderr: rewritten in place on a terminal, else printed
+/// at most every few seconds so logs stay readable.
+struct Countdown {
+    terminal: bool,
+    last: Option<Instant>,
+}
+
+impl Countdown {
+    fn new() -> Self {
+        Self {
+            terminal: std::io::stderr().is_terminal(),
+            last: None,
+        }
+    }
+
+    fn show(&mut self, line: &str) {
+        let mut err = std::io::stderr().lock();
+        if self.terminal {
+            let _ = write!(err, "\r{line:<72}");
+        } else if self.last.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+            let _ = writeln!(err, "{line}");
+        } else {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let _ = err.flush();
+    }
+
+    fn done(self) {
+        if self.terminal && self.last.is_some() {
+            eprintln!();
         }
     }
 }
