@@ -106,7 +106,7 @@ fn host_of(url: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Which field of a reading a DCGM family fills, and the factor from DCGM's unit.
+/// Which field of a reading a DCGM family fills, and the divisor from DCGM's unit.
 const FIELDS: [(&str, fn(&mut GpuReading) -> &mut Option<f64>, f64); 7] = [
     ("DCGM_FI_DEV_FB_USED", |r| &mut r.memory_used_mib, 1.0),
     ("DCGM_FI_DEV_GPU_UTIL", |r| &mut r.gpu_util_pct, 1.0),
@@ -115,7 +115,7 @@ const FIELDS: [(&str, fn(&mut GpuReading) -> &mut Option<f64>, f64); 7] = [
     (
         "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
         |r| &mut r.energy_j,
-        1e-3,
+        1000.0, // mJ
     ),
     ("DCGM_FI_DEV_GPU_TEMP", |r| &mut r.temperature_c, 1.0),
     ("DCGM_FI_DEV_SM_CLOCK", |r| &mut r.sm_clock_mhz, 1.0),
@@ -127,7 +127,7 @@ const FIELDS: [(&str, fn(&mut GpuReading) -> &mut Option<f64>, f64); 7] = [
 /// `fallback_host` names the host when the exporter gives none.
 pub fn readings_from(exposition: &Exposition, fallback_host: &str) -> Vec<GpuReading> {
     let mut readings: BTreeMap<(String, String), GpuReading> = BTreeMap::new();
-    for (family_name, field, factor) in FIELDS {
+    for (family_name, field, divisor) in FIELDS {
         for series in family_series(exposition, family_name) {
             let key = reading_key(series, fallback_host);
             let reading = readings.entry(key.clone()).or_insert_with(|| GpuReading {
@@ -144,7 +144,7 @@ pub fn readings_from(exposition: &Exposition, fallback_host: &str) -> Vec<GpuRea
             *field(reading) = series
                 .scalar()
                 .and_then(dcgm_value)
-                .map(|value| value * factor);
+                .map(|value| value / divisor);
         }
     }
     let memory_part = |family_name: &str, key: &(String, String)| {
