@@ -27,7 +27,9 @@ fn parse_fixture(relative: &str) -> Exposition {
 
 /// Sample lines of a file, counted the way Prometheus counts samples (not comments/blank).
 fn sample_lines(text: &str) -> usize {
-    text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).count()
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .count()
 }
 
 #[test]
@@ -35,7 +37,10 @@ fn every_prom_fixture_parses_and_every_sample_is_kept_or_reported() {
     let mut files = Vec::new();
     prom_files(Path::new(FIXTURES), &mut files);
     files.sort();
-    assert!(files.len() >= 11, "expected every .prom fixture, found {files:?}");
+    assert!(
+        files.len() >= 11,
+        "expected every .prom fixture, found {files:?}"
+    );
     for path in files {
         let text = std::fs::read_to_string(&path).expect("fixture readable");
         let exposition = prom::parse(&text);
@@ -43,7 +48,10 @@ fn every_prom_fixture_parses_and_every_sample_is_kept_or_reported() {
         assert!(!exposition.families.is_empty(), "{name}: nothing parsed");
         // No family may be lost: only single lines that cannot be samples are skipped.
         assert!(
-            exposition.skipped.iter().all(|s| !s.reason.starts_with("family ")),
+            exposition
+                .skipped
+                .iter()
+                .all(|s| !s.reason.starts_with("family ")),
             "{name}: {:?}",
             exposition.skipped
         );
@@ -61,7 +69,9 @@ fn the_engine_fixtures_keep_colon_names_types_and_histograms() {
     let vllm = parse_fixture("vllm/metrics.prom");
     assert_eq!(vllm.families.len(), 92);
     assert!(vllm.skipped.is_empty());
-    let ttft = vllm.family("vllm:time_to_first_token_seconds").expect("vllm TTFT");
+    let ttft = vllm
+        .family("vllm:time_to_first_token_seconds")
+        .expect("vllm TTFT");
     assert_eq!(ttft.kind, MetricKind::Histogram);
     let SeriesValue::Histogram { buckets, count, .. } = &ttft.series[0].value else {
         panic!("TTFT is a histogram");
@@ -82,9 +92,15 @@ fn the_engine_fixtures_keep_colon_names_types_and_histograms() {
     let tgi = parse_fixture("tgi-metrics/datadog-fixture-tgi3-payload.prom");
     assert_eq!(tgi.families.len(), 24);
     assert_eq!(tgi.flatten().len(), 1888, "README: 1,888 samples");
-    assert_eq!(tgi.family("tgi_request_skipped_tokens").map(|f| f.kind), Some(MetricKind::Summary));
+    assert_eq!(
+        tgi.family("tgi_request_skipped_tokens").map(|f| f.kind),
+        Some(MetricKind::Summary)
+    );
     // Counters without `_total` and the 1,024-bucket histogram survive.
-    assert_eq!(tgi.family("tgi_request_count").map(|f| f.kind), Some(MetricKind::Counter));
+    assert_eq!(
+        tgi.family("tgi_request_count").map(|f| f.kind),
+        Some(MetricKind::Counter)
+    );
     let next_size = tgi.family("tgi_batch_next_size").expect("batch next size");
     let SeriesValue::Histogram { buckets, .. } = &next_size.series[0].value else {
         panic!("tgi_batch_next_size is a histogram");
@@ -96,8 +112,15 @@ fn the_engine_fixtures_keep_colon_names_types_and_histograms() {
 fn dcgm_quirks_cost_only_the_broken_lines() {
     let a800 = parse_fixture("dcgm/a800-8gpu-mig-blog.prom");
     assert_eq!(a800.skipped.len(), 10);
-    assert!(a800.skipped.iter().all(|s| s.reason.contains("value is not a number")));
-    assert_eq!(a800.flatten().len(), 223, "README: the other 223 samples parse");
+    assert!(a800
+        .skipped
+        .iter()
+        .all(|s| s.reason.contains("value is not a number")));
+    assert_eq!(
+        a800.flatten().len(),
+        223,
+        "README: the other 223 samples parse"
+    );
 
     let readme = parse_fixture("dcgm/dcgm-exporter-readme-excerpt.prom");
     let lines: Vec<usize> = readme.skipped.iter().map(|s| s.line).collect();
@@ -105,22 +128,39 @@ fn dcgm_quirks_cost_only_the_broken_lines() {
     assert_eq!(readme.scalar_sum("DCGM_FI_DEV_SM_CLOCK"), Some(139.0));
 
     let unannotated = parse_fixture("dcgm/ericsson-ccd-t4-loaded-excerpt.prom");
-    assert_eq!(unannotated.families.len(), 20, "no HELP/TYPE: 20 separate untyped families");
-    assert!(unannotated.families.values().all(|f| f.kind == MetricKind::Untyped));
+    assert_eq!(
+        unannotated.families.len(),
+        20,
+        "no HELP/TYPE: 20 separate untyped families"
+    );
+    assert!(unannotated
+        .families
+        .values()
+        .all(|f| f.kind == MetricKind::Untyped));
 }
 
 fn one(readings: &[GpuReading], gpu: &str) -> GpuReading {
-    readings.iter().find(|r| r.gpu == gpu).cloned().unwrap_or_else(|| panic!("GPU {gpu} in {readings:?}"))
+    readings
+        .iter()
+        .find(|r| r.gpu == gpu)
+        .cloned()
+        .unwrap_or_else(|| panic!("GPU {gpu} in {readings:?}"))
 }
 
 #[test]
 fn dcgm_readings_of_a_loaded_t4() {
-    let readings = readings_from(&parse_fixture("dcgm/ericsson-ccd-t4-loaded-excerpt.prom"), "fallback");
+    let readings = readings_from(
+        &parse_fixture("dcgm/ericsson-ccd-t4-loaded-excerpt.prom"),
+        "fallback",
+    );
     assert_eq!(readings.len(), 1);
     let t4 = &readings[0];
     assert_eq!(t4.host, "cp-bm14r7");
     assert_eq!(t4.name.as_deref(), Some("Tesla T4"));
-    assert_eq!(t4.uuid.as_deref(), Some("GPU-6d5c0ac5-74d7-3130-46f1-e93ed57f469a"));
+    assert_eq!(
+        t4.uuid.as_deref(),
+        Some("GPU-6d5c0ac5-74d7-3130-46f1-e93ed57f469a")
+    );
     assert_eq!(t4.memory_used_mib, Some(5120.0));
     assert_eq!(t4.memory_total_mib, Some(5120.0 + 9791.0 + 447.0));
     assert_eq!(t4.gpu_util_pct, Some(91.0));
@@ -136,7 +176,11 @@ fn dcgm_readings_of_every_single_gpu_fixture() {
     for (file, host, total) in [
         ("kops-aws-l4-1gpu.prom", "i-030791dc5a37cd257", 23033.0),
         ("upcloud-uks-l40s-1gpu.prom", "gpu1-wl8sg", 45459.0 + 608.0),
-        ("linode-lke-rtx4000ada-pod-labels.prom", "lke529760-766837-0a634ab30000", f64::NAN),
+        (
+            "linode-lke-rtx4000ada-pod-labels.prom",
+            "lke529760-766837-0a634ab30000",
+            f64::NAN,
+        ),
     ] {
         let readings = readings_from(&parse_fixture(&format!("dcgm/{file}")), "fallback");
         assert_eq!(readings.len(), 1, "{file}");
@@ -160,11 +204,18 @@ fn dcgm_readings_of_every_single_gpu_fixture() {
 
 #[test]
 fn dcgm_vgpu_guest_has_no_power_or_temperature() {
-    let readings = readings_from(&parse_fixture("dcgm/vmware-vks-vgpu-a100-10c.prom"), "fallback");
+    let readings = readings_from(
+        &parse_fixture("dcgm/vmware-vks-vgpu-a100-10c.prom"),
+        "fallback",
+    );
     let guest = one(&readings, "0");
     assert_eq!(guest.name.as_deref(), Some("GRID A100-10C"));
     assert_eq!(guest.memory_used_mib, Some(0.0));
-    assert_eq!(guest.memory_total_mib, Some(9323.0 + 916.0), "free + reserved of a 10 GiB slice");
+    assert_eq!(
+        guest.memory_total_mib,
+        Some(9323.0 + 916.0),
+        "free + reserved of a 10 GiB slice"
+    );
     assert_eq!(guest.power_w, None);
     assert_eq!(guest.temperature_c, None);
 }
@@ -188,7 +239,10 @@ fn dcgm_blank_sentinels_are_null_and_the_url_host_fills_in() {
     let readme = parse_fixture("dcgm/dcgm-exporter-readme-excerpt.prom");
     let readings = readings_from(&readme, "gpu-node");
     let gpu = one(&readings, "0");
-    assert_eq!(gpu.host, "gpu-node", "the README sample has no Hostname label");
+    assert_eq!(
+        gpu.host, "gpu-node",
+        "the README sample has no Hostname label"
+    );
     assert_eq!(gpu.sm_clock_mhz, Some(139.0));
     // MEMORY_TEMP holds DCGM's blank sentinel but is not one of the mapped fields; the
     // sentinel rule itself:
@@ -198,8 +252,11 @@ fn dcgm_blank_sentinels_are_null_and_the_url_host_fills_in() {
 
 #[test]
 fn dcgm_documented_field_names_sample() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/dcgm-documented-fields.prom"))
-        .expect("test data readable");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/dcgm-documented-fields.prom"
+    ))
+    .expect("test data readable");
     let exposition = prom::parse(&text);
     assert!(exposition.skipped.is_empty(), "{:?}", exposition.skipped);
     let readings = readings_from(&exposition, "fallback");

@@ -106,8 +106,11 @@ fn host_of(url: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Picks one field of a reading.
+type FieldOf = fn(&mut GpuReading) -> &mut Option<f64>;
+
 /// Which field of a reading a DCGM family fills, and the divisor from DCGM's unit.
-const FIELDS: [(&str, fn(&mut GpuReading) -> &mut Option<f64>, f64); 7] = [
+const FIELDS: [(&str, FieldOf, f64); 7] = [
     ("DCGM_FI_DEV_FB_USED", |r| &mut r.memory_used_mib, 1.0),
     ("DCGM_FI_DEV_GPU_UTIL", |r| &mut r.gpu_util_pct, 1.0),
     ("DCGM_FI_DEV_MEM_COPY_UTIL", |r| &mut r.mem_util_pct, 1.0),

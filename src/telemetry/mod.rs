@@ -225,18 +225,21 @@ pub async fn start(
                     notes.push(format!("server metrics: {url} not used ({reason})"));
                     None
                 }
-                (_, first) => Some(tokio::spawn(server::run_sampler(
-                    scraper,
-                    (first_t_ns, first),
-                    server::SamplerContext {
-                        interval: args.server_metrics_interval,
-                        clock,
-                        sink: server_sink,
-                        live: live.clone(),
-                        stop: stop_rx.clone(),
-                        notes: notes.clone(),
-                    },
-                ))),
+                (_, first) => {
+                    let mut recorder = server::Recorder::new(
+                        &url,
+                        server::SamplerContext {
+                            interval: args.server_metrics_interval,
+                            clock,
+                            sink: server_sink,
+                            live: live.clone(),
+                            stop: stop_rx.clone(),
+                            notes: notes.clone(),
+                        },
+                    );
+                    recorder.record(first_t_ns, first);
+                    Some(tokio::spawn(server::run_sampler(scraper, recorder)))
+                }
             }
         }
     };

@@ -303,7 +303,7 @@ struct FamilyBuilder {
     first_line: usize,
     help: Option<String>,
     declared_type: Option<String>,
-    samples: Vec<(String, Vec<(String, String)>, String)>,
+    samples: Vec<OwnedSample>,
 }
 
 /// Groups an exposition into one text per family, fixing what real exporters get wrong and
@@ -359,7 +359,11 @@ fn tidy(text: &str) -> Tidied {
                 staged.push((
                     family,
                     number,
-                    Staged::Sample(sample.name.to_string(), labels, sample.rest.to_string()),
+                    Staged::Sample(OwnedSample {
+                        name: sample.name.to_string(),
+                        labels,
+                        rest: sample.rest.to_string(),
+                    }),
                 ));
             }
             Err(reason) => skipped.push(Skipped {
@@ -385,7 +389,7 @@ fn tidy(text: &str) -> Tidied {
             Staged::Type(kind) => {
                 builder.declared_type.get_or_insert(kind);
             }
-            Staged::Sample(name, labels, rest) => builder.samples.push((name, labels, rest)),
+            Staged::Sample(sample) => builder.samples.push(sample),
         }
     }
     let chunks = order
@@ -401,10 +405,17 @@ fn tidy(text: &str) -> Tidied {
     }
 }
 
+/// A sample line held for re-emission: name, labels (values still escaped), value part.
+struct OwnedSample {
+    name: String,
+    labels: Vec<(String, String)>,
+    rest: String,
+}
+
 enum Staged {
     Help(String),
     Type(String),
-    Sample(String, Vec<(String, String)>, String),
+    Sample(OwnedSample),
 }
 
 fn render_family(name: &str, builder: FamilyBuilder) -> FamilyChunk {
@@ -418,7 +429,7 @@ fn render_family(name: &str, builder: FamilyBuilder) -> FamilyChunk {
         _ => &[],
     };
     let mut all_labels: Vec<String> = Vec::new();
-    for (_, labels, _) in &builder.samples {
+    for OwnedSample { labels, .. } in &builder.samples {
         for (label, _) in labels {
             if !structural.contains(&label.as_str()) && !all_labels.contains(label) {
                 all_labels.push(label.clone());
@@ -431,7 +442,12 @@ fn render_family(name: &str, builder: FamilyBuilder) -> FamilyChunk {
         text.push('\n');
     }
     let _ = writeln!(text, "# TYPE {name} {kind}");
-    for (sample_name, labels, rest) in &builder.samples {
+    for OwnedSample {
+        name: sample_name,
+        labels,
+        rest,
+    } in &builder.samples
+    {
         text.push_str(sample_name);
         let mut parts: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
         for label in &all_labels {

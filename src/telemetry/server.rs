@@ -301,14 +301,28 @@ fn aggregate_buckets(exposition: &Exposition, family: &str) -> Option<Buckets> {
 }
 
 /// Turns scrapes into lines, points and gauges.
-struct Recorder {
+pub struct Recorder {
     context: SamplerContext,
     output: ServerSamplerOutput,
     previous_raw: Option<BTreeMap<String, f64>>,
 }
 
 impl Recorder {
-    fn record(&mut self, t_ns: u64, scrape: Result<Exposition, String>) {
+    pub fn new(url: &str, context: SamplerContext) -> Self {
+        Self {
+            output: ServerSamplerOutput {
+                url: url.to_string(),
+                engine: None,
+                points: Vec::new(),
+                gaps: Vec::new(),
+            },
+            context,
+            previous_raw: None,
+        }
+    }
+
+    /// Writes one scrape (or its failure) taken at `t_ns`.
+    pub fn record(&mut self, t_ns: u64, scrape: Result<Exposition, String>) {
         let unix_ns = self.context.clock.unix_ns_of(t_ns);
         let url = self.output.url.clone();
         let exposition = match scrape {
@@ -392,27 +406,12 @@ impl Recorder {
     }
 }
 
-/// Scrapes every interval until stopped, and once more at the stop. `first` is the probe
-/// `start` already made (its run-relative time and result).
-pub async fn run_sampler(
-    scraper: Scraper,
-    first: (u64, Result<Exposition, String>),
-    context: SamplerContext,
-) -> ServerSamplerOutput {
-    let mut stop = context.stop.clone();
-    let interval = context.interval;
-    let clock = context.clock;
-    let mut recorder = Recorder {
-        output: ServerSamplerOutput {
-            url: scraper.url().to_string(),
-            engine: None,
-            points: Vec::new(),
-            gaps: Vec::new(),
-        },
-        context,
-        previous_raw: None,
-    };
-    recorder.record(first.0, first.1);
+/// Scrapes every interval until stopped, and once more at the stop. `recorder` already holds
+/// the probe `start` made.
+pub async fn run_sampler(scraper: Scraper, mut recorder: Recorder) -> ServerSamplerOutput {
+    let mut stop = recorder.context.stop.clone();
+    let interval = recorder.context.interval;
+    let clock = recorder.context.clock;
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {

@@ -74,15 +74,26 @@ impl JsonlSink {
 
 /// Live gauge values with their recent history, keyed by display name.
 #[derive(Debug, Clone, Default)]
-pub struct LiveGauges(Arc<Mutex<BTreeMap<String, (String, VecDeque<f64>)>>>);
+pub struct LiveGauges(Arc<Mutex<BTreeMap<String, GaugeHistory>>>);
+
+/// One gauge's unit and recent values, oldest first.
+#[derive(Debug)]
+struct GaugeHistory {
+    unit: String,
+    values: VecDeque<f64>,
+}
 
 impl LiveGauges {
     /// Records the newest value of gauge `name`.
     pub fn set(&self, name: &str, unit: &str, value: f64) {
         let mut gauges = lock(&self.0);
-        let (_, history) = gauges
+        let history = &mut gauges
             .entry(name.to_string())
-            .or_insert_with(|| (unit.to_string(), VecDeque::with_capacity(GAUGE_HISTORY)));
+            .or_insert_with(|| GaugeHistory {
+                unit: unit.to_string(),
+                values: VecDeque::with_capacity(GAUGE_HISTORY),
+            })
+            .values;
         if history.len() == GAUGE_HISTORY {
             history.pop_front();
         }
@@ -93,14 +104,22 @@ impl LiveGauges {
     pub fn snapshot(&self) -> Vec<Gauge> {
         lock(&self.0)
             .iter()
-            .filter_map(|(name, (unit, history))| {
-                Some(Gauge {
-                    name: name.clone(),
-                    unit: unit.clone(),
-                    value: *history.back()?,
-                    history: history.iter().copied().collect(),
-                })
-            })
+            .filter_map(
+                |(
+                    name,
+                    GaugeHistory {
+                        unit,
+                        values: history,
+                    },
+                )| {
+                    Some(Gauge {
+                        name: name.clone(),
+                        unit: unit.clone(),
+                        value: *history.back()?,
+                        history: history.iter().copied().collect(),
+                    })
+                },
+            )
             .collect()
     }
 }
