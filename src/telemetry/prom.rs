@@ -195,8 +195,32 @@ pub fn parse(text: &str) -> Exposition {
         families: BTreeMap::new(),
         skipped: tidied.skipped,
     };
+    // One call for the whole tidied text (the usual case); only when the crate rejects it is
+    // each family parsed on its own, so that one bad family does not cost the others.
+    let whole: String = tidied
+        .families
+        .iter()
+        .map(|chunk| chunk.text.as_str())
+        .collect();
+    if let Ok(families) = run_parser(&whole) {
+        if let Ok(converted) = families
+            .into_iter()
+            .map(convert_family)
+            .collect::<Result<Vec<_>, _>>()
+        {
+            exposition.families = converted.into_iter().map(|f| (f.name.clone(), f)).collect();
+            return exposition;
+        }
+    }
     for chunk in tidied.families {
-        match parse_family(&chunk.text) {
+        let parsed = run_parser(&chunk.text).and_then(|families| {
+            let family = families
+                .into_iter()
+                .next()
+                .ok_or_else(|| "no samples".to_string())?;
+            convert_family(family)
+        });
+        match parsed {
             Ok(family) => {
                 exposition.families.insert(family.name.clone(), family);
             }
@@ -210,11 +234,14 @@ pub fn parse(text: &str) -> Exposition {
     exposition
 }
 
-/// Runs the crate on one family's text. The crate is guarded against panics (it has internal
-/// `unwrap`s); a panic becomes an error for that family only.
-fn parse_family(text: &str) -> Result<Family, String> {
+type CrateFamily =
+    openmetrics_parser::MetricFamily<openmetrics_parser::PrometheusType, PrometheusValue>;
+
+/// Runs the crate. It is guarded against panics (it has internal `unwrap`s); a panic becomes
+/// an error like any other.
+fn run_parser(text: &str) -> Result<Vec<CrateFamily>, String> {
     let parsed = std::panic::catch_unwind(|| parse_prometheus(text))
-        .map_err(|_| "the parser panicked on this family".to_string())?
+        .map_err(|_| "the parser panicked".to_string())?
         .map_err(|error| {
             error
                 .to_string()
@@ -224,11 +251,12 @@ fn parse_family(text: &str) -> Result<Family, String> {
                 .trim()
                 .to_string()
         })?;
-    let (name, family) = parsed
-        .families
-        .into_iter()
-        .next()
-        .ok_or_else(|| "no samples".to_string())?;
+    Ok(parsed.families.into_values().collect())
+}
+
+/// The crate's family in this module's terms.
+fn convert_family(family: CrateFamily) -> Result<Family, String> {
+    let name = family.family_name.clone();
     let kind = match family.family_type {
         openmetrics_parser::PrometheusType::Counter => MetricKind::Counter,
         openmetrics_parser::PrometheusType::Gauge => MetricKind::Gauge,
@@ -449,16 +477,27 @@ fn render_family(name: &str, builder: FamilyBuilder) -> FamilyChunk {
     } in &builder.samples
     {
         text.push_str(sample_name);
-        let mut parts: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-        for label in &all_labels {
-            if !labels.iter().any(|(k, _)| k == label) {
-                parts.push(format!("{label}=\"\""));
+        let missing = all_labels
+            .iter()
+            .filter(|label| !labels.iter().any(|(k, _)| k == *label));
+        let pairs = labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(missing.map(|label| (label.as_str(), "")));
+        let mut separator = '{';
+        for (label, value) in pairs {
+            text.push(separator);
+            separator = ',';
+            for part in [label, "=\"", value, "\""] {
+                text.push_str(part);
             }
         }
-        if !parts.is_empty() {
-            let _ = write!(text, "{{{}}}", parts.join(","));
+        if separator == ',' {
+            text.push('}');
         }
-        let _ = writeln!(text, " {rest}");
+        text.push(' ');
+        text.push_str(rest);
+        text.push('\n');
     }
     FamilyChunk {
         name: name.to_string(),
@@ -497,7 +536,7 @@ fn family_of(sample_name: &str, declared: &HashMap<String, String>) -> String {
 
 /// Splits `name{labels} value [timestamp]`; an error says why the line is not a sample.
 fn split_sample(line: &str) -> Result<SampleLine<'_>, String> {
-    let shown: String = line.chars().take(60).collect();
+    let shown = || line.chars().take(60).collect::<String>();
     let name_end = line
         .char_indices()
         .find(|(i, c)| {
@@ -506,24 +545,24 @@ fn split_sample(line: &str) -> Result<SampleLine<'_>, String> {
         .map(|(i, _)| i)
         .unwrap_or(line.len());
     if name_end == 0 {
-        return Err(format!("not a sample line: `{shown}`"));
+        return Err(format!("not a sample line: `{}`", shown()));
     }
     let name = &line[..name_end];
     let mut rest = &line[name_end..];
     let mut labels = Vec::new();
     if let Some(after_brace) = rest.strip_prefix('{') {
         let (parsed, remainder) =
-            split_labels(after_brace).ok_or_else(|| format!("unreadable labels: `{shown}`"))?;
+            split_labels(after_brace).ok_or_else(|| format!("unreadable labels: `{}`", shown()))?;
         labels = parsed;
         rest = remainder;
     }
     if !rest.starts_with([' ', '\t']) {
-        return Err(format!("no value after the series name: `{shown}`"));
+        return Err(format!("no value after the series name: `{}`", shown()));
     }
     let rest = rest.trim();
     let value = rest.split_whitespace().next().unwrap_or("");
     if value.parse::<f64>().is_err() {
-        return Err(format!("value is not a number: `{shown}`"));
+        return Err(format!("value is not a number: `{}`", shown()));
     }
     Ok(SampleLine { name, labels, rest })
 }
