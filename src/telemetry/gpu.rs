@@ -200,7 +200,7 @@ pub async fn run_sampler<S: GpuSource>(
         match source.read().await {
             Ok(readings) => {
                 for reading in readings {
-                    publish_live(&context.live, &reading);
+                    publish_live(&context.live, &label, &reading);
                     output.record(t_ns, &label, &reading);
                     context.sink.write(&GpuSampleLine {
                         schema: GPU_SAMPLE_SCHEMA.to_string(),
@@ -235,8 +235,9 @@ pub async fn run_sampler<S: GpuSource>(
     }
 }
 
-fn publish_live(live: &LiveGauges, reading: &GpuReading) {
-    let prefix = if reading.host.is_empty() {
+/// Local GPUs are `GPU0 ...`; GPUs of a remote exporter carry their host.
+fn publish_live(live: &LiveGauges, source: &str, reading: &GpuReading) {
+    let prefix = if source == "nvml" || reading.host.is_empty() {
         format!("GPU{}", reading.gpu)
     } else {
         format!("{} GPU{}", reading.host, reading.gpu)

@@ -81,6 +81,10 @@ fn parse_gpu_specs(values: &[String]) -> anyhow::Result<Vec<GpuSpec>> {
             specs.push(spec);
         }
     }
+    // `nvml` already is what `auto` would pick; sampling NVML twice would duplicate every GPU.
+    if specs.contains(&GpuSpec::Nvml) {
+        specs.retain(|spec| *spec != GpuSpec::Auto);
+    }
     Ok(specs)
 }
 
@@ -354,6 +358,10 @@ mod tests {
             ]
         );
         assert!(parse_gpu_specs(&["off".into()]).unwrap().is_empty());
+        assert_eq!(
+            parse_gpu_specs(&["auto".into(), "nvml".into()]).unwrap(),
+            vec![GpuSpec::Nvml]
+        );
         assert!(parse_gpu_specs(&["off".into(), "nvml".into()]).is_err());
         let error = parse_gpu_specs(&["nvidia".into()]).unwrap_err();
         assert!(

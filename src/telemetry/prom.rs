@@ -329,7 +329,6 @@ struct SampleLine<'a> {
 #[derive(Default)]
 struct FamilyBuilder {
     first_line: usize,
-    help: Option<String>,
     declared_type: Option<String>,
     samples: Vec<OwnedSample>,
 }
@@ -340,9 +339,10 @@ struct FamilyBuilder {
 /// - a sample whose value is not a number (dcgm-exporter writes
 ///   `ERROR - FAILED TO CONVERT TO STRING` for blob fields) or a line that is not a sample at all
 ///   (`...` in documentation excerpts) is skipped;
-/// - samples of one family are gathered even when `# HELP`/`# TYPE` stand apart from them
-///   (the dcgm-exporter README example) or when families have no `# TYPE` at all (the crate
-///   would fold consecutive untyped families into one); such families get `# TYPE name untyped`;
+/// - samples of one family are gathered even when `# TYPE` stands apart from them (the
+///   dcgm-exporter README example) or when families have no `# TYPE` at all (the crate would
+///   fold consecutive untyped families into one); such families, and unknown types, get
+///   `# TYPE name untyped`; `# HELP` and other comments are not needed and left out;
 /// - series of one family with different label names (MIG series carry `GPU_I_ID`, whole GPUs
 ///   do not) are given the missing labels with empty values, which the text format defines as
 ///   equal to an absent label; empty labels are dropped again after parsing.
@@ -365,9 +365,7 @@ fn tidy(text: &str) -> Tidied {
             continue;
         }
         if line.starts_with('#') {
-            if let Some((name, _)) = descriptor(line, "HELP") {
-                staged.push((name.to_string(), number, Staged::Help(line.to_string())));
-            } else if let Some((name, kind)) = descriptor(line, "TYPE") {
+            if let Some((name, kind)) = descriptor(line, "TYPE") {
                 staged.push((
                     name.to_string(),
                     number,
@@ -411,9 +409,6 @@ fn tidy(text: &str) -> Tidied {
             }
         });
         match item {
-            Staged::Help(line) => {
-                builder.help.get_or_insert(line);
-            }
             Staged::Type(kind) => {
                 builder.declared_type.get_or_insert(kind);
             }
@@ -441,17 +436,16 @@ struct OwnedSample {
 }
 
 enum Staged {
-    Help(String),
     Type(String),
     Sample(OwnedSample),
 }
 
 fn render_family(name: &str, builder: FamilyBuilder) -> FamilyChunk {
-    let kind = builder
-        .declared_type
-        .clone()
-        .unwrap_or_else(|| "untyped".to_string());
-    let structural: &[&str] = match kind.as_str() {
+    let kind = match builder.declared_type.as_deref() {
+        Some(kind @ ("counter" | "gauge" | "histogram" | "summary")) => kind,
+        _ => "untyped",
+    };
+    let structural: &[&str] = match kind {
         "histogram" => &["le"],
         "summary" => &["quantile"],
         _ => &[],
@@ -465,10 +459,6 @@ fn render_family(name: &str, builder: FamilyBuilder) -> FamilyChunk {
         }
     }
     let mut text = String::new();
-    if let Some(help) = &builder.help {
-        text.push_str(help);
-        text.push('\n');
-    }
     let _ = writeln!(text, "# TYPE {name} {kind}");
     for OwnedSample {
         name: sample_name,
