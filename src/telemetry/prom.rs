@@ -441,10 +441,11 @@ enum Staged {
 }
 
 fn render_family(name: &str, builder: FamilyBuilder) -> FamilyChunk {
-    let kind = match builder.declared_type.as_deref() {
-        Some(kind @ ("counter" | "gauge" | "histogram" | "summary")) => kind,
-        _ => "untyped",
-    };
+    let kind = builder
+        .declared_type
+        .as_deref()
+        .filter(|kind| matches!(*kind, "counter" | "gauge" | "histogram" | "summary"))
+        .unwrap_or("untyped");
     let structural: &[&str] = match kind {
         "histogram" => &["le"],
         "summary" => &["quantile"],
@@ -669,6 +670,16 @@ mod tests {
             "{:?}",
             exposition.skipped
         );
+    }
+
+    #[test]
+    fn an_unknown_type_is_read_as_untyped() {
+        let exposition = parse("# HELP\tx odd help\n# TYPE x gaugee\nx 3\n");
+        assert_eq!(
+            exposition.family("x").map(|f| f.kind),
+            Some(MetricKind::Untyped)
+        );
+        assert_eq!(exposition.scalar_sum("x"), Some(3.0));
     }
 
     #[test]
