@@ -167,8 +167,8 @@ impl GpuSamplerOutput {
     }
 }
 
-/// Writes a gap line for `source` now (used when a source cannot even be opened).
-pub fn write_gap(context: &SamplerContext, source: &str, reason: &str) {
+/// Writes a gap line for `source` now (used when a source cannot even be opened) and returns it.
+pub fn write_gap(context: &SamplerContext, source: &str, reason: &str) -> GpuGap {
     let t_ns = super::now_ns(&context.clock);
     context.sink.write(&GpuGapLine {
         schema: GPU_SAMPLE_SCHEMA.to_string(),
@@ -177,6 +177,11 @@ pub fn write_gap(context: &SamplerContext, source: &str, reason: &str) {
         source: source.to_string(),
         gap: reason.to_string(),
     });
+    GpuGap {
+        t_ns,
+        source: source.to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 /// Samples `source` every interval until stopped, plus once more at the stop so the end of

@@ -145,7 +145,10 @@ pub(crate) fn scrape_client(timeout: Duration) -> anyhow::Result<reqwest::Client
 pub struct Telemetry {
     stop: watch::Sender<bool>,
     gpu_samplers: Vec<JoinHandle<gpu::GpuSamplerOutput>>,
+    /// A GPU source was sampled or failed with a gap line: the summary says what came of it.
     gpu_enabled: bool,
+    /// Gap lines written by `start` for sources that could not be opened.
+    start_gaps: Vec<gpu::GpuGap>,
     server_sampler: Option<JoinHandle<server::ServerSamplerOutput>>,
     live: LiveGauges,
     notes: Notes,
@@ -175,6 +178,7 @@ pub async fn start(
 
     let mut gpu_samplers = Vec::new();
     let mut first_samples = Vec::new();
+    let mut start_gaps = Vec::new();
     let context = gpu::SamplerContext {
         interval: args.gpu_interval,
         clock,
@@ -189,17 +193,13 @@ pub async fn start(
                 Ok(source) => {
                     tokio::spawn(gpu::run_sampler(source, context.clone(), Some(first_tx)))
                 }
-                Err(reason) if *spec == GpuSpec::Auto => {
-                    notes.push(format!(
-                        "GPU: NVML not available ({reason}); no GPU samples"
-                    ));
-                    continue;
-                }
                 Err(reason) => {
                     notes.push(format!(
                         "GPU: NVML not available ({reason}); no GPU samples"
                     ));
-                    gpu::write_gap(&context, "nvml", &reason);
+                    if *spec == GpuSpec::Nvml {
+                        start_gaps.push(gpu::write_gap(&context, "nvml", &reason));
+                    }
                     continue;
                 }
             },
@@ -253,7 +253,8 @@ pub async fn start(
     }
     Ok(Telemetry {
         stop,
-        gpu_enabled: !gpu_specs.is_empty(),
+        gpu_enabled: !gpu_samplers.is_empty() || !start_gaps.is_empty(),
+        start_gaps,
         gpu_samplers,
         server_sampler,
         live,
@@ -281,7 +282,10 @@ impl Telemetry {
         output_tokens: u64,
     ) -> anyhow::Result<TelemetryReport> {
         let _ = self.stop.send(true);
-        let mut gpu_output = gpu::GpuSamplerOutput::default();
+        let mut gpu_output = gpu::GpuSamplerOutput {
+            tracks: Vec::new(),
+            gaps: self.start_gaps,
+        };
         for handle in self.gpu_samplers {
             match handle.await {
                 Ok(output) => gpu_output.merge(output),
