@@ -72,7 +72,7 @@ fn lines(path: &Path) -> Vec<Value> {
 }
 
 fn assert_valid(validator: &jsonschema::Validator, value: &Value, what: &str) {
-    let errors: Vec<String> = validator.iter_errors(value).map(|e| format!("{e} at {}", e.instance_path())).collect();
+    let errors: Vec<String> = validator.iter_errors(value).map(|e| e.to_string()).collect();
     assert!(errors.is_empty(), "{what}: {errors:?}\n{value:#}");
 }
 
