@@ -272,6 +272,7 @@ pub async fn execute(config: RunConfig, command_line: String) -> anyhow::Result<
     match telemetry_report {
         Ok(report) => {
             report.attribute(&mut records);
+            notes.extend(report.notes.iter().cloned());
             summary.gpu = report.gpu;
             summary.server_metrics = report.server_metrics;
         }
