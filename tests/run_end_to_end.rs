@@ -224,7 +224,7 @@ fn bad_configuration_fails_before_any_request_with_one_line() {
     let dataset = dataset.display().to_string();
     for (args, needle) in [
         (vec!["run", "--url", "not a url"], "--url"),
-        (vec!["run", "--rate", "-2"], "--rate"),
+        (vec!["run", "--rate=-2"], "--rate"),
         (vec!["run", "--model", "m", "--dataset", &dataset], "prompts.jsonl:2"),
         (vec!["run", "--arrival", "sometimes"], "sometimes"),
     ] {
