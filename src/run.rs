@@ -804,7 +804,10 @@ impl Countdown {
         let mut err = std::io::stderr().lock();
         if self.terminal {
             let _ = write!(err, "\r{line:<72}");
-        } else if self.last.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+        } else if self
+            .last
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+        {
             let _ = writeln!(err, "{line}");
         } else {
             return;

@@ -26,8 +26,14 @@ impl Sim {
             .spawn()
             .expect("start the simulator");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let url = line.split_whitespace().find(|w| w.starts_with("http://")).expect("sim url").to_string();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .expect("sim url")
+            .to_string();
         Sim { child, url }
     }
 }
@@ -72,7 +78,10 @@ fn lines(path: &Path) -> Vec<Value> {
 }
 
 fn assert_valid(validator: &jsonschema::Validator, value: &Value, what: &str) {
-    let errors: Vec<String> = validator.iter_errors(value).map(|e| e.to_string()).collect();
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| e.to_string())
+        .collect();
     assert!(errors.is_empty(), "{what}: {errors:?}\n{value:#}");
 }
 
@@ -83,16 +92,50 @@ fn a_run_writes_every_file_and_they_follow_their_schemas() {
     let out = tracebench(
         tmp.path(),
         &[
-            "run", "--url", &sim.url, "--concurrency", "8", "--requests", "40", "--warmup", "4",
-            "--input-tokens", "64:16", "--output-tokens", "16:4", "--ignore-eos", "--no-tui",
-            "--slo", "ttft:10s", "--trace-source", "none", "--server-metrics", "off", "--gpu", "off",
+            "run",
+            "--url",
+            &sim.url,
+            "--concurrency",
+            "8",
+            "--requests",
+            "40",
+            "--warmup",
+            "4",
+            "--input-tokens",
+            "64:16",
+            "--output-tokens",
+            "16:4",
+            "--ignore-eos",
+            "--no-tui",
+            "--slo",
+            "ttft:10s",
+            "--trace-source",
+            "none",
+            "--server-metrics",
+            "off",
+            "--gpu",
+            "off",
         ],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("TTFT (ms)") && stdout.contains("throughput"), "{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("TTFT (ms)") && stdout.contains("throughput"),
+        "{stdout}"
+    );
     let run_dir = only_run_dir(&tmp.path().join("results"));
-    for file in ["requests.jsonl", "requests.csv", "summary.json", "run.json", "report.html"] {
+    for file in [
+        "requests.jsonl",
+        "requests.csv",
+        "summary.json",
+        "run.json",
+        "report.html",
+    ] {
         assert!(run_dir.join(file).is_file(), "{file} missing");
     }
     assert!(tmp.path().join("results/tracebench.db").is_file());
@@ -111,7 +154,9 @@ fn a_run_writes_every_file_and_they_follow_their_schemas() {
     }
     assert_eq!(records.iter().filter(|r| r["warmup"] == true).count(), 4);
 
-    let summary: Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap())
+            .unwrap();
     assert_valid(&validator("summary.schema.json"), &summary, "summary");
     assert_eq!(summary["requests"]["total"], 40);
     assert_eq!(summary["requests"]["warmup"], 4);
@@ -120,32 +165,66 @@ fn a_run_writes_every_file_and_they_follow_their_schemas() {
     // summary.json reads back into the library's type.
     let _: tracebench::analysis::Summary = serde_json::from_value(summary).unwrap();
 
-    let run: Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json")).unwrap()).unwrap();
+    let run: Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json")).unwrap()).unwrap();
     assert_eq!(run["partial"], false);
     assert_eq!(run["model"], "tracebench-sim");
-    assert!(run["server"]["version"]["version"].as_str().unwrap().starts_with("tracebench-sim"));
-    assert!(run["command_line"].as_str().unwrap().contains("--concurrency 8"));
+    assert!(run["server"]["version"]["version"]
+        .as_str()
+        .unwrap()
+        .starts_with("tracebench-sim"));
+    assert!(run["command_line"]
+        .as_str()
+        .unwrap()
+        .contains("--concurrency 8"));
 
     let csv = std::fs::read_to_string(run_dir.join("requests.csv")).unwrap();
     assert_eq!(csv.lines().count(), 45);
-    assert!(csv.lines().next().unwrap().contains("instants_ns.first_token"));
+    assert!(csv
+        .lines()
+        .next()
+        .unwrap()
+        .contains("instants_ns.first_token"));
 }
 
 #[test]
 fn an_unreachable_server_gives_failed_records_and_exit_1() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let url = format!("http://127.0.0.1:{port}");
     let tmp = tempfile::tempdir().unwrap();
     let out = tracebench(
         tmp.path(),
-        &["run", "--url", &url, "--model", "m", "--requests", "5", "--no-tui", "--trace-source", "none", "--no-db"],
+        &[
+            "run",
+            "--url",
+            &url,
+            "--model",
+            "m",
+            "--requests",
+            "5",
+            "--no-tui",
+            "--trace-source",
+            "none",
+            "--no-db",
+        ],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let run_dir = only_run_dir(&tmp.path().join("results"));
     let records = lines(&run_dir.join("requests.jsonl"));
     assert_eq!(records.len(), 5);
     assert!(records.iter().all(|r| r["error"]["kind"] == "connect"));
-    let summary: Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap())
+            .unwrap();
     assert_eq!(summary["errors"]["connect"], 5);
     assert!(String::from_utf8_lossy(&out.stdout).contains("connect 5"));
 }
@@ -158,17 +237,40 @@ fn http_errors_are_counted_and_the_run_goes_on() {
     let out = tracebench(
         tmp.path(),
         &[
-            "run", "--url", &sim.url, "--requests", "6", "--concurrency", "3", "--max-tokens", "500",
-            "--input-tokens", "8", "--no-tui", "--trace-source", "none", "--no-db", "--max-error-rate", "1",
+            "run",
+            "--url",
+            &sim.url,
+            "--requests",
+            "6",
+            "--concurrency",
+            "3",
+            "--max-tokens",
+            "500",
+            "--input-tokens",
+            "8",
+            "--no-tui",
+            "--trace-source",
+            "none",
+            "--no-db",
+            "--max-error-rate",
+            "1",
         ],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let records = lines(&only_run_dir(&tmp.path().join("results")).join("requests.jsonl"));
     assert_eq!(records.len(), 6);
     for record in records {
         assert_eq!(record["error"]["kind"], "http_status");
         assert_eq!(record["error"]["status"], 400);
-        assert!(record["error"]["body_excerpt"].as_str().unwrap().contains("max_model_len"));
+        assert!(record["error"]["body_excerpt"]
+            .as_str()
+            .unwrap()
+            .contains("max_model_len"));
     }
 }
 
@@ -179,8 +281,21 @@ fn ctrl_c_keeps_every_finished_request_and_marks_the_run_partial() {
     let child = Command::new(BIN)
         .current_dir(tmp.path())
         .args([
-            "run", "--url", &sim.url, "--duration", "60s", "--concurrency", "4", "--output-tokens", "10",
-            "--no-tui", "--trace-source", "none", "--no-db", "--grace-period", "5s",
+            "run",
+            "--url",
+            &sim.url,
+            "--duration",
+            "60s",
+            "--concurrency",
+            "4",
+            "--output-tokens",
+            "10",
+            "--no-tui",
+            "--trace-source",
+            "none",
+            "--no-db",
+            "--grace-period",
+            "5s",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -203,16 +318,27 @@ fn ctrl_c_keeps_every_finished_request_and_marks_the_run_partial() {
     // SAFETY: sending SIGINT to our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let run_dir = only_run_dir(&results);
     let records = lines(&run_dir.join("requests.jsonl"));
     assert!(records.len() >= 8);
     // In-flight requests finished within the grace period: nothing was cut.
     assert!(records.iter().all(|r| r["error"].is_null()), "{records:?}");
-    let summary: Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap())
+            .unwrap();
     assert_eq!(summary["partial"], true);
-    assert_eq!(summary["requests"]["total"].as_u64().unwrap() as usize, records.len());
-    let run: Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json")).unwrap()).unwrap();
+    assert_eq!(
+        summary["requests"]["total"].as_u64().unwrap() as usize,
+        records.len()
+    );
+    let run: Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json")).unwrap()).unwrap();
     assert_eq!(run["partial"], true);
 }
 
@@ -225,7 +351,10 @@ fn bad_configuration_fails_before_any_request_with_one_line() {
     for (args, needle) in [
         (vec!["run", "--url", "not a url"], "--url"),
         (vec!["run", "--rate=-2"], "--rate"),
-        (vec!["run", "--model", "m", "--dataset", &dataset], "prompts.jsonl:2"),
+        (
+            vec!["run", "--model", "m", "--dataset", &dataset],
+            "prompts.jsonl:2",
+        ),
         (vec!["run", "--arrival", "sometimes"], "sometimes"),
     ] {
         let out = tracebench(tmp.path(), &args);
@@ -233,7 +362,10 @@ fn bad_configuration_fails_before_any_request_with_one_line() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
-    assert!(!tmp.path().join("results").exists() || std::fs::read_dir(tmp.path().join("results")).unwrap().all(|e| {
-        !e.unwrap().path().join("requests.jsonl").exists()
-    }));
+    assert!(
+        !tmp.path().join("results").exists()
+            || std::fs::read_dir(tmp.path().join("results"))
+                .unwrap()
+                .all(|e| { !e.unwrap().path().join("requests.jsonl").exists() })
+    );
 }
