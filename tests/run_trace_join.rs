@@ -1,0 +1,205 @@
+//! Trace correlation end to end with real processes: the simulator exports one
+//! span per request over OTLP (gRPC, then HTTP) into the receiver embedded in
+//! `tracebench run`, at a concurrency above its batch slots so queueing shows.
+//! Every request must join its span, and network + frontend + queue + prefill
+//! must equal the client's TTFT. Also: `join` re-runs it, `show` prints it, the
+//! server's /metrics shows requests waiting, and other engines' span shapes join.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tracebench");
+
+struct Sim {
+    child: Child,
+    url: String,
+}
+
+impl Sim {
+    fn start(args: &[&str]) -> Sim {
+        let mut child = Command::new(BIN)
+            .args(["sim", "--port", "0", "--span-delay-ms", "200"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the simulator");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = line.split_whitespace().find(|w| w.starts_with("http://")).expect("sim url").to_string();
+        Sim { child, url }
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN).current_dir(dir).args(args).output().expect("run tracebench")
+}
+
+fn run_dir(out: &Path) -> PathBuf {
+    std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("requests.jsonl").exists())
+        .expect("a run folder")
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Runs 48 requests at concurrency 12 against a simulator with 4 batch slots
+/// exporting to `export` (a template with `{grpc}`/`{http}` ports); returns the run folder.
+fn traced_run(tmp: &Path, flavor: &str, export: &str) -> PathBuf {
+    let (grpc, http) = (free_port(), free_port());
+    let endpoint = export.replace("{grpc}", &grpc.to_string()).replace("{http}", &http.to_string());
+    let sim = Sim::start(&["--max-num-seqs", "4", "--flavor", flavor, "--otlp-endpoint", &endpoint]);
+    let out = run(
+        tmp,
+        &[
+            "run", "--url", &sim.url, "--concurrency", "12", "--requests", "48", "--input-tokens", "300",
+            "--output-tokens", "12", "--ignore-eos", "--no-tui", "--no-db", "--gpu", "off",
+            "--otlp-grpc", &format!("127.0.0.1:{grpc}"), "--otlp-http", &format!("127.0.0.1:{http}"),
+            "--span-wait", "20s", "--jaeger-ui", "http://127.0.0.1:16686",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    run_dir(&tmp.join("results"))
+}
+
+/// Every record joined, its decomposition adds up to its TTFT within 1 ms, and queueing showed.
+fn assert_joined_and_decomposed(dir: &Path, engine: &str) -> Vec<Value> {
+    let records = lines(&dir.join("requests.jsonl"));
+    assert_eq!(records.len(), 48);
+    let mut queued = 0;
+    for record in &records {
+        assert!(record["error"].is_null(), "{record}");
+        let server = &record["server"];
+        assert_eq!(server["engine"], engine, "{record}");
+        let d = &record["decomposition"];
+        let sum: f64 = ["network_ms", "frontend_ms", "queue_ms", "prefill_ms"]
+            .iter()
+            .map(|k| d[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {record}")))
+            .sum();
+        let ttft = record["ttft_ms"].as_f64().unwrap();
+        assert!((sum - ttft).abs() < 1.0, "parts {sum} vs ttft {ttft}: {record}");
+        if server["queue_ms"].as_f64().unwrap() > 1.0 {
+            queued += 1;
+        }
+        assert_eq!(
+            record["trace_url"],
+            format!("http://127.0.0.1:16686/trace/{}", record["trace_id"].as_str().unwrap())
+        );
+    }
+    // 12 requests for 4 slots: most wait for a slot.
+    assert!(queued >= 24, "only {queued} of 48 requests queued");
+    let summary = json(&dir.join("summary.json"));
+    assert_eq!(summary["join"]["rate"], 1.0);
+    assert_eq!(summary["join"]["joined"], 48);
+    assert!(summary["metrics"]["server.queue_ms"]["p50"].as_f64().unwrap() > 0.0);
+    assert!(summary["diagnosis"].as_str().unwrap().contains("queue"), "{summary}");
+    records
+}
+
+#[test]
+fn vllm_spans_over_otlp_grpc_join_every_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = traced_run(tmp.path(), "vllm", "grpc://127.0.0.1:{grpc}");
+    let records = assert_joined_and_decomposed(&dir, "vllm");
+    // The span's own ids: same trace as the traceparent sent, parented on the client span id.
+    let spans = lines(&dir.join("spans.jsonl"));
+    assert!(spans.len() >= 48);
+    let first = &records[0];
+    let span = spans
+        .iter()
+        .map(|l| &l["span"])
+        .find(|s| s["traceId"] == first["trace_id"])
+        .expect("the span of the first record");
+    assert_eq!(span["parentSpanId"], first["span_id"]);
+    assert_eq!(span["name"], "llm_request");
+
+    // The server's /metrics was scraped: requests waited for a slot.
+    let metrics = lines(&dir.join("server_metrics.jsonl"));
+    assert!(metrics.len() >= 2, "{metrics:?}");
+    let most_waiting = metrics.iter().filter_map(|m| m["waiting"].as_f64()).fold(0.0, f64::max);
+    assert!(most_waiting > 0.0, "no waiting requests seen in {metrics:?}");
+    let summary = json(&dir.join("summary.json"));
+    assert!(summary["server_metrics"].is_object(), "{summary}");
+
+    // `join` again from the files gives the same joins; `show` prints one request.
+    let again = run(tmp.path(), &["join", dir.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(0), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("joined 48"));
+    let rejoined = lines(&dir.join("requests.jsonl"));
+    assert_eq!(rejoined.iter().filter(|r| !r["server"].is_null()).count(), 48);
+    let id = first["request_id"].as_str().unwrap();
+    let show = run(tmp.path(), &["show", dir.to_str().unwrap(), id]);
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert_eq!(show.status.code(), Some(0));
+    assert!(text.contains(id) && text.contains("queue") && text.contains("tracebench run"), "{text}");
+}
+
+#[test]
+fn vllm_spans_over_otlp_http_join_every_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = traced_run(tmp.path(), "vllm", "http://127.0.0.1:{http}/v1/traces");
+    assert_joined_and_decomposed(&dir, "vllm");
+}
+
+#[test]
+fn sglang_and_tgi_span_shapes_join_too() {
+    for flavor in ["sglang", "tgi"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = traced_run(tmp.path(), flavor, "grpc://127.0.0.1:{grpc}");
+        assert_joined_and_decomposed(&dir, flavor);
+    }
+}
+
+#[test]
+fn spans_that_never_come_are_explained() {
+    // A simulator that exports nowhere: every record says why its span is missing.
+    let sim = Sim::start(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(
+        tmp.path(),
+        &[
+            "run", "--url", &sim.url, "--requests", "4", "--output-tokens", "4", "--no-tui", "--no-db",
+            "--gpu", "off", "--otlp-grpc", &format!("127.0.0.1:{}", free_port()),
+            "--otlp-http", &format!("127.0.0.1:{}", free_port()), "--span-wait", "1s",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = run_dir(&tmp.path().join("results"));
+    for record in lines(&dir.join("requests.jsonl")) {
+        assert!(record["server"].is_null());
+        assert!(record["server_missing_reason"].as_str().unwrap().contains("no span arrived"), "{record}");
+    }
+    let summary = json(&dir.join("summary.json"));
+    assert_eq!(summary["join"]["joined"], 0);
+}
