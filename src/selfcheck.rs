@@ -233,8 +233,11 @@ async fn measure_level(
         temperature: None,
         extra_body: None,
     };
+    // One unmeasured round first, as `--warmup` does in a run: connections are
+    // open before the measured rounds, so a cold-start connect storm is not counted.
+    let warmup = level as u64;
     let count = level as u64 * args.rounds;
-    let requests: Vec<PreparedRequest> = (0..count)
+    let mut requests: Vec<PreparedRequest> = (0..warmup + count)
         .map(|index| {
             let item = Item {
                 prompt: Prompt::Text(format!("selfcheck request {index} of level {level}")),
@@ -242,9 +245,10 @@ async fn measure_level(
                 input_tokens_source: crate::record::CountSource::Estimate,
                 max_tokens: Some(args.tokens),
             };
-            body.prepare(index, &run_id, false, &item)
+            body.prepare(index, &run_id, index < warmup, &item)
         })
         .collect();
+    let measured = requests.split_off(warmup as usize);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let dispatcher = Dispatcher {
         client,
@@ -255,11 +259,14 @@ async fn measure_level(
         records: tx,
         in_flight: Arc::new(AtomicU64::new(0)),
     };
+    dispatcher
+        .run_phase(PhaseRequests::Ready(requests.into_iter()), None)
+        .await;
     reset_peak_rss();
     let cpu_before = cpu_seconds();
     let wall = Instant::now();
     dispatcher
-        .run_phase(PhaseRequests::Ready(requests.into_iter()), None)
+        .run_phase(PhaseRequests::Ready(measured.into_iter()), None)
         .await;
     let wall_s = wall.elapsed().as_secs_f64();
     let client_cpu_s = cpu_seconds() - cpu_before;
@@ -267,7 +274,9 @@ async fn measure_level(
     drop(dispatcher);
     let mut records = Vec::new();
     while let Some(record) = rx.recv().await {
-        records.push(record);
+        if !record.warmup {
+            records.push(record);
+        }
     }
     // The simulator flushes its truth log at least every 100 ms.
     tokio::time::sleep(Duration::from_millis(400)).await;

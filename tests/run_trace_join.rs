@@ -27,8 +27,14 @@ impl Sim {
             .spawn()
             .expect("start the simulator");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let url = line.split_whitespace().find(|w| w.starts_with("http://")).expect("sim url").to_string();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .expect("sim url")
+            .to_string();
         Sim { child, url }
     }
 }
@@ -41,11 +47,19 @@ impl Drop for Sim {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn run(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN).current_dir(dir).args(args).output().expect("run tracebench")
+    Command::new(BIN)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run tracebench")
 }
 
 fn run_dir(out: &Path) -> PathBuf {
@@ -72,15 +86,44 @@ fn json(path: &Path) -> Value {
 /// exporting to `export` (a template with `{grpc}`/`{http}` ports); returns the run folder.
 fn traced_run(tmp: &Path, flavor: &str, export: &str) -> PathBuf {
     let (grpc, http) = (free_port(), free_port());
-    let endpoint = export.replace("{grpc}", &grpc.to_string()).replace("{http}", &http.to_string());
-    let sim = Sim::start(&["--max-num-seqs", "4", "--flavor", flavor, "--otlp-endpoint", &endpoint]);
+    let endpoint = export
+        .replace("{grpc}", &grpc.to_string())
+        .replace("{http}", &http.to_string());
+    let sim = Sim::start(&[
+        "--max-num-seqs",
+        "4",
+        "--flavor",
+        flavor,
+        "--otlp-endpoint",
+        &endpoint,
+    ]);
     let out = run(
         tmp,
         &[
-            "run", "--url", &sim.url, "--concurrency", "12", "--requests", "48", "--input-tokens", "300",
-            "--output-tokens", "12", "--ignore-eos", "--no-tui", "--no-db", "--gpu", "off",
-            "--otlp-grpc", &format!("127.0.0.1:{grpc}"), "--otlp-http", &format!("127.0.0.1:{http}"),
-            "--span-wait", "20s", "--jaeger-ui", "http://127.0.0.1:16686",
+            "run",
+            "--url",
+            &sim.url,
+            "--concurrency",
+            "12",
+            "--requests",
+            "48",
+            "--input-tokens",
+            "300",
+            "--output-tokens",
+            "12",
+            "--ignore-eos",
+            "--no-tui",
+            "--no-db",
+            "--gpu",
+            "off",
+            "--otlp-grpc",
+            &format!("127.0.0.1:{grpc}"),
+            "--otlp-http",
+            &format!("127.0.0.1:{http}"),
+            "--span-wait",
+            "20s",
+            "--jaeger-ui",
+            "http://127.0.0.1:16686",
         ],
     );
     assert_eq!(
@@ -105,16 +148,25 @@ fn assert_joined_and_decomposed(dir: &Path, engine: &str) -> Vec<Value> {
         let d = &record["decomposition"];
         let sum: f64 = ["network_ms", "frontend_ms", "queue_ms", "prefill_ms"]
             .iter()
-            .map(|k| d[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {record}")))
+            .map(|k| {
+                d[k].as_f64()
+                    .unwrap_or_else(|| panic!("{k} missing: {record}"))
+            })
             .sum();
         let ttft = record["ttft_ms"].as_f64().unwrap();
-        assert!((sum - ttft).abs() < 1.0, "parts {sum} vs ttft {ttft}: {record}");
+        assert!(
+            (sum - ttft).abs() < 1.0,
+            "parts {sum} vs ttft {ttft}: {record}"
+        );
         if server["queue_ms"].as_f64().unwrap() > 1.0 {
             queued += 1;
         }
         assert_eq!(
             record["trace_url"],
-            format!("http://127.0.0.1:16686/trace/{}", record["trace_id"].as_str().unwrap())
+            format!(
+                "http://127.0.0.1:16686/trace/{}",
+                record["trace_id"].as_str().unwrap()
+            )
         );
     }
     // 12 requests for 4 slots: most wait for a slot.
@@ -122,8 +174,16 @@ fn assert_joined_and_decomposed(dir: &Path, engine: &str) -> Vec<Value> {
     let summary = json(&dir.join("summary.json"));
     assert_eq!(summary["join"]["rate"], 1.0);
     assert_eq!(summary["join"]["joined"], 48);
-    assert!(summary["metrics"]["server.queue_ms"]["p50"].as_f64().unwrap() > 0.0);
-    assert!(summary["diagnosis"].as_str().unwrap().contains("queue"), "{summary}");
+    assert!(
+        summary["metrics"]["server.queue_ms"]["p50"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert!(
+        summary["diagnosis"].as_str().unwrap().contains("queue"),
+        "{summary}"
+    );
     records
 }
 
@@ -147,22 +207,39 @@ fn vllm_spans_over_otlp_grpc_join_every_request() {
     // The server's /metrics was scraped: requests waited for a slot.
     let metrics = lines(&dir.join("server_metrics.jsonl"));
     assert!(metrics.len() >= 2, "{metrics:?}");
-    let most_waiting = metrics.iter().filter_map(|m| m["waiting"].as_f64()).fold(0.0, f64::max);
-    assert!(most_waiting > 0.0, "no waiting requests seen in {metrics:?}");
+    let most_waiting = metrics
+        .iter()
+        .filter_map(|m| m["waiting"].as_f64())
+        .fold(0.0, f64::max);
+    assert!(
+        most_waiting > 0.0,
+        "no waiting requests seen in {metrics:?}"
+    );
     let summary = json(&dir.join("summary.json"));
     assert!(summary["server_metrics"].is_object(), "{summary}");
 
     // `join` again from the files gives the same joins; `show` prints one request.
     let again = run(tmp.path(), &["join", dir.to_str().unwrap()]);
-    assert_eq!(again.status.code(), Some(0), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
     assert!(String::from_utf8_lossy(&again.stdout).contains("joined 48"));
     let rejoined = lines(&dir.join("requests.jsonl"));
-    assert_eq!(rejoined.iter().filter(|r| !r["server"].is_null()).count(), 48);
+    assert_eq!(
+        rejoined.iter().filter(|r| !r["server"].is_null()).count(),
+        48
+    );
     let id = first["request_id"].as_str().unwrap();
     let show = run(tmp.path(), &["show", dir.to_str().unwrap(), id]);
     let text = String::from_utf8_lossy(&show.stdout);
     assert_eq!(show.status.code(), Some(0));
-    assert!(text.contains(id) && text.contains("queue") && text.contains("tracebench run"), "{text}");
+    assert!(
+        text.contains(id) && text.contains("queue") && text.contains("tracebench run"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -189,16 +266,41 @@ fn spans_that_never_come_are_explained() {
     let out = run(
         tmp.path(),
         &[
-            "run", "--url", &sim.url, "--requests", "4", "--output-tokens", "4", "--no-tui", "--no-db",
-            "--gpu", "off", "--otlp-grpc", &format!("127.0.0.1:{}", free_port()),
-            "--otlp-http", &format!("127.0.0.1:{}", free_port()), "--span-wait", "1s",
+            "run",
+            "--url",
+            &sim.url,
+            "--requests",
+            "4",
+            "--output-tokens",
+            "4",
+            "--no-tui",
+            "--no-db",
+            "--gpu",
+            "off",
+            "--otlp-grpc",
+            &format!("127.0.0.1:{}", free_port()),
+            "--otlp-http",
+            &format!("127.0.0.1:{}", free_port()),
+            "--span-wait",
+            "1s",
         ],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dir = run_dir(&tmp.path().join("results"));
     for record in lines(&dir.join("requests.jsonl")) {
         assert!(record["server"].is_null());
-        assert!(record["server_missing_reason"].as_str().unwrap().contains("no span arrived"), "{record}");
+        assert!(
+            record["server_missing_reason"]
+                .as_str()
+                .unwrap()
+                .contains("no span arrived"),
+            "{record}"
+        );
     }
     let summary = json(&dir.join("summary.json"));
     assert_eq!(summary["join"]["joined"], 0);

@@ -103,6 +103,9 @@ impl Client {
             .trace_header
             .then(|| TraceParent::random(&mut rand::rng()));
         let mut progress = Progress::new(request.max_tokens);
+        // A token of its own: polling the run's shared token on every chunk would
+        // make all in-flight requests contend for one lock.
+        let cancel = cancel.child_token();
         let outcome = tokio::select! {
             biased;
             _ = cancel.cancelled() => Err(RequestError {
