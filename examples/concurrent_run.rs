@@ -23,12 +23,8 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     let body = BodyOptions {
-        endpoint: Endpoint::Chat,
-        model: "tracebench-sim".into(),
-        stream: true,
         ignore_eos: true,
-        temperature: None,
-        extra_body: None,
+        ..BodyOptions::new(Endpoint::Chat, "tracebench-sim")
     };
     let requests: Vec<_> = (0..64)
         .map(|i| {
@@ -42,17 +38,7 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect();
     let client = Client::new(
-        ClientOptions {
-            base_url: sim.url(),
-            endpoint: Endpoint::Chat,
-            model: "tracebench-sim".into(),
-            stream: true,
-            headers: Default::default(),
-            trace_header: true,
-            first_byte_timeout: std::time::Duration::from_secs(30),
-            request_timeout: std::time::Duration::from_secs(60),
-            run_id: "example".into(),
-        },
+        ClientOptions::new(&sim.url(), Endpoint::Chat, "tracebench-sim", "example"),
         RunClock::start(),
     )?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

@@ -18,12 +18,8 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     let body = BodyOptions {
-        endpoint: Endpoint::Chat,
-        model: "tracebench-sim".into(),
-        stream: true,
         ignore_eos: true,
-        temperature: None,
-        extra_body: None,
+        ..BodyOptions::new(Endpoint::Chat, "tracebench-sim")
     };
     let item = Item {
         prompt: Prompt::Text("where does the time go".into()),
@@ -33,17 +29,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let request = body.prepare(0, "example", false, &item);
     let client = Client::new(
-        ClientOptions {
-            base_url: sim.url(),
-            endpoint: Endpoint::Chat,
-            model: "tracebench-sim".into(),
-            stream: true,
-            headers: Default::default(),
-            trace_header: true,
-            first_byte_timeout: std::time::Duration::from_secs(30),
-            request_timeout: std::time::Duration::from_secs(60),
-            run_id: "example".into(),
-        },
+        ClientOptions::new(&sim.url(), Endpoint::Chat, "tracebench-sim", "example"),
         RunClock::start(),
     )?;
     let record = client

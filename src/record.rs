@@ -32,6 +32,25 @@ impl Endpoint {
     }
 }
 
+/// The inference engines whose spans and metrics tracebench reads by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Engine {
+    Vllm,
+    Sglang,
+    Tgi,
+}
+
+impl Engine {
+    /// The lower-case name used in files (`vllm`, `sglang`, `tgi`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Vllm => "vllm",
+            Engine::Sglang => "sglang",
+            Engine::Tgi => "tgi",
+        }
+    }
+}
+
 /// Where a token count came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -213,25 +213,16 @@ async fn measure_level(
     let clock = RunClock::start();
     let client = Client::new(
         ClientOptions {
-            base_url: url.to_string(),
-            endpoint: Endpoint::Chat,
-            model: "tracebench-sim".into(),
-            stream: true,
-            headers: Default::default(),
             trace_header: false,
             first_byte_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(300),
-            run_id: run_id.clone(),
+            ..ClientOptions::new(url, Endpoint::Chat, "tracebench-sim", &run_id)
         },
         clock,
     )?;
     let body = BodyOptions {
-        endpoint: Endpoint::Chat,
-        model: "tracebench-sim".into(),
-        stream: true,
         ignore_eos: true,
-        temperature: None,
-        extra_body: None,
+        ..BodyOptions::new(Endpoint::Chat, "tracebench-sim")
     };
     // One unmeasured round first, as `--warmup` does in a run: connections are
     // open before the measured rounds, so a cold-start connect storm is not counted.

@@ -102,15 +102,9 @@ async fn serve(script: Script) -> String {
 fn client(url: &str, first_byte: Duration, whole: Duration) -> Client {
     Client::new(
         ClientOptions {
-            base_url: url.to_string(),
-            endpoint: Endpoint::Chat,
-            model: "tiny".into(),
-            stream: true,
-            headers: Default::default(),
-            trace_header: true,
             first_byte_timeout: first_byte,
             request_timeout: whole,
-            run_id: "t".into(),
+            ..ClientOptions::new(url, Endpoint::Chat, "tiny", "t")
         },
         RunClock::start(),
     )

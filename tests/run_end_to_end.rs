@@ -3,78 +3,16 @@
 //! follow their JSON Schemas, failures are records, Ctrl-C keeps everything,
 //! and bad configuration fails before any request with exit code 2.
 
+mod cli_support;
+
+use cli_support::{json, lines, run_dir, tracebench, Sim, BIN};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tracebench");
-
-/// A simulator process, killed when dropped.
-struct Sim {
-    child: Child,
-    url: String,
-}
-
-impl Sim {
-    fn start(args: &[&str]) -> Sim {
-        let mut child = Command::new(BIN)
-            .args(["sim", "--port", "0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the simulator");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .expect("sim url")
-            .to_string();
-        Sim { child, url }
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tracebench(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run tracebench")
-}
-
-fn only_run_dir(out: &Path) -> PathBuf {
-    let dirs: Vec<PathBuf> = std::fs::read_dir(out)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    assert_eq!(dirs.len(), 1, "{dirs:?}");
-    dirs[0].clone()
-}
+use std::process::{Command, Stdio};
 
 fn validator(schema: &str) -> jsonschema::Validator {
     let path = format!("{}/schemas/{schema}", env!("CARGO_MANIFEST_DIR"));
     let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     jsonschema::validator_for(&schema).expect("a valid schema")
-}
-
-fn lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn assert_valid(validator: &jsonschema::Validator, value: &Value, what: &str) {
@@ -128,7 +66,7 @@ fn a_run_writes_every_file_and_they_follow_their_schemas() {
         stdout.contains("TTFT (ms)") && stdout.contains("throughput"),
         "{stdout}"
     );
-    let run_dir = only_run_dir(&tmp.path().join("results"));
+    let run_dir = run_dir(&tmp.path().join("results"));
     for file in [
         "requests.jsonl",
         "requests.csv",
@@ -154,9 +92,7 @@ fn a_run_writes_every_file_and_they_follow_their_schemas() {
     }
     assert_eq!(records.iter().filter(|r| r["warmup"] == true).count(), 4);
 
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap())
-            .unwrap();
+    let summary: Value = json(&run_dir.join("summary.json"));
     assert_valid(&validator("summary.schema.json"), &summary, "summary");
     assert_eq!(summary["requests"]["total"], 40);
     assert_eq!(summary["requests"]["warmup"], 4);
@@ -165,8 +101,7 @@ fn a_run_writes_every_file_and_they_follow_their_schemas() {
     // summary.json reads back into the library's type.
     let _: tracebench::analysis::Summary = serde_json::from_value(summary).unwrap();
 
-    let run: Value =
-        serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json")).unwrap()).unwrap();
+    let run: Value = json(&run_dir.join("run.json"));
     assert_eq!(run["partial"], false);
     assert_eq!(run["model"], "tracebench-sim");
     assert!(run["server"]["version"]["version"]
@@ -218,13 +153,11 @@ fn an_unreachable_server_gives_failed_records_and_exit_1() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let run_dir = only_run_dir(&tmp.path().join("results"));
+    let run_dir = run_dir(&tmp.path().join("results"));
     let records = lines(&run_dir.join("requests.jsonl"));
     assert_eq!(records.len(), 5);
     assert!(records.iter().all(|r| r["error"]["kind"] == "connect"));
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap())
-            .unwrap();
+    let summary: Value = json(&run_dir.join("summary.json"));
     assert_eq!(summary["errors"]["connect"], 5);
     assert!(String::from_utf8_lossy(&out.stdout).contains("connect 5"));
 }
@@ -262,7 +195,7 @@ fn http_errors_are_counted_and_the_run_goes_on() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let records = lines(&only_run_dir(&tmp.path().join("results")).join("requests.jsonl"));
+    let records = lines(&run_dir(&tmp.path().join("results")).join("requests.jsonl"));
     assert_eq!(records.len(), 6);
     for record in records {
         assert_eq!(record["error"]["kind"], "http_status");
@@ -324,21 +257,18 @@ fn ctrl_c_keeps_every_finished_request_and_marks_the_run_partial() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let run_dir = only_run_dir(&results);
+    let run_dir = run_dir(&results);
     let records = lines(&run_dir.join("requests.jsonl"));
     assert!(records.len() >= 8);
     // In-flight requests finished within the grace period: nothing was cut.
     assert!(records.iter().all(|r| r["error"].is_null()), "{records:?}");
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap())
-            .unwrap();
+    let summary: Value = json(&run_dir.join("summary.json"));
     assert_eq!(summary["partial"], true);
     assert_eq!(
         summary["requests"]["total"].as_u64().unwrap() as usize,
         records.len()
     );
-    let run: Value =
-        serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json")).unwrap()).unwrap();
+    let run: Value = json(&run_dir.join("run.json"));
     assert_eq!(run["partial"], true);
 }
 

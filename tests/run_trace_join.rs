@@ -5,82 +5,11 @@
 //! must equal the client's TTFT. Also: `join` re-runs it, `show` prints it, the
 //! server's /metrics shows requests waiting, and other engines' span shapes join.
 
+mod cli_support;
+
+use cli_support::{free_port, json, lines, run_dir, tracebench, Sim};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tracebench");
-
-struct Sim {
-    child: Child,
-    url: String,
-}
-
-impl Sim {
-    fn start(args: &[&str]) -> Sim {
-        let mut child = Command::new(BIN)
-            .args(["sim", "--port", "0", "--span-delay-ms", "200"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the simulator");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .expect("sim url")
-            .to_string();
-        Sim { child, url }
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run tracebench")
-}
-
-fn run_dir(out: &Path) -> PathBuf {
-    std::fs::read_dir(out)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.join("requests.jsonl").exists())
-        .expect("a run folder")
-}
-
-fn lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
 
 /// Runs 48 requests at concurrency 12 against a simulator with 4 batch slots
 /// exporting to `export` (a template with `{grpc}`/`{http}` ports); returns the run folder.
@@ -96,8 +25,10 @@ fn traced_run(tmp: &Path, flavor: &str, export: &str) -> PathBuf {
         flavor,
         "--otlp-endpoint",
         &endpoint,
+        "--span-delay-ms",
+        "200",
     ]);
-    let out = run(
+    let out = tracebench(
         tmp,
         &[
             "run",
@@ -219,7 +150,7 @@ fn vllm_spans_over_otlp_grpc_join_every_request() {
     assert!(summary["server_metrics"].is_object(), "{summary}");
 
     // `join` again from the files gives the same joins; `show` prints one request.
-    let again = run(tmp.path(), &["join", dir.to_str().unwrap()]);
+    let again = tracebench(tmp.path(), &["join", dir.to_str().unwrap()]);
     assert_eq!(
         again.status.code(),
         Some(0),
@@ -233,7 +164,7 @@ fn vllm_spans_over_otlp_grpc_join_every_request() {
         48
     );
     let id = first["request_id"].as_str().unwrap();
-    let show = run(tmp.path(), &["show", dir.to_str().unwrap(), id]);
+    let show = tracebench(tmp.path(), &["show", dir.to_str().unwrap(), id]);
     let text = String::from_utf8_lossy(&show.stdout);
     assert_eq!(show.status.code(), Some(0));
     assert!(
@@ -263,7 +194,7 @@ fn spans_that_never_come_are_explained() {
     // A simulator that exports nowhere: every record says why its span is missing.
     let sim = Sim::start(&[]);
     let tmp = tempfile::tempdir().unwrap();
-    let out = run(
+    let out = tracebench(
         tmp.path(),
         &[
             "run",

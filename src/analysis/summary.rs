@@ -67,8 +67,8 @@ pub struct Summary {
     pub vllm_keys: BTreeMap<String, serde_json::Value>,
 }
 
-/// Client metrics taken from each record, by name.
-const CLIENT_METRICS: [&str; 8] = [
+/// Client metrics taken from each record, by name, in display order.
+pub const CLIENT_METRICS: [&str; 8] = [
     "ttft_ms",
     "tpot_ms",
     "itl_chunk_ms",
@@ -79,8 +79,8 @@ const CLIENT_METRICS: [&str; 8] = [
     "output_tokens",
 ];
 
-/// Server and decomposition metrics, by name.
-const SERVER_METRICS: [&str; 14] = [
+/// Server and decomposition metrics, by name, in display order.
+pub const SERVER_METRICS: [&str; 14] = [
     "server.queue_ms",
     "server.prefill_ms",
     "server.decode_ms",

@@ -48,6 +48,24 @@ pub struct ClientOptions {
     pub run_id: String,
 }
 
+impl ClientOptions {
+    /// Streaming requests with `traceparent`, no extra headers, the default
+    /// timeouts of `tracebench run` (first byte 5 min, whole request 10 min).
+    pub fn new(base_url: &str, endpoint: Endpoint, model: &str, run_id: &str) -> Self {
+        Self {
+            base_url: base_url.to_string(),
+            endpoint,
+            model: model.to_string(),
+            stream: true,
+            headers: Default::default(),
+            trace_header: true,
+            first_byte_timeout: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(600),
+            run_id: run_id.to_string(),
+        }
+    }
+}
+
 /// Sends requests; cheap to clone (shares the connection pool).
 #[derive(Clone)]
 pub struct Client {

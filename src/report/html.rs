@@ -6,6 +6,7 @@
 //! network; a small inline script only checks the page (see `scripts/check-report.sh`).
 //! The run folder reader ([`RunFolder`], [`read_jsonl`]) is shared with the SQLite history.
 
+use crate::analysis::summary::CLIENT_METRICS;
 use crate::analysis::{summarize, Slo, Summary};
 use crate::record::RequestRecord;
 use anyhow::Context;
@@ -393,17 +394,7 @@ fn section_summary(page: &mut String, summary: &Summary) {
         page.push_str("<p class=\"note\">No finished requests: nothing to summarise.</p>");
         return;
     }
-    const CLIENT_ORDER: [&str; 8] = [
-        "ttft_ms",
-        "tpot_ms",
-        "itl_chunk_ms",
-        "itl_token_ms",
-        "e2e_ms",
-        "schedule_lag_ms",
-        "input_tokens",
-        "output_tokens",
-    ];
-    let mut keys: Vec<&str> = CLIENT_ORDER
+    let mut keys: Vec<&str> = CLIENT_METRICS
         .iter()
         .copied()
         .filter(|k| summary.metrics.contains_key(*k))
@@ -413,7 +404,7 @@ fn section_summary(page: &mut String, summary: &Summary) {
             .metrics
             .keys()
             .map(String::as_str)
-            .filter(|k| !CLIENT_ORDER.contains(k)),
+            .filter(|k| !CLIENT_METRICS.contains(k)),
     );
     page.push_str(
         "<table class=\"num\"><thead><tr><th>metric</th><th>unit</th><th>count</th><th>mean</th>\

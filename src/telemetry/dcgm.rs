@@ -5,6 +5,7 @@
 use super::gpu::{GpuReading, GpuSource};
 use super::prom::{self, Exposition};
 use super::sink::Notes;
+use crate::client::error_chain;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -51,21 +52,6 @@ impl DcgmSource {
             .await
             .map_err(|error| format!("DCGM exporter body unreadable: {}", error_chain(&error)))
     }
-}
-
-/// An error with its causes, `a: b: c`.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let message = cause.to_string();
-        if !text.contains(&message) {
-            text.push_str(": ");
-            text.push_str(&message);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 impl GpuSource for DcgmSource {

@@ -3,10 +3,11 @@
 //! `server_metrics.jsonl`, and the window summary with the server's own latency percentiles
 //! computed from histogram bucket deltas.
 
-use super::dcgm::error_chain;
 use super::prom::{self, Exposition, SeriesValue};
 use super::sink::{JsonlSink, LiveGauges, Notes};
+use crate::client::error_chain;
 use crate::clock::RunClock;
+pub use crate::record::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -20,43 +21,26 @@ pub const SERVER_METRICS_SCHEMA: &str = "tracebench.server_metrics/1";
 /// A scrape that takes longer than this is a gap.
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The engines whose metrics have first-class fields.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
-    Vllm,
-    Sglang,
-    Tgi,
+/// Recognises the engine by its metric names.
+pub fn detect_engine(exposition: &Exposition) -> Option<Engine> {
+    let names = || exposition.families.keys();
+    if names().any(|name| name.starts_with("vllm:")) {
+        Some(Engine::Vllm)
+    } else if names().any(|name| name.starts_with("sglang:")) {
+        Some(Engine::Sglang)
+    } else if names().any(|name| name.starts_with("tgi_")) {
+        Some(Engine::Tgi)
+    } else {
+        None
+    }
 }
 
-impl Engine {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Engine::Vllm => "vllm",
-            Engine::Sglang => "sglang",
-            Engine::Tgi => "tgi",
-        }
-    }
-
-    /// Recognises the engine by its metric names.
-    pub fn detect(exposition: &Exposition) -> Option<Engine> {
-        let names = || exposition.families.keys();
-        if names().any(|name| name.starts_with("vllm:")) {
-            Some(Engine::Vllm)
-        } else if names().any(|name| name.starts_with("sglang:")) {
-            Some(Engine::Sglang)
-        } else if names().any(|name| name.starts_with("tgi_")) {
-            Some(Engine::Tgi)
-        } else {
-            None
-        }
-    }
-
-    fn names(self) -> &'static EngineMetrics {
-        match self {
-            Engine::Vllm => &VLLM,
-            Engine::Sglang => &SGLANG,
-            Engine::Tgi => &TGI,
-        }
+/// The names of an engine's first-class series.
+fn engine_metrics(engine: Engine) -> &'static EngineMetrics {
+    match engine {
+        Engine::Vllm => &VLLM,
+        Engine::Sglang => &SGLANG,
+        Engine::Tgi => &TGI,
     }
 }
 
@@ -167,7 +151,7 @@ pub struct FirstClass {
 
 impl FirstClass {
     fn read(engine: Option<Engine>, exposition: &Exposition) -> Self {
-        let Some(names) = engine.map(Engine::names) else {
+        let Some(names) = engine.map(engine_metrics) else {
             return Self::default();
         };
         Self {
@@ -348,14 +332,13 @@ impl Recorder {
                 first.reason
             ));
         }
-        let engine = Engine::detect(&exposition).or(self.output.engine);
+        let engine = detect_engine(&exposition).or(self.output.engine);
         self.output.engine = engine;
         let values = FirstClass::read(engine, &exposition);
         self.publish_live(&values);
         let histograms = engine
             .map(|engine| {
-                engine
-                    .names()
+                engine_metrics(engine)
                     .latency_histograms
                     .iter()
                     .filter_map(|(key, family)| {
@@ -560,8 +543,7 @@ pub fn summarize(output: &ServerSamplerOutput, (from, to): (u64, u64)) -> Value 
             let family = output
                 .engine
                 .and_then(|engine| {
-                    engine
-                        .names()
+                    engine_metrics(engine)
                         .latency_histograms
                         .iter()
                         .find(|(k, _)| k == key)
@@ -633,7 +615,7 @@ mod tests {
     #[test]
     fn first_class_fields_of_each_engine() {
         let vllm = fixture("vllm/metrics.prom");
-        assert_eq!(Engine::detect(&vllm), Some(Engine::Vllm));
+        assert_eq!(detect_engine(&vllm), Some(Engine::Vllm));
         let values = FirstClass::read(Some(Engine::Vllm), &vllm);
         assert_eq!(values.running, Some(0.0));
         assert_eq!(values.kv_cache_usage, Some(0.0));
@@ -647,13 +629,13 @@ mod tests {
         );
 
         let sglang = fixture("sglang-metrics/sglang-docs-llama31-8b-under-load.prom");
-        assert_eq!(Engine::detect(&sglang), Some(Engine::Sglang));
+        assert_eq!(detect_engine(&sglang), Some(Engine::Sglang));
         let values = FirstClass::read(Some(Engine::Sglang), &sglang);
         assert_eq!(values.running, Some(162.0));
         assert_eq!(values.waiting, Some(2826.0));
 
         let tgi = fixture("tgi-metrics/datadog-fixture-tgi3-payload.prom");
-        assert_eq!(Engine::detect(&tgi), Some(Engine::Tgi));
+        assert_eq!(detect_engine(&tgi), Some(Engine::Tgi));
         let values = FirstClass::read(Some(Engine::Tgi), &tgi);
         assert_eq!(
             values.generation_tokens_total,

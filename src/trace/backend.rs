@@ -2,6 +2,7 @@
 //! polling a trace until its span set stops changing or a deadline passes.
 
 use super::span::spans_of;
+use crate::client::error_chain;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -37,19 +38,29 @@ pub fn http_client() -> Result<reqwest::Client, String> {
         .map_err(|e| format!("cannot build an HTTP client: {e}"))
 }
 
-/// An error with its causes, e.g. `error sending request: ... Connection refused`.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
+/// GET `url`: its body, `None` for a 404 (not there yet), or the reason it failed.
+pub async fn get_found(
+    http: &reqwest::Client,
+    url: &str,
+    accept: Option<&str>,
+) -> Result<Option<bytes::Bytes>, String> {
+    let mut request = http.get(url);
+    if let Some(accept) = accept {
+        request = request.header(reqwest::header::ACCEPT, accept);
     }
-    text
+    let response = request.send().await.map_err(|e| unreachable(url, &e))?;
+    let status = response.status();
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    if !status.is_success() {
+        return Err(bad_status(url, status));
+    }
+    response
+        .bytes()
+        .await
+        .map(Some)
+        .map_err(|e| unreachable(url, &e))
 }
 
 /// The reason for a request error on the way to a backend.

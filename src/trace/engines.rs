@@ -3,26 +3,9 @@
 //! common `ServerView` fields (milliseconds; a field the engine lacks is None).
 
 use super::span::Span;
+pub use crate::record::Engine;
 use crate::record::ServerView;
 use std::collections::HashMap;
-
-/// The engines whose request spans are understood.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
-    Vllm,
-    Sglang,
-    Tgi,
-}
-
-impl Engine {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Engine::Vllm => "vllm",
-            Engine::Sglang => "sglang",
-            Engine::Tgi => "tgi",
-        }
-    }
-}
 
 /// vLLM's per-request span name.
 const VLLM_REQUEST_SPAN: &str = "llm_request";

@@ -2,7 +2,7 @@
 //! JSON), falling back to the UI's `GET /api/traces/{id}` (µs times, tags,
 //! processes), converted to OTLP resource spans.
 
-use super::backend::{bad_status, unreachable, unreadable, Fetched};
+use super::backend::{bad_status, get_found, unreachable, unreadable, Fetched};
 use super::span::decode_json;
 use crate::client::traceparent::{hex, unhex};
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
@@ -83,20 +83,9 @@ impl JaegerClient {
 
     async fn fetch_ui(&self, trace_id: &[u8; 16]) -> Fetched {
         let url = format!("{}/api/traces/{}", self.base, hex(trace_id));
-        let response = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| unreachable(&url, &e))?;
-        let status = response.status();
-        if status == reqwest::StatusCode::NOT_FOUND {
+        let Some(body) = get_found(&self.http, &url, None).await? else {
             return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(bad_status(&url, status));
-        }
-        let body = response.bytes().await.map_err(|e| unreachable(&url, &e))?;
+        };
         let envelope: UiEnvelope =
             serde_json::from_slice(&body).map_err(|e| unreadable(&url, e))?;
         let mut resource_spans = Vec::new();

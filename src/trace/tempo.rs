@@ -1,7 +1,7 @@
 //! Fetching one trace from Grafana Tempo: `GET /api/v2/traces/{id}` asking for
 //! protobuf, whose `TraceByIDResponse.trace` is wire-identical to OTLP `TracesData`.
 
-use super::backend::{bad_status, unreachable, unreadable, Fetched};
+use super::backend::{get_found, unreadable, Fetched};
 use crate::client::traceparent::hex;
 use opentelemetry_proto::tonic::trace::v1::TracesData;
 use prost::Message;
@@ -30,21 +30,9 @@ impl TempoClient {
     /// One look for a trace. `Ok(None)` while Tempo does not have it.
     pub async fn fetch(&self, trace_id: &[u8; 16]) -> Fetched {
         let url = format!("{}/api/v2/traces/{}", self.base, hex(trace_id));
-        let response = self
-            .http
-            .get(&url)
-            .header(reqwest::header::ACCEPT, "application/protobuf")
-            .send()
-            .await
-            .map_err(|e| unreachable(&url, &e))?;
-        let status = response.status();
-        if status == reqwest::StatusCode::NOT_FOUND {
+        let Some(body) = get_found(&self.http, &url, Some("application/protobuf")).await? else {
             return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(bad_status(&url, status));
-        }
-        let body = response.bytes().await.map_err(|e| unreachable(&url, &e))?;
+        };
         let decoded = TraceByIdResponse::decode(body).map_err(|e| unreadable(&url, e))?;
         let resource_spans = decoded.trace.map(|t| t.resource_spans).unwrap_or_default();
         Ok((!resource_spans.is_empty()).then_some(resource_spans))

@@ -55,6 +55,20 @@ pub struct BodyOptions {
     pub extra_body: Option<Map<String, Value>>,
 }
 
+impl BodyOptions {
+    /// Streaming bodies for `model`, no sampling options, nothing extra.
+    pub fn new(endpoint: Endpoint, model: &str) -> Self {
+        Self {
+            endpoint,
+            model: model.to_string(),
+            stream: true,
+            ignore_eos: false,
+            temperature: None,
+            extra_body: None,
+        }
+    }
+}
+
 /// One prompt before it becomes a body.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prompt {
