@@ -303,15 +303,21 @@ async fn vllm_spans_over_grpc_are_parented_timed_and_skip_unsampled_requests() {
             (double(span, "gen_ai.latency.time_in_model_inference") - (prefill + decode)).abs()
                 < 1e-6
         );
+        // TTFT = frontend (API-server time before the queue) + queue + prefill.
+        let frontend = double(span, "gen_ai.latency.time_to_first_token") - (queue + prefill);
         assert!(
-            (double(span, "gen_ai.latency.time_to_first_token") - (queue + prefill)).abs() < 1e-6
+            frontend >= 0.002 - 1e-6,
+            "frontend {frontend} s, --frontend-ms is 2"
         );
+        assert!(frontend < 0.5, "frontend {frontend} s");
         let e2e = double(span, "gen_ai.latency.e2e");
         assert!(
             (e2e - seconds_between(span.start_time_unix_nano, span.end_time_unix_nano)).abs()
                 < 1e-6
         );
-        let scheduled_ns = span.start_time_unix_nano + (queue * 1e9) as u64;
+        // Taken out of the queue: first token minus prefill.
+        let ttft = double(span, "gen_ai.latency.time_to_first_token");
+        let scheduled_ns = span.start_time_unix_nano + ((ttft - prefill) * 1e9) as u64;
         in_model.push((scheduled_ns, span.end_time_unix_nano, queue));
     }
     // One sequence at a time: the requests' times in the model never overlap,
@@ -489,7 +495,12 @@ async fn tgi_flavor_traces_even_unsampled_requests_with_one_send_generation_per_
     let total = debug_duration_seconds(&string(handler, "total_time"));
     let queue = debug_duration_seconds(&string(handler, "queue_time"));
     let inference = debug_duration_seconds(&string(handler, "inference_time"));
-    assert!((total - (queue + inference)).abs() < 1e-6);
+    // total = frontend (at least --frontend-ms, 2 ms by default) + queue + inference.
+    let frontend = total - (queue + inference);
+    assert!(
+        frontend >= 0.002 - 1e-6 && frontend < 0.5,
+        "frontend {frontend} s"
+    );
     let per_token = debug_duration_seconds(&string(handler, "time_per_token"));
     assert!((per_token - inference / 4.0).abs() < 1e-6);
     let schedule = named("schedule");

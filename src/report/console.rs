@@ -20,6 +20,15 @@ const ROWS: [(&str, &str); 11] = [
     ("decomposition.frontend_ms", "frontend (ms)"),
 ];
 
+/// Rounding noise below the printed precision shows as 0.00, not -0.00.
+fn tidy(value: f64) -> f64 {
+    if value.abs() < 0.005 {
+        0.0
+    } else {
+        value
+    }
+}
+
 /// The whole summary as text for a terminal.
 pub fn render(summary: &Summary) -> String {
     let mut out = String::new();
@@ -53,7 +62,13 @@ pub fn render(summary: &Summary) -> String {
             let _ = writeln!(
                 out,
                 "{label:<22}{:>8}{:>10.2}{:>10.2}{:>10.2}{:>10.2}{:>10.2}{:>10.2}",
-                s.count, s.mean, s.p50, s.p90, s.p95, s.p99, s.max
+                s.count,
+                tidy(s.mean),
+                tidy(s.p50),
+                tidy(s.p90),
+                tidy(s.p95),
+                tidy(s.p99),
+                tidy(s.max)
             );
         }
     }

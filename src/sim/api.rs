@@ -28,8 +28,15 @@ const DEFAULT_MAX_TOKENS: u64 = 128;
 /// How output tokens are timed.
 #[derive(Debug)]
 pub(crate) enum Pacing {
-    Engine(EngineHandle),
-    Deterministic { ttft: Duration, itl: Duration },
+    /// The batching engine, reached after `frontend` of API-server work.
+    Engine {
+        engine: EngineHandle,
+        frontend: Duration,
+    },
+    Deterministic {
+        ttft: Duration,
+        itl: Duration,
+    },
 }
 
 /// Everything the handlers share.
@@ -369,7 +376,7 @@ async fn create_completion(
         Api::Completions => format!("cmpl-{id_suffix}"),
     };
     let options = request.stream_options.unwrap_or_default();
-    let info = RequestInfo {
+    let mut info = RequestInfo {
         api,
         response_id,
         client_request_id,
@@ -386,13 +393,18 @@ async fn create_completion(
             .and_then(|v| v.to_str().ok())
             .and_then(TraceParent::parse),
         arrival,
+        enqueued: arrival,
     };
     let source = match &state.pacing {
-        Pacing::Engine(engine) => TokenSource::Engine(
-            engine
-                .submit(prompt_tokens, max_tokens)
-                .ok_or_else(ApiError::unavailable)?,
-        ),
+        Pacing::Engine { engine, frontend } => {
+            tokio::time::sleep(*frontend).await;
+            info.enqueued = Instant::now();
+            TokenSource::Engine(
+                engine
+                    .submit(prompt_tokens, max_tokens)
+                    .ok_or_else(ApiError::unavailable)?,
+            )
+        }
         Pacing::Deterministic { ttft, itl } => TokenSource::Paced(PacedTokens::new(
             arrival,
             *ttft,

@@ -268,16 +268,23 @@ fn emit_sglang(writer: &SpanWriter<'_>, request: &FinishedRequest) {
         arrival,
         thread("Tokenizer", vec![]),
     );
-    for name in ["tokenize", "api_server_dispatch"] {
-        writer.leaf(
-            &tokenizer,
-            name,
-            SpanKind::Internal,
-            (arrival, arrival),
-            vec![],
-        );
-    }
-    writer.close(&tokenizer, arrival);
+    // The frontend's work (tokenize, then dispatch to the scheduler) fills the
+    // time between arrival and the engine queue.
+    writer.leaf(
+        &tokenizer,
+        "tokenize",
+        SpanKind::Internal,
+        (arrival, info.enqueued),
+        vec![],
+    );
+    writer.leaf(
+        &tokenizer,
+        "api_server_dispatch",
+        SpanKind::Internal,
+        (info.enqueued, info.enqueued),
+        vec![],
+    );
+    writer.close(&tokenizer, info.enqueued);
     let scheduler = writer.open(
         &root,
         format!(
@@ -298,14 +305,14 @@ fn emit_sglang(writer: &SpanWriter<'_>, request: &FinishedRequest) {
         &scheduler,
         "request_process",
         SpanKind::Internal,
-        (arrival, arrival),
+        (info.enqueued, info.enqueued),
         vec![],
     );
     writer.leaf(
         &scheduler,
         "prefill_waiting",
         SpanKind::Internal,
-        (arrival, request.scheduled),
+        (info.enqueued, request.scheduled),
         vec![],
     );
     writer.leaf(
@@ -367,7 +374,7 @@ fn emit_tgi(writer: &SpanWriter<'_>, request: &FinishedRequest) {
     };
     let info = &request.info;
     let (arrival, end) = (info.arrival, request.end());
-    let queue_time = request.scheduled.saturating_duration_since(arrival);
+    let queue_time = request.scheduled.saturating_duration_since(info.enqueued);
     let inference_time = end.saturating_duration_since(request.scheduled);
     let time_per_token = inference_time / request.completion_tokens().max(1);
     let parameters = format!(
@@ -433,7 +440,7 @@ fn emit_tgi(writer: &SpanWriter<'_>, request: &FinishedRequest) {
         &schedule,
         "queued",
         SpanKind::Internal,
-        (arrival, request.scheduled),
+        (info.enqueued, request.scheduled),
         code(
             "text_generation_router_v3::queue",
             "backends/v3/src/queue.rs",

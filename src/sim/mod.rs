@@ -58,6 +58,11 @@ pub struct SimArgs {
     /// Added to every step per running sequence, in milliseconds.
     #[arg(long, default_value_t = 0.08)]
     pub decode_step_per_seq_ms: f64,
+    /// API-server time before a request reaches the engine queue (templating,
+    /// tokenization), in milliseconds: the span's TTFT includes it, its queue
+    /// time does not, like vLLM's frontend.
+    #[arg(long, default_value_t = 2.0)]
+    pub frontend_ms: f64,
     /// Deterministic mode: first token this long after arrival (ms), no
     /// batching effects. Defaults to --itl-ms when only that is given.
     #[arg(long)]
@@ -112,8 +117,14 @@ fn millis(value: f64, flag: &str) -> anyhow::Result<Duration> {
 /// How output tokens are timed, from validated flags.
 #[derive(Debug)]
 enum Timing {
-    Engine(engine::EngineConfig),
-    Deterministic { ttft: Duration, itl: Duration },
+    Engine {
+        config: engine::EngineConfig,
+        frontend: Duration,
+    },
+    Deterministic {
+        ttft: Duration,
+        itl: Duration,
+    },
 }
 
 /// Checks the flags and decides how tokens are timed.
@@ -139,7 +150,10 @@ fn timing(args: &SimArgs) -> anyhow::Result<Timing> {
         decode_step_per_seq: millis(args.decode_step_per_seq_ms, "--decode-step-per-seq-ms")?,
     };
     match (args.ttft_ms, args.itl_ms) {
-        (None, None) => Ok(Timing::Engine(config)),
+        (None, None) => Ok(Timing::Engine {
+            config,
+            frontend: millis(args.frontend_ms, "--frontend-ms")?,
+        }),
         (ttft, itl) => Ok(Timing::Deterministic {
             ttft: millis(ttft.or(itl).unwrap_or_default(), "--ttft-ms")?,
             itl: millis(itl.or(ttft).unwrap_or_default(), "--itl-ms")?,
@@ -218,9 +232,9 @@ pub async fn spawn(args: SimArgs) -> anyhow::Result<SimServer> {
     let stamp_writes = truth.is_some();
     let (recorder, recorder_task) = recorder::start(metrics.clone(), spans, truth, clock);
     let (pacing, engine_task) = match timing {
-        Timing::Engine(config) => {
-            let (handle, task) = engine::start(config, metrics.clone());
-            (api::Pacing::Engine(handle), Some(task))
+        Timing::Engine { config, frontend } => {
+            let (engine, task) = engine::start(config, metrics.clone());
+            (api::Pacing::Engine { engine, frontend }, Some(task))
         }
         Timing::Deterministic { ttft, itl } => (api::Pacing::Deterministic { ttft, itl }, None),
     };
@@ -294,7 +308,7 @@ mod tests {
         assert_eq!(args.flavor, Flavor::Vllm);
         assert!(args.ttft_ms.is_none() && args.itl_ms.is_none() && args.service_name.is_none());
         assert!(
-            matches!(timing(&args), Ok(Timing::Engine(_))),
+            matches!(timing(&args), Ok(Timing::Engine { .. })),
             "engine mode by default"
         );
         let deterministic = SimArgs {

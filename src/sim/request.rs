@@ -36,6 +36,8 @@ pub(crate) struct RequestInfo {
     pub traceparent: Option<TraceParent>,
     /// When the handler had the parsed request (vLLM's arrival time).
     pub arrival: Instant,
+    /// When the API server handed it to the engine (after its frontend work).
+    pub enqueued: Instant,
 }
 
 impl RequestInfo {
@@ -103,7 +105,7 @@ impl FinishedRequest {
         let first = self.first_token();
         let end = self.end();
         Phases {
-            queue: self.scheduled.saturating_duration_since(arrival),
+            queue: self.scheduled.saturating_duration_since(self.info.enqueued),
             prefill: first.saturating_duration_since(self.scheduled),
             decode: end.saturating_duration_since(first),
             ttft: first.saturating_duration_since(arrival),
@@ -142,6 +144,7 @@ pub(crate) mod tests {
                 continuous_usage: false,
                 traceparent: None,
                 arrival,
+                enqueued: arrival,
             },
             scheduled: at(queue_ms),
             token_instants: token_ms.iter().map(|&ms| at(ms)).collect(),
