@@ -498,7 +498,7 @@ async fn tgi_flavor_traces_even_unsampled_requests_with_one_send_generation_per_
     // total = frontend (at least --frontend-ms, 2 ms by default) + queue + inference.
     let frontend = total - (queue + inference);
     assert!(
-        frontend >= 0.002 - 1e-6 && frontend < 0.5,
+        (0.002 - 1e-6..0.5).contains(&frontend),
         "frontend {frontend} s"
     );
     let per_token = debug_duration_seconds(&string(handler, "time_per_token"));
