@@ -236,3 +236,62 @@ fn spans_that_never_come_are_explained() {
     let summary = json(&dir.join("summary.json"));
     assert_eq!(summary["join"]["joined"], 0);
 }
+
+#[test]
+fn collect_writes_every_span_until_ctrl_c() {
+    let (grpc, http) = (free_port(), free_port());
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("captured.jsonl");
+    let collector = std::process::Command::new(cli_support::BIN)
+        .args(["collect", "--out", out.to_str().unwrap()])
+        .args(["--otlp-grpc", &format!("127.0.0.1:{grpc}")])
+        .args(["--otlp-http", &format!("127.0.0.1:{http}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sim = Sim::start(&[
+        "--otlp-endpoint",
+        &format!("grpc://127.0.0.1:{grpc}"),
+        "--span-delay-ms",
+        "100",
+    ]);
+    let sent = tracebench(
+        tmp.path(),
+        &[
+            "run",
+            "--url",
+            &sim.url,
+            "--requests",
+            "5",
+            "--output-tokens",
+            "4",
+            "--no-tui",
+            "--no-db",
+            "--trace-source",
+            "none",
+            "--gpu",
+            "off",
+            "--server-metrics",
+            "off",
+        ],
+    );
+    assert_eq!(sent.status.code(), Some(0));
+    // The simulator batches spans every 100 ms; wait until all five are written.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read_to_string(&out).map_or(0, |t| t.lines().count()) < 5
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // SAFETY: sending SIGINT to our own child process.
+    unsafe { libc::kill(collector.id() as i32, libc::SIGINT) };
+    let status = collector.wait_with_output().unwrap().status;
+    assert!(status.success(), "{status:?}");
+    let spans = lines(&out);
+    assert_eq!(spans.len(), 5);
+    assert!(spans.iter().all(|l| l["span"]["name"] == "llm_request"));
+    assert!(spans
+        .iter()
+        .all(|l| l["scope"]["name"] == "vllm.tracing.otel"));
+}

@@ -3,6 +3,7 @@
 
 use crate::analysis::summary::error_counts;
 use crate::analysis::Summary;
+use serde_json::Value;
 use std::fmt::Write;
 
 /// Rows of the latency table: (metric key, label).
@@ -114,8 +115,122 @@ pub fn render(summary: &Summary) -> String {
             }
         );
     }
+    if let Some(server) = &summary.server_metrics {
+        out.push_str(&server_metrics_line(server));
+    }
+    if let Some(gpu) = &summary.gpu {
+        out.push_str(&gpu_lines(gpu));
+    }
     if let Some(diagnosis) = &summary.diagnosis {
         let _ = writeln!(out, "{diagnosis}");
     }
     out
+}
+
+/// The server's own view over the measured window, from its `/metrics`.
+fn server_metrics_line(server: &Value) -> String {
+    let mut parts = Vec::new();
+    for (key, label, scale, unit) in [
+        ("running", "running", 1.0, ""),
+        ("waiting", "waiting", 1.0, ""),
+        ("kv_cache_usage", "KV cache", 100.0, "%"),
+    ] {
+        if let (Some(max), Some(mean)) = (number(&server[key]["max"]), number(&server[key]["mean"]))
+        {
+            parts.push(format!(
+                "{label} max {:.1}{unit} mean {:.1}{unit}",
+                max * scale,
+                mean * scale
+            ));
+        }
+    }
+    if let Some(preemptions) = number(&server["preemptions"]) {
+        parts.push(format!("{preemptions:.0} preemptions"));
+    }
+    for (key, label) in [("ttft", "TTFT"), ("queue", "queue")] {
+        let latency = &server["latency"][key];
+        if let (Some(p50), Some(p99)) = (number(&latency["p50_ms"]), number(&latency["p99_ms"])) {
+            parts.push(format!("its {label} p50 {p50:.1} ms p99 {p99:.1} ms"));
+        }
+    }
+    if parts.is_empty() {
+        return String::new();
+    }
+    format!("server /metrics: {}\n", parts.join(", "))
+}
+
+/// One line per GPU: memory over the idle baseline, utilisation, energy.
+fn gpu_lines(gpu: &Value) -> String {
+    let mut out = String::new();
+    for card in gpu["gpus"].as_array().into_iter().flatten() {
+        let name = card["name"].as_str().unwrap_or("GPU");
+        let id = card["gpu"].as_str().unwrap_or("?");
+        let mib = |key: &str| number(&card[key]).map_or("?".to_string(), |v| format!("{v:.0}"));
+        let mut line = format!(
+            "GPU {id} ({name}): memory idle {} MiB, peak {} MiB (+{} MiB)",
+            mib("idle_memory_mib"),
+            mib("peak_memory_mib"),
+            mib("peak_over_idle_mib")
+        );
+        if let (Some(mean), Some(max)) = (
+            number(&card["mean_gpu_util_pct"]),
+            number(&card["max_gpu_util_pct"]),
+        ) {
+            let _ = write!(line, ", util mean {mean:.0}% max {max:.0}%");
+        }
+        if let Some(joules) = number(&card["energy_j"]) {
+            let _ = write!(line, ", {joules:.0} J");
+        }
+        if let Some(per_token) = number(&card["joules_per_output_token"]) {
+            let _ = write!(line, " ({per_token:.3} J/token)");
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    if let Some(gaps) = number(&gpu["gaps"]).filter(|g| *g > 0.0) {
+        let _ = writeln!(out, "GPU sampling had {gaps:.0} gaps (see telemetry.jsonl)");
+    }
+    out
+}
+
+fn number(value: &Value) -> Option<f64> {
+    value.as_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn telemetry_summaries_get_their_lines() {
+        let server = json!({
+            "running": {"max": 2.0, "mean": 1.67}, "waiting": {"max": 6.0, "mean": 5.5},
+            "kv_cache_usage": {"max": 0.25, "mean": 0.125}, "preemptions": 0.0,
+            "latency": {"ttft": {"p50_ms": 375.0, "p99_ms": 718.75}},
+        });
+        let line = server_metrics_line(&server);
+        assert!(line.contains("waiting max 6.0 mean 5.5"), "{line}");
+        assert!(line.contains("KV cache max 25.0% mean 12.5%"), "{line}");
+        assert!(
+            line.contains("its TTFT p50 375.0 ms p99 718.8 ms"),
+            "{line}"
+        );
+        assert_eq!(server_metrics_line(&json!({})), "");
+
+        let gpu = json!({"gpus": [{"gpu": "0", "name": "NVIDIA H100", "idle_memory_mib": 70000.0,
+            "peak_memory_mib": 71000.0, "peak_over_idle_mib": 1000.0, "mean_gpu_util_pct": 40.0,
+            "max_gpu_util_pct": 99.0, "energy_j": 1234.0, "joules_per_output_token": 0.5}], "gaps": 3});
+        let lines = gpu_lines(&gpu);
+        assert!(
+            lines
+                .contains("GPU 0 (NVIDIA H100): memory idle 70000 MiB, peak 71000 MiB (+1000 MiB)"),
+            "{lines}"
+        );
+        assert!(
+            lines.contains("util mean 40% max 99%, 1234 J (0.500 J/token)"),
+            "{lines}"
+        );
+        assert!(lines.contains("3 gaps"), "{lines}");
+    }
 }
