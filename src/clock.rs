@@ -20,11 +20,6 @@ impl RunClock {
         }
     }
 
-    /// The monotonic origin.
-    pub fn origin(&self) -> Instant {
-        self.start
-    }
-
     /// Nanoseconds from the origin to `instant` (0 if before it).
     pub fn ns_at(&self, instant: Instant) -> u64 {
         instant.saturating_duration_since(self.start).as_nanos() as u64

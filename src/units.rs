@@ -36,11 +36,6 @@ pub fn as_ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e3
 }
 
-/// Nanoseconds to milliseconds.
-pub fn ns_to_ms(ns: u64) -> f64 {
-    ns as f64 / 1e6
-}
-
 /// Wall clock now, in nanoseconds since the Unix epoch.
 pub fn unix_now_ns() -> u64 {
     std::time::SystemTime::now()
