@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Runs every test. Installs what the tests need on a fresh machine first:
-# Debian's chromium, for the check that the HTML report renders in a real browser.
+# Debian's chromium (the HTML report renders in a real browser) and tmux (the
+# dashboard in a real terminal).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v chromium >/dev/null 2>&1; then
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing chromium (Debian package) for the report browser check"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    echo "installing ${missing[*]} (Debian packages) for the browser and terminal checks"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "chromium is missing and cannot be installed here (needs root and apt-get)" >&2
+    echo "missing ${missing[*]} and cannot install here (needs root and apt-get)" >&2
   fi
 fi
-export TRACEBENCH_REQUIRE_BROWSER=1
+export TRACEBENCH_REQUIRE_BROWSER=1 TRACEBENCH_REQUIRE_TMUX=1
 cargo test --all-targets "$@"
 cargo test --doc

@@ -134,6 +134,10 @@ fn tmux_installed() -> bool {
 #[test]
 fn dashboard_in_tmux() {
     if !tmux_installed() {
+        assert!(
+            std::env::var_os("TRACEBENCH_REQUIRE_TMUX").is_none(),
+            "TRACEBENCH_REQUIRE_TMUX is set but tmux is not installed"
+        );
         eprintln!(
             "\n\n*** SKIPPED dashboard_in_tmux: tmux is not installed (apt-get install tmux) ***\n"
         );
