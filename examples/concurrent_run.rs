@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 use tracebench::analysis::{summarize, Slo};
 use tracebench::client::{Client, ClientOptions};
 use tracebench::clock::RunClock;
+use tracebench::dispatch::{Dispatcher, PhaseRequests};
 use tracebench::record::{CountSource, Endpoint};
-use tracebench::run::{Dispatcher, PhaseRequests};
 use tracebench::schedule::Schedule;
 use tracebench::workload::{BodyOptions, Item, Prompt};
 

@@ -13,6 +13,7 @@ pub mod client;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod dispatch;
 pub mod record;
 pub mod report;
 pub mod run;

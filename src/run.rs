@@ -9,9 +9,9 @@ use crate::analysis::{summarize, Summary};
 use crate::client::{http_client, Client, ClientOptions, PreparedRequest};
 use crate::clock::RunClock;
 use crate::config::{RunConfig, Source, StopAfter};
+use crate::dispatch::{Dispatcher, PhaseRequests};
 use crate::record::{RecordLog, RequestRecord};
 use crate::report::sqlite::HistoryWriter;
-use crate::schedule::Schedule;
 use crate::workload::tokens::TokenCounter;
 use crate::workload::{dataset, synthetic::Synthetic, BodyOptions, Item};
 use anyhow::{bail, Context};
@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 /// How a run ended.
@@ -409,25 +409,6 @@ enum Feed {
     Produced(mpsc::Receiver<PreparedRequest>),
 }
 
-/// What one dispatch phase sends.
-pub enum PhaseRequests {
-    Ready(std::vec::IntoIter<PreparedRequest>),
-    Produced(mpsc::Receiver<PreparedRequest>),
-}
-
-impl PhaseRequests {
-    async fn next(&mut self) -> Option<PreparedRequest> {
-        match self {
-            PhaseRequests::Ready(items) => items.next(),
-            PhaseRequests::Produced(rx) => rx.recv().await,
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        matches!(self, PhaseRequests::Ready(items) if items.len() == 0)
-    }
-}
-
 /// Where items come from, with the counter that sized them.
 struct ItemSource {
     synthetic: Option<Synthetic>,
@@ -573,94 +554,6 @@ impl Workload {
                 )
             }
         }
-    }
-}
-
-/// The one send loop every schedule shares.
-pub struct Dispatcher {
-    pub client: Client,
-    pub schedule: Schedule,
-    pub seed: u64,
-    /// Cancelled: send nothing more.
-    pub stop: CancellationToken,
-    /// Cancelled: abandon requests in flight.
-    pub cancel: CancellationToken,
-    pub records: mpsc::UnboundedSender<RequestRecord>,
-    pub in_flight: Arc<AtomicU64>,
-}
-
-impl Dispatcher {
-    /// Sends `requests` by the schedule until they run out, the deadline passes
-    /// or the run is stopped; returns when every request it sent has finished.
-    pub async fn run_phase(&self, mut requests: PhaseRequests, deadline: Option<Instant>) {
-        let limit = self.schedule.in_flight_limit();
-        let slots = Arc::new(Semaphore::new(limit));
-        let mut arrivals = self.schedule.arrivals(self.seed);
-        let batch = match self.schedule {
-            Schedule::Batch { size } => Some(size),
-            _ => None,
-        };
-        let start = Instant::now();
-        let mut batch_start = start;
-        let mut sent_in_batch = 0usize;
-        let mut tasks = tokio::task::JoinSet::new();
-        let past_deadline = || deadline.is_some_and(|d| Instant::now() >= d);
-        while !requests.is_empty() && !self.stop.is_cancelled() && !past_deadline() {
-            let arrival = arrivals
-                .as_mut()
-                .and_then(|a| a.next())
-                .map(|offset| start + offset);
-            if let Some(at) = arrival {
-                let wake = deadline.map_or(at, |d| at.min(d));
-                tokio::select! {
-                    _ = tokio::time::sleep_until(wake.into()) => {}
-                    _ = self.stop.cancelled() => break,
-                }
-                if past_deadline() {
-                    break;
-                }
-            }
-            if let Some(size) = batch {
-                if sent_in_batch == size {
-                    // Wait for the whole batch to finish before the next one.
-                    tokio::select! {
-                        permits = slots.acquire_many(size as u32) => drop(permits),
-                        _ = self.stop.cancelled() => break,
-                    }
-                    sent_in_batch = 0;
-                }
-                if sent_in_batch == 0 {
-                    batch_start = Instant::now();
-                }
-            }
-            let slot = tokio::select! {
-                slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-                _ = self.stop.cancelled() => break,
-            };
-            let Some(request) = requests.next().await else {
-                break;
-            };
-            let intended = match (arrival, batch) {
-                (Some(at), _) => at,
-                (None, Some(_)) => batch_start,
-                (None, None) => Instant::now(),
-            };
-            sent_in_batch += 1;
-            let client = self.client.clone();
-            let cancel = self.cancel.clone();
-            let records = self.records.clone();
-            let in_flight = self.in_flight.clone();
-            tasks.spawn(async move {
-                in_flight.fetch_add(1, Ordering::Relaxed);
-                let record = client.execute(&request, intended, &cancel).await;
-                in_flight.fetch_sub(1, Ordering::Relaxed);
-                drop(slot);
-                let _ = records.send(record);
-            });
-            // Reap finished tasks without waiting, so memory stays flat in long runs.
-            while tasks.try_join_next().is_some() {}
-        }
-        while tasks.join_next().await.is_some() {}
     }
 }
 
