@@ -299,3 +299,113 @@ fn bad_configuration_fails_before_any_request_with_one_line() {
                 .all(|e| { !e.unwrap().path().join("requests.jsonl").exists() })
     );
 }
+
+fn instants(record: &Value, name: &str) -> u64 {
+    record["instants_ns"][name].as_u64().unwrap()
+}
+
+#[test]
+fn an_open_loop_over_its_cap_delays_arrivals_and_drops_none() {
+    // Each request takes about 100 ms and at most 2 may be in flight: about 20
+    // requests/s get through, while 50/s arrive. The rest wait; none is dropped.
+    let sim = Sim::start(&["--ttft-ms", "20", "--itl-ms", "20"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tracebench(
+        tmp.path(),
+        &[
+            "run",
+            "--url",
+            &sim.url,
+            "--rate",
+            "50",
+            "--arrival",
+            "constant",
+            "--max-concurrency",
+            "2",
+            "--requests",
+            "20",
+            "--output-tokens",
+            "5",
+            "--no-tui",
+            "--no-db",
+            "--trace-source",
+            "none",
+            "--gpu",
+            "off",
+            "--server-metrics",
+            "off",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut records = lines(&run_dir(&tmp.path().join("results")).join("requests.jsonl"));
+    assert_eq!(records.len(), 20);
+    assert!(records.iter().all(|r| r["error"].is_null()));
+    records.sort_by_key(|r| r["index"].as_u64().unwrap());
+    // Intended instants follow the arrival process: one every 20 ms.
+    let intended: Vec<u64> = records.iter().map(|r| instants(r, "intended")).collect();
+    for pair in intended.windows(2) {
+        let gap_ms = (pair[1] - pair[0]) as f64 / 1e6;
+        assert!((gap_ms - 20.0).abs() < 0.5, "arrival gap {gap_ms} ms");
+    }
+    // The cap shows as schedule lag, growing along the run.
+    let lag = |r: &Value| r["schedule_lag_ms"].as_f64().unwrap();
+    assert!(lag(&records[19]) > 400.0, "last lag {}", lag(&records[19]));
+    assert!(lag(&records[19]) > lag(&records[5]));
+}
+
+#[test]
+fn static_batches_wait_for_the_whole_batch() {
+    let sim = Sim::start(&["--ttft-ms", "10", "--itl-ms", "10"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tracebench(
+        tmp.path(),
+        &[
+            "run",
+            "--url",
+            &sim.url,
+            "--batch-size",
+            "4",
+            "--requests",
+            "12",
+            "--output-tokens",
+            "3",
+            "--no-tui",
+            "--no-db",
+            "--trace-source",
+            "none",
+            "--gpu",
+            "off",
+            "--server-metrics",
+            "off",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut records = lines(&run_dir(&tmp.path().join("results")).join("requests.jsonl"));
+    records.sort_by_key(|r| r["index"].as_u64().unwrap());
+    let batches: Vec<&[Value]> = records.chunks(4).collect();
+    assert_eq!(batches.len(), 3);
+    for batch in &batches {
+        // One intended instant per batch.
+        assert!(batch
+            .iter()
+            .all(|r| instants(r, "intended") == instants(&batch[0], "intended")));
+    }
+    for pair in batches.windows(2) {
+        let previous_end = pair[0].iter().map(|r| instants(r, "end")).max().unwrap();
+        let next_start = pair[1].iter().map(|r| instants(r, "sent")).min().unwrap();
+        assert!(
+            next_start >= previous_end,
+            "a batch started before the previous one ended"
+        );
+    }
+}
