@@ -4,7 +4,7 @@
 
 use crate::cli::{Cli, Command, CompareArgs, DemoArgs, JoinArgs, ReportArgs, RunArgs, ShowArgs};
 use crate::config::RunConfig;
-use crate::record::{read_records, rewrite_records};
+use crate::record::read_records;
 use crate::run::{execute, write_outputs, RunOutcome};
 use anyhow::Context;
 use clap::Parser;
@@ -154,12 +154,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
     Ok(finish(&outcome?))
 }
 
-/// `tracebench join`: join again, then summarise again (keeping telemetry).
+/// `tracebench join`: join again (that rewrites requests.jsonl), then summarise
+/// again, keeping the telemetry summaries.
 async fn join(args: JoinArgs) -> anyhow::Result<i32> {
     let report = crate::trace::join_run_dir(&args.run_dir, &args.trace).await?;
     let records = read_records(&args.run_dir.join("requests.jsonl"))?;
     let summary = resummarize(&args.run_dir, &records)?;
-    rewrite_records(&args.run_dir.join("requests.jsonl"), &records)?;
     write_outputs(&args.run_dir, &records, &summary)?;
     crate::report::html::write_report(&args.run_dir)?;
     print(&format!(

@@ -235,6 +235,27 @@ pub async fn execute(config: RunConfig, command_line: String) -> anyhow::Result<
     view.finish().await;
     let partial = interrupted.load(Ordering::SeqCst);
 
+    // Telemetry stops with the load (nothing to measure while spans trickle in),
+    // so GPU attribution is in the records before the join writes them the last time.
+    let measured_records: Vec<&RequestRecord> = records.iter().filter(|r| !r.warmup).collect();
+    let window = measured_window_ns(&measured_records);
+    let output_tokens = measured_records
+        .iter()
+        .filter_map(|r| r.output_tokens)
+        .sum();
+    let (gpu, server_metrics) = match telemetry.finish(window, output_tokens).await {
+        Ok(report) => {
+            report.attribute(&mut records);
+            notes.extend(report.notes.iter().cloned());
+            (report.gpu, report.server_metrics)
+        }
+        Err(e) => {
+            notes.push(format!("telemetry failed: {e:#}"));
+            (None, None)
+        }
+    };
+
+    // The join rewrites requests.jsonl with the joined records.
     let mut countdown = Countdown::new();
     let join = collector
         .finish(&mut records, |progress| {
@@ -252,7 +273,10 @@ pub async fn execute(config: RunConfig, command_line: String) -> anyhow::Result<
             report.duplicates
         )),
         Ok(_) => {}
-        Err(e) => notes.push(format!("span join failed: {e:#}")),
+        Err(e) => {
+            notes.push(format!("span join failed: {e:#}"));
+            crate::record::rewrite_records(&run_dir.join("requests.jsonl"), &records)?;
+        }
     }
     interrupter.abort();
     if let Some(url) = &config.trace.export_client_spans {
@@ -261,24 +285,9 @@ pub async fn execute(config: RunConfig, command_line: String) -> anyhow::Result<
         }
     }
 
-    let measured_records: Vec<&RequestRecord> = records.iter().filter(|r| !r.warmup).collect();
-    let window = measured_window_ns(&measured_records);
-    let output_tokens = measured_records
-        .iter()
-        .filter_map(|r| r.output_tokens)
-        .sum();
-    let telemetry_report = telemetry.finish(window, output_tokens).await;
     let mut summary = summarize(&run_id, &records, &config.slo, partial);
-    match telemetry_report {
-        Ok(report) => {
-            report.attribute(&mut records);
-            notes.extend(report.notes.iter().cloned());
-            summary.gpu = report.gpu;
-            summary.server_metrics = report.server_metrics;
-        }
-        Err(e) => notes.push(format!("telemetry failed: {e:#}")),
-    }
-    crate::record::rewrite_records(&run_dir.join("requests.jsonl"), &records)?;
+    summary.gpu = gpu;
+    summary.server_metrics = server_metrics;
     write_outputs(&run_dir, &records, &summary)?;
 
     run_json["ended_unix_ns"] = json!(crate::units::unix_now_ns());
