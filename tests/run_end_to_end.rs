@@ -5,7 +5,7 @@
 
 mod cli_support;
 
-use cli_support::{json, lines, run_dir, tracebench, Sim, BIN};
+use cli_support::{json, lines, run_dir, run_expecting, tracebench, Sim, BIN};
 use serde_json::Value;
 use std::process::{Command, Stdio};
 
@@ -27,10 +27,10 @@ fn assert_valid(validator: &jsonschema::Validator, value: &Value, what: &str) {
 fn a_run_writes_every_file_and_they_follow_their_schemas() {
     let sim = Sim::start(&["--max-num-seqs", "4"]);
     let tmp = tempfile::tempdir().unwrap();
-    let out = tracebench(
+    let run = run_expecting(
         tmp.path(),
+        0,
         &[
-            "run",
             "--url",
             &sim.url,
             "--concurrency",
@@ -55,18 +55,12 @@ fn a_run_writes_every_file_and_they_follow_their_schemas() {
             "off",
         ],
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = String::from_utf8_lossy(&run.out.stdout);
     assert!(
         stdout.contains("TTFT (ms)") && stdout.contains("throughput"),
         "{stdout}"
     );
-    let run_dir = run_dir(&tmp.path().join("results"));
+    let run_dir = run.dir.clone();
     for file in [
         "requests.jsonl",
         "requests.csv",
@@ -78,7 +72,7 @@ fn a_run_writes_every_file_and_they_follow_their_schemas() {
     }
     assert!(tmp.path().join("results/tracebench.db").is_file());
 
-    let records = lines(&run_dir.join("requests.jsonl"));
+    let records = run.records;
     assert_eq!(records.len(), 44);
     let request_schema = validator("request.schema.json");
     let mut ids = std::collections::HashSet::new();
@@ -131,10 +125,10 @@ fn an_unreachable_server_gives_failed_records_and_exit_1() {
         .port();
     let url = format!("http://127.0.0.1:{port}");
     let tmp = tempfile::tempdir().unwrap();
-    let out = tracebench(
+    let run = run_expecting(
         tmp.path(),
+        1,
         &[
-            "run",
             "--url",
             &url,
             "--model",
@@ -147,19 +141,11 @@ fn an_unreachable_server_gives_failed_records_and_exit_1() {
             "--no-db",
         ],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let run_dir = run_dir(&tmp.path().join("results"));
-    let records = lines(&run_dir.join("requests.jsonl"));
-    assert_eq!(records.len(), 5);
-    assert!(records.iter().all(|r| r["error"]["kind"] == "connect"));
-    let summary: Value = json(&run_dir.join("summary.json"));
+    assert_eq!(run.records.len(), 5);
+    assert!(run.records.iter().all(|r| r["error"]["kind"] == "connect"));
+    let summary: Value = json(&run.dir.join("summary.json"));
     assert_eq!(summary["errors"]["connect"], 5);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("connect 5"));
+    assert!(String::from_utf8_lossy(&run.out.stdout).contains("connect 5"));
 }
 
 #[test]
@@ -167,10 +153,10 @@ fn http_errors_are_counted_and_the_run_goes_on() {
     let sim = Sim::start(&["--max-model-len", "64"]);
     let tmp = tempfile::tempdir().unwrap();
     // Every request asks for more tokens than the model's context: 400 from the server.
-    let out = tracebench(
+    let run = run_expecting(
         tmp.path(),
+        0,
         &[
-            "run",
             "--url",
             &sim.url,
             "--requests",
@@ -189,15 +175,8 @@ fn http_errors_are_counted_and_the_run_goes_on() {
             "1",
         ],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let records = lines(&run_dir(&tmp.path().join("results")).join("requests.jsonl"));
-    assert_eq!(records.len(), 6);
-    for record in records {
+    assert_eq!(run.records.len(), 6);
+    for record in run.records {
         assert_eq!(record["error"]["kind"], "http_status");
         assert_eq!(record["error"]["status"], 400);
         assert!(record["error"]["body_excerpt"]
@@ -310,10 +289,10 @@ fn an_open_loop_over_its_cap_delays_arrivals_and_drops_none() {
     // requests/s get through, while 50/s arrive. The rest wait; none is dropped.
     let sim = Sim::start(&["--ttft-ms", "20", "--itl-ms", "20"]);
     let tmp = tempfile::tempdir().unwrap();
-    let out = tracebench(
+    let run = run_expecting(
         tmp.path(),
+        0,
         &[
-            "run",
             "--url",
             &sim.url,
             "--rate",
@@ -336,13 +315,7 @@ fn an_open_loop_over_its_cap_delays_arrivals_and_drops_none() {
             "off",
         ],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut records = lines(&run_dir(&tmp.path().join("results")).join("requests.jsonl"));
+    let mut records = run.records;
     assert_eq!(records.len(), 20);
     assert!(records.iter().all(|r| r["error"].is_null()));
     records.sort_by_key(|r| r["index"].as_u64().unwrap());
@@ -362,10 +335,10 @@ fn an_open_loop_over_its_cap_delays_arrivals_and_drops_none() {
 fn static_batches_wait_for_the_whole_batch() {
     let sim = Sim::start(&["--ttft-ms", "10", "--itl-ms", "10"]);
     let tmp = tempfile::tempdir().unwrap();
-    let out = tracebench(
+    let run = run_expecting(
         tmp.path(),
+        0,
         &[
-            "run",
             "--url",
             &sim.url,
             "--batch-size",
@@ -384,13 +357,7 @@ fn static_batches_wait_for_the_whole_batch() {
             "off",
         ],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut records = lines(&run_dir(&tmp.path().join("results")).join("requests.jsonl"));
+    let mut records = run.records;
     records.sort_by_key(|r| r["index"].as_u64().unwrap());
     let batches: Vec<&[Value]> = records.chunks(4).collect();
     assert_eq!(batches.len(), 3);

@@ -7,7 +7,7 @@
 
 mod cli_support;
 
-use cli_support::{free_port, json, lines, run_dir, tracebench, Sim};
+use cli_support::{free_port, json, lines, run_expecting, tracebench, Sim};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -28,10 +28,10 @@ fn traced_run(tmp: &Path, flavor: &str, export: &str) -> PathBuf {
         "--span-delay-ms",
         "200",
     ]);
-    let out = tracebench(
+    run_expecting(
         tmp,
+        0,
         &[
-            "run",
             "--url",
             &sim.url,
             "--concurrency",
@@ -56,15 +56,8 @@ fn traced_run(tmp: &Path, flavor: &str, export: &str) -> PathBuf {
             "--jaeger-ui",
             "http://127.0.0.1:16686",
         ],
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    run_dir(&tmp.join("results"))
+    )
+    .dir
 }
 
 /// Every record joined, its decomposition adds up to its TTFT within 1 ms, and queueing showed.
@@ -194,10 +187,10 @@ fn spans_that_never_come_are_explained() {
     // A simulator that exports nowhere: every record says why its span is missing.
     let sim = Sim::start(&[]);
     let tmp = tempfile::tempdir().unwrap();
-    let out = tracebench(
+    let run = run_expecting(
         tmp.path(),
+        0,
         &[
-            "run",
             "--url",
             &sim.url,
             "--requests",
@@ -216,14 +209,8 @@ fn spans_that_never_come_are_explained() {
             "1s",
         ],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dir = run_dir(&tmp.path().join("results"));
-    for record in lines(&dir.join("requests.jsonl")) {
+    let dir = run.dir;
+    for record in run.records {
         assert!(record["server"].is_null());
         assert!(
             record["server_missing_reason"]
@@ -256,10 +243,10 @@ fn collect_writes_every_span_until_ctrl_c() {
         "--span-delay-ms",
         "100",
     ]);
-    let sent = tracebench(
+    run_expecting(
         tmp.path(),
+        0,
         &[
-            "run",
             "--url",
             &sim.url,
             "--requests",
@@ -276,7 +263,6 @@ fn collect_writes_every_span_until_ctrl_c() {
             "off",
         ],
     );
-    assert_eq!(sent.status.code(), Some(0));
     // The simulator batches spans every 100 ms; wait until all five are written.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while std::fs::read_to_string(&out).map_or(0, |t| t.lines().count()) < 5

@@ -87,3 +87,35 @@ pub fn lines(path: &Path) -> Vec<Value> {
 pub fn json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
+
+/// What `tracebench run` left behind.
+pub struct Finished {
+    pub out: Output,
+    pub dir: PathBuf,
+    pub records: Vec<Value>,
+}
+
+/// `tracebench run ARGS` in `dir`: asserts its exit code (showing stderr when
+/// it differs) and reads back the run folder under `dir/results`.
+pub fn run_expecting(dir: &Path, code: i32, args: &[&str]) -> Finished {
+    let out = Command::new(BIN)
+        .current_dir(dir)
+        .arg("run")
+        .args(args)
+        .output()
+        .expect("run tracebench");
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = run_dir(&dir.join("results"));
+    let records = lines(&run.join("requests.jsonl"));
+    Finished {
+        out,
+        dir: run,
+        records,
+    }
+}
