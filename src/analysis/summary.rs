@@ -97,18 +97,18 @@ pub const SERVER_METRICS: [&str; 14] = [
     "decomposition.stream_overhead_ms",
 ];
 
-/// The values of one metric in one record (several for the ITL lists).
-pub fn metric_values(record: &RequestRecord, name: &str) -> Vec<f64> {
-    let one = |v: Option<f64>| v.into_iter().collect::<Vec<_>>();
+/// Appends the values of one metric in one record to `out` (several for the ITL lists).
+fn push_metric_values(record: &RequestRecord, name: &str, out: &mut Vec<f64>) {
+    let mut one = |v: Option<f64>| out.extend(v);
     let server = record.server.as_ref();
     let decomposition = record.decomposition.as_ref();
     match name {
         "ttft_ms" => one(record.ttft_ms),
         "tpot_ms" => one(record.tpot_ms),
-        "itl_chunk_ms" => record.itl_chunk_ms.clone(),
-        "itl_token_ms" => record.itl_token_ms.clone().unwrap_or_default(),
+        "itl_chunk_ms" => out.extend_from_slice(&record.itl_chunk_ms),
+        "itl_token_ms" => out.extend_from_slice(record.itl_token_ms.as_deref().unwrap_or_default()),
         "e2e_ms" => one(record.e2e_ms),
-        "schedule_lag_ms" => vec![record.schedule_lag_ms],
+        "schedule_lag_ms" => out.push(record.schedule_lag_ms),
         "input_tokens" => one(record.input_tokens.map(|v| v as f64)),
         "output_tokens" => one(record.output_tokens.map(|v| v as f64)),
         "server.queue_ms" => one(server.and_then(|s| s.queue_ms)),
@@ -127,7 +127,7 @@ pub fn metric_values(record: &RequestRecord, name: &str) -> Vec<f64> {
         "decomposition.prefill_ms" => one(decomposition.and_then(|d| d.prefill_ms)),
         "decomposition.arrival_delay_ms" => one(decomposition.and_then(|d| d.arrival_delay_ms)),
         "decomposition.stream_overhead_ms" => one(decomposition.and_then(|d| d.stream_overhead_ms)),
-        _ => Vec::new(),
+        _ => {}
     }
 }
 
@@ -143,7 +143,10 @@ pub fn summarize(run_id: &str, records: &[RequestRecord], slo: &Slo, partial: bo
         } else {
             &ok
         };
-        let values: Vec<f64> = source.iter().flat_map(|r| metric_values(r, name)).collect();
+        let mut values = Vec::new();
+        for record in source {
+            push_metric_values(record, name, &mut values);
+        }
         if let Some(stats) = Stats::of(&values) {
             metrics.insert(name.to_string(), stats);
         }
