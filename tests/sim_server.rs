@@ -19,7 +19,7 @@ fn fixture(name: &str) -> String {
 
 fn client() -> reqwest::Client {
     // Only plain HTTP is used, but reqwest needs a TLS provider to build.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracebench::client::install_tls_provider();
     reqwest::Client::builder().build().expect("HTTP client")
 }
 

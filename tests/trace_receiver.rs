@@ -46,7 +46,7 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 }
 
 fn http() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracebench::client::install_tls_provider();
     reqwest::Client::new()
 }
 

@@ -18,7 +18,7 @@ fn validator() -> jsonschema::Validator {
 
 #[tokio::test]
 async fn received_span_lines_validate() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracebench::client::install_tls_provider();
     let dir = tempfile::tempdir().unwrap();
     let spans_path = dir.path().join("spans.jsonl");
     let config = ReceiverConfig::new(

@@ -78,15 +78,26 @@ pub struct Client {
 /// Largest error body excerpt kept in a record.
 const BODY_EXCERPT_BYTES: usize = 1024;
 
-/// The HTTP client every part of tracebench uses: no proxy surprises, TLS
-/// through rustls, Nagle off, unlimited idle connections for high concurrency.
-pub fn http_client() -> anyhow::Result<reqwest::Client> {
+/// Makes rustls (with ring) the process's TLS provider; reqwest clients need
+/// one to build, even for plain HTTP. A provider already installed is kept.
+pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    Ok(reqwest::Client::builder()
+}
+
+/// A reqwest builder with the TLS provider installed and tracebench's user
+/// agent; every HTTP client of tracebench starts here and adds its timeouts.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    install_tls_provider();
+    reqwest::Client::builder().user_agent(concat!("tracebench/", env!("CARGO_PKG_VERSION")))
+}
+
+/// The client that sends benchmark requests: no proxy surprises, Nagle off,
+/// unlimited idle connections for high concurrency, no timeout of its own.
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    Ok(http_client_builder()
         .no_proxy()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(usize::MAX)
-        .user_agent(concat!("tracebench/", env!("CARGO_PKG_VERSION")))
         .build()?)
 }
 

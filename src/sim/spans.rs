@@ -107,9 +107,7 @@ fn build_exporter(endpoint: &str) -> anyhow::Result<opentelemetry_otlp::SpanExpo
             .with_endpoint(format!("http://{address}"))
             .build()
     } else if endpoint.starts_with("http://") {
-        // reqwest needs a TLS provider to build even for plain HTTP; one that
-        // is already installed is kept.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::client::install_tls_provider();
         opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(Protocol::HttpBinary)

@@ -132,8 +132,7 @@ pub(crate) fn now_ns(clock: &RunClock) -> u64 {
 
 /// The HTTP client for scrapes: short timeouts, no proxy (loopback and cluster addresses).
 pub(crate) fn scrape_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
+    crate::client::http_client_builder()
         .timeout(timeout)
         .connect_timeout(timeout)
         .no_proxy()

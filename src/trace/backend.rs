@@ -31,8 +31,7 @@ impl Default for Backoff {
 
 /// An HTTP client for trace backends (10 s per request, https allowed).
 pub fn http_client() -> Result<reqwest::Client, String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
+    crate::client::http_client_builder()
         .timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| format!("cannot build an HTTP client: {e}"))

@@ -119,7 +119,7 @@ pub async fn export_client_spans(records: &[RequestRecord], endpoint: &str) -> a
             .with_timeout(Duration::from_secs(10))
             .build()?
     } else if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::client::install_tls_provider();
         builder
             .with_http()
             .with_http_client(reqwest::Client::new())

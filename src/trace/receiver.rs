@@ -351,8 +351,7 @@ impl ForwardTarget {
                 TraceServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
             Ok(Self::Grpc(client))
         } else if url.starts_with("http://") || url.starts_with("https://") {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let client = reqwest::Client::builder()
+            let client = crate::client::http_client_builder()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .map_err(|e| anyhow::anyhow!("--otlp-forward {url}: {e}"))?;
