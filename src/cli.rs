@@ -13,6 +13,26 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Async runtime worker threads. Default: one per core; `selfcheck` gives
+    /// half the cores to the client and the rest to its simulator.
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+}
+
+impl Cli {
+    /// The runtime's worker threads: `--threads`, or the command's own default.
+    pub fn worker_threads(&self) -> usize {
+        match (self.threads, &self.command) {
+            (Some(n), _) => n.into(),
+            (None, Command::Selfcheck(_)) => crate::selfcheck::client_threads(),
+            (None, _) => cores(),
+        }
+    }
+}
+
+/// The cores this process may run on.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Exit codes, shown in `--help`.

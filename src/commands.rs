@@ -5,20 +5,21 @@
 use crate::cli::{Cli, Command, CompareArgs, DemoArgs, JoinArgs, ReportArgs, RunArgs, ShowArgs};
 use crate::config::RunConfig;
 use crate::record::read_records;
+use crate::report::console::print;
 use crate::run::{execute, write_outputs, RunOutcome};
 use anyhow::Context;
 use clap::Parser;
-use std::io::Write;
 use std::path::Path;
 
 /// Runs a parsed command line; returns the exit code.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     raise_open_file_limit();
+    let threads = cli.worker_threads();
     match cli.command {
         Command::Run(args) => run(*args).await,
         Command::Demo(args) => demo(args).await,
         Command::Sim(args) => crate::sim::run_until_ctrl_c(*args).await.map(|()| 0),
-        Command::Selfcheck(args) => crate::selfcheck::selfcheck(args).await,
+        Command::Selfcheck(args) => crate::selfcheck::selfcheck(args, threads).await,
         Command::Collect(args) => crate::trace::collect_until_ctrl_c(&args.trace, &args.out)
             .await
             .map(|()| 0),
@@ -27,13 +28,6 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Report(args) => report(args),
         Command::Compare(args) => compare(args),
     }
-}
-
-/// Prints to stdout; a closed pipe (`| head`) is not an error.
-fn print(text: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes());
-    let _ = out.flush();
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<i32> {

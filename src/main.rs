@@ -7,6 +7,7 @@ use clap::Parser;
 fn main() {
     let cli = tracebench::cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.worker_threads())
         .enable_all()
         .build()
     {

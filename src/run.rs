@@ -392,7 +392,7 @@ fn run_json(
             "hostname": gethostname::gethostname().to_string_lossy(),
             "os": std::env::consts::OS,
             "arch": std::env::consts::ARCH,
-            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            "cpus": crate::cli::cores(),
         },
         "command_line": command_line,
         "config": config,

@@ -3,7 +3,9 @@
 //! the instant it wrote every chunk), drives it at rising concurrency through
 //! the real client and dispatch loop, and reports per level the client's TTFT
 //! and per-chunk ITL error against those write instants, the streams really in
-//! flight, client CPU seconds and peak RSS, against the targets.
+//! flight, client CPU seconds and peak RSS, against the targets. The two
+//! processes split the cores, and each level reports how busy the machine
+//! was, since errors on a saturated machine measure the machine.
 
 use crate::analysis::stats::percentile_of_sorted;
 use crate::cli::SelfcheckArgs;
@@ -11,6 +13,7 @@ use crate::client::{Client, ClientOptions, PreparedRequest};
 use crate::clock::RunClock;
 use crate::dispatch::{Dispatcher, PhaseRequests};
 use crate::record::{Endpoint, RequestRecord};
+use crate::report::console::print;
 use crate::schedule::Schedule;
 use crate::workload::{BodyOptions, Item, Prompt};
 use anyhow::{bail, Context};
@@ -44,8 +47,12 @@ pub struct LevelFigures {
     /// Most streams the simulator had open at once.
     pub streams_in_flight: usize,
     pub client_cpu_s: f64,
+    /// The simulator's CPU seconds over the same measured rounds.
+    pub sim_cpu_s: f64,
     pub wall_s: f64,
     pub client_peak_rss_mb: f64,
+    /// Client and simulator CPU over the wall time of all cores (0 to 1).
+    pub machine_busy: f64,
 }
 
 impl LevelFigures {
@@ -94,23 +101,35 @@ impl LevelFigures {
     }
 }
 
-/// Runs the self-check; exit code 0 when every level meets its targets, else 1.
-pub async fn selfcheck(args: SelfcheckArgs) -> anyhow::Result<i32> {
+/// Above this share of all cores busy, a level's errors are mostly the machine's queueing.
+const SATURATED: f64 = 0.8;
+
+/// The client's default worker threads: half the cores, the simulator gets the rest.
+pub fn client_threads() -> usize {
+    (crate::cli::cores() / 2).max(1)
+}
+
+/// Runs the self-check with the client on `client_threads` workers; exit code
+/// 0 when every level meets its targets, else 1.
+pub async fn selfcheck(args: SelfcheckArgs, client_threads: usize) -> anyhow::Result<i32> {
     let scratch = tempfile::Builder::new()
         .prefix("tracebench-selfcheck")
         .tempdir()?;
     let truth_path = scratch.path().join("truth.jsonl");
-    let mut sim = SimProcess::start(&args, &truth_path)?;
-    println!(
-        "selfcheck: simulator pid {} at {} (TTFT {}, ITL {}, {} tokens), client in this process",
+    let cores = crate::cli::cores();
+    let sim_threads = cores.saturating_sub(client_threads).max(1);
+    let mut sim = SimProcess::start(&args, &truth_path, sim_threads)?;
+    print(&format!(
+        "selfcheck: simulator pid {} at {} (TTFT {}, ITL {}, {} tokens; worker threads: \
+         {sim_threads}), client in this process (worker threads: {client_threads}), {cores} cores\n",
         sim.child.id(),
         sim.url,
         humantime::format_duration(args.ttft),
         humantime::format_duration(args.itl),
         args.tokens
-    );
-    println!(
-        "{:>6} {:>7} {:>14} {:>14} {:>14} {:>10} {:>9} {:>9} {:>8}  verdict",
+    ));
+    print(&format!(
+        "{:>6} {:>7} {:>14} {:>14} {:>14} {:>10} {:>9} {:>9} {:>8} {:>9} {:>6}  verdict\n",
         "conc",
         "reqs",
         "TTFT p50 err",
@@ -119,16 +138,18 @@ pub async fn selfcheck(args: SelfcheckArgs) -> anyhow::Result<i32> {
         "in flight",
         "CPU s",
         "CPU/core",
-        "RSS MB"
-    );
+        "RSS MB",
+        "sim CPU s",
+        "busy"
+    ));
     let mut figures = Vec::new();
     let mut all_met = true;
     for &level in &args.levels {
-        let level_figures = measure_level(&args, &sim.url, level, &truth_path).await?;
+        let level_figures = measure_level(&args, &sim, level, &truth_path, cores).await?;
         let missed = level_figures.missed_targets();
         all_met &= missed.is_empty();
-        println!(
-            "{:>6} {:>7} {:>11.2} ms {:>11.2} ms {:>11.2} ms {:>10} {:>9.2} {:>8.0}% {:>8.1}  {}",
+        print(&format!(
+            "{:>6} {:>7} {:>11.2} ms {:>11.2} ms {:>11.2} ms {:>10} {:>9.2} {:>8.0}% {:>8.1} {:>9.2} {:>5.0}%  {}\n",
             level_figures.concurrency,
             level_figures.requests,
             level_figures.ttft_error_p50_ms,
@@ -138,22 +159,33 @@ pub async fn selfcheck(args: SelfcheckArgs) -> anyhow::Result<i32> {
             level_figures.client_cpu_s,
             100.0 * level_figures.client_cpu_s / level_figures.wall_s.max(1e-9),
             level_figures.client_peak_rss_mb,
+            level_figures.sim_cpu_s,
+            100.0 * level_figures.machine_busy,
             if missed.is_empty() {
                 "ok".to_string()
             } else {
                 format!("MISSED: {}", missed.join("; "))
             }
-        );
+        ));
         figures.push(level_figures);
     }
     sim.stop();
     if let Some(path) = &args.json {
         crate::run::write_json(path, &figures)?;
     }
-    println!(
+    print(
         "errors are client arrival minus simulator write instant (same host, wall clock); \
-         CPU/core is client CPU seconds per wall second"
+         CPU/core is client CPU seconds per wall second; busy is client plus simulator CPU \
+         over all cores\n",
     );
+    if let Some(level) = figures.iter().find(|f| f.machine_busy >= SATURATED) {
+        print(&format!(
+            "from {} streams on, the machine was {:.0}% busy or more: the errors there include \
+             queueing for its cores, which a client on its own machine does not see\n",
+            level.concurrency,
+            100.0 * SATURATED
+        ));
+    }
     Ok(if all_met { 0 } else { 1 })
 }
 
@@ -164,10 +196,12 @@ struct SimProcess {
 }
 
 impl SimProcess {
-    fn start(args: &SelfcheckArgs, truth: &Path) -> anyhow::Result<Self> {
+    fn start(args: &SelfcheckArgs, truth: &Path, threads: usize) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find the tracebench executable")?;
         let mut child = Command::new(exe)
             .args(["sim", "--port", "0", "--max-num-seqs", "100000"])
+            .arg("--threads")
+            .arg(threads.to_string())
             .arg("--ttft-ms")
             .arg(format!("{}", args.ttft.as_secs_f64() * 1e3))
             .arg("--itl-ms")
@@ -191,6 +225,24 @@ impl SimProcess {
         })
     }
 
+    /// User + system CPU seconds the simulator has used so far.
+    fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .context("cannot read the simulator's CPU time")?;
+        // Fields after the parenthesized command name: state is field 3, utime 14, stime 15.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+        let (Some(user), Some(system)) = (ticks(11), ticks(12)) else {
+            bail!("unexpected /proc stat line for the simulator: {stat:?}");
+        };
+        // SAFETY: sysconf only reads a configuration value.
+        let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        Ok((user + system) / ticks_per_s)
+    }
+
     fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -205,10 +257,12 @@ impl Drop for SimProcess {
 
 async fn measure_level(
     args: &SelfcheckArgs,
-    url: &str,
+    sim: &SimProcess,
     level: usize,
     truth_path: &Path,
+    cores: usize,
 ) -> anyhow::Result<LevelFigures> {
+    let url = sim.url.as_str();
     let run_id = format!("selfcheck-c{level}");
     let clock = RunClock::start();
     let client = Client::new(
@@ -255,12 +309,14 @@ async fn measure_level(
         .await;
     reset_peak_rss();
     let cpu_before = cpu_seconds();
+    let sim_cpu_before = sim.cpu_seconds()?;
     let wall = Instant::now();
     dispatcher
         .run_phase(PhaseRequests::Ready(measured.into_iter()), None)
         .await;
     let wall_s = wall.elapsed().as_secs_f64();
     let client_cpu_s = cpu_seconds() - cpu_before;
+    let sim_cpu_s = sim.cpu_seconds()? - sim_cpu_before;
     let client_peak_rss_mb = peak_rss_mb();
     drop(dispatcher);
     let mut records = Vec::new();
@@ -276,8 +332,12 @@ async fn measure_level(
         level,
         &records,
         &truth,
-        client_cpu_s,
-        wall_s,
+        CpuFigures {
+            client_cpu_s,
+            sim_cpu_s,
+            wall_s,
+            cores,
+        },
         client_peak_rss_mb,
     ))
 }
@@ -294,12 +354,19 @@ fn read_truth(path: &Path, run_id: &str) -> anyhow::Result<HashMap<String, Truth
     Ok(truth)
 }
 
+/// CPU time of both processes over one level's measured rounds.
+struct CpuFigures {
+    client_cpu_s: f64,
+    sim_cpu_s: f64,
+    wall_s: f64,
+    cores: usize,
+}
+
 fn compare_with_truth(
     level: usize,
     records: &[RequestRecord],
     truth: &HashMap<String, Truth>,
-    client_cpu_s: f64,
-    wall_s: f64,
+    cpu: CpuFigures,
     client_peak_rss_mb: f64,
 ) -> LevelFigures {
     let mut ttft_errors = Vec::new();
@@ -339,9 +406,12 @@ fn compare_with_truth(
         ttft_error_p99_ms: percentile_of_sorted(&ttft_errors, 99.0),
         itl_error_p99_ms: percentile_of_sorted(&itl_errors, 99.0),
         streams_in_flight: max_overlap(truth.values()),
-        client_cpu_s,
-        wall_s,
+        client_cpu_s: cpu.client_cpu_s,
+        sim_cpu_s: cpu.sim_cpu_s,
+        wall_s: cpu.wall_s,
         client_peak_rss_mb,
+        machine_busy: (cpu.client_cpu_s + cpu.sim_cpu_s)
+            / (cpu.wall_s * cpu.cores as f64).max(1e-9),
     }
 }
 
@@ -420,8 +490,10 @@ mod tests {
             itl_error_p99_ms: 1.0,
             streams_in_flight: concurrency,
             client_cpu_s: 1.0,
+            sim_cpu_s: 1.0,
             wall_s: 2.0,
             client_peak_rss_mb: 40.0,
+            machine_busy: 0.25,
         };
         assert!(figures(200, 1.5).missed_targets().is_empty());
         assert_eq!(figures(200, 2.5).missed_targets().len(), 1);

@@ -376,3 +376,55 @@ fn static_batches_wait_for_the_whole_batch() {
         );
     }
 }
+
+#[test]
+fn selfcheck_measures_each_level_against_the_simulators_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = tracebench(
+        dir.path(),
+        &[
+            "selfcheck",
+            "--levels",
+            "1,20",
+            "--rounds",
+            "2",
+            "--tokens",
+            "8",
+            "--json",
+            "figures.json",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // Whether the targets are met depends on the machine's load; the figures must exist either way.
+    assert!(
+        matches!(output.status.code(), Some(0 | 1)),
+        "selfcheck failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("worker threads"), "{stdout}");
+    let figures = json(&dir.path().join("figures.json"));
+    let levels = figures.as_array().expect("one entry per level");
+    assert_eq!(levels.len(), 2);
+    for (figure, level) in levels.iter().zip([1u64, 20]) {
+        assert_eq!(figure["concurrency"], level);
+        assert_eq!(figure["requests"], level * 2, "{figure}");
+        assert_eq!(figure["failed"], 0, "{figure}");
+        assert_eq!(figure["streams_in_flight"], level, "{figure}");
+        let number = |key: &str| {
+            figure[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{key}: {figure}"))
+        };
+        // Client arrival can never precede the simulator's write by more than clock noise.
+        assert!(number("ttft_error_p50_ms") > -1.0, "{figure}");
+        assert!(number("itl_error_p99_ms") >= 0.0, "{figure}");
+        assert!(number("client_cpu_s") > 0.0, "{figure}");
+        assert!(number("sim_cpu_s") >= 0.0, "{figure}");
+        let busy = number("machine_busy");
+        assert!((0.0..=1.05).contains(&busy), "{figure}");
+    }
+    assert!(
+        stdout.contains("     1 ") && stdout.contains("    20 "),
+        "{stdout}"
+    );
+}

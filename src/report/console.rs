@@ -22,6 +22,14 @@ const ROWS: [(&str, &str); 11] = [
 ];
 
 /// Rounding noise below the printed precision shows as 0.00, not -0.00.
+/// Prints to stdout; a closed pipe (`| head`) is not an error.
+pub fn print(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
 fn tidy(value: f64) -> f64 {
     if value.abs() < 0.005 {
         0.0
