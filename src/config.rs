@@ -156,7 +156,11 @@ impl RunConfig {
             bail!("--max-error-rate must be between 0 and 1");
         }
         if let Some(run_id) = &args.run_id {
-            if run_id.is_empty() || run_id.contains(['/', '\\']) || run_id.starts_with('.') {
+            if run_id.is_empty()
+                || run_id.contains(['/', '\\'])
+                || run_id.starts_with('.')
+                || run_id.chars().any(char::is_control)
+            {
                 bail!("--run-id must be a plain folder name");
             }
         }

@@ -2,8 +2,11 @@
 //! `traceparent` and `X-Request-Id`, stream the response through our own SSE
 //! framer, stamp monotonic instants as bytes arrive, and turn whatever happened
 //! (success, HTTP error, reset, stall, Ctrl-C) into a [`RequestRecord`].
+//! `http://` servers are spoken to by our own HTTP/1.1 exchange (`http1`),
+//! `https://` ones through reqwest.
 
 pub mod chunk;
+mod http1;
 pub mod sse;
 pub mod traceparent;
 
@@ -13,6 +16,7 @@ use crate::record::{
 };
 use bytes::Bytes;
 use chunk::{error_message, parse_chunk, Usage};
+use http1::{Http1Error, Http1Pool, Http1Response};
 use sse::{SseEvent, SseFramer};
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -69,10 +73,64 @@ impl ClientOptions {
 /// Sends requests; cheap to clone (shares the connection pool).
 #[derive(Clone)]
 pub struct Client {
-    http: reqwest::Client,
-    url: Arc<str>,
+    transport: Transport,
     options: Arc<ClientOptions>,
     clock: RunClock,
+}
+
+/// How requests reach the server.
+#[derive(Clone)]
+enum Transport {
+    /// `http://`: our own HTTP/1.1 exchange, read on the request's own task.
+    Plain(Arc<Http1Pool>),
+    /// `https://`: reqwest, for TLS.
+    Tls {
+        http: reqwest::Client,
+        url: Arc<str>,
+    },
+}
+
+/// A response whose head is in, from either transport.
+enum Response {
+    Plain(Http1Response),
+    Tls {
+        response: reqwest::Response,
+        last: Bytes,
+    },
+}
+
+impl Response {
+    fn status(&self) -> u16 {
+        match self {
+            Response::Plain(response) => response.status,
+            Response::Tls { response, .. } => response.status().as_u16(),
+        }
+    }
+
+    fn content_type(&self) -> Option<&str> {
+        match self {
+            Response::Plain(response) => response.content_type.as_deref(),
+            Response::Tls { response, .. } => response
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+        }
+    }
+
+    /// The body bytes that are in; `None` at its end.
+    async fn chunk(&mut self) -> Result<Option<&[u8]>, String> {
+        match self {
+            Response::Plain(response) => response.chunk().await.map_err(|e| e.to_string()),
+            Response::Tls { response, last } => match response.chunk().await {
+                Ok(Some(bytes)) => {
+                    *last = bytes;
+                    Ok(Some(last))
+                }
+                Ok(None) => Ok(None),
+                Err(e) => Err(error_chain(&e)),
+            },
+        }
+    }
 }
 
 /// Largest error body excerpt kept in a record.
@@ -84,11 +142,14 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// The `User-Agent` of every request tracebench sends.
+const USER_AGENT: &str = concat!("tracebench/", env!("CARGO_PKG_VERSION"));
+
 /// A reqwest builder with the TLS provider installed and tracebench's user
 /// agent; every HTTP client of tracebench starts here and adds its timeouts.
 pub fn http_client_builder() -> reqwest::ClientBuilder {
     install_tls_provider();
-    reqwest::Client::builder().user_agent(concat!("tracebench/", env!("CARGO_PKG_VERSION")))
+    reqwest::Client::builder().user_agent(USER_AGENT)
 }
 
 /// The client that sends benchmark requests: no proxy surprises, Nagle off,
@@ -108,9 +169,44 @@ impl Client {
             options.base_url.trim_end_matches('/'),
             options.endpoint.path()
         );
+        let parsed =
+            reqwest::Url::parse(&url).map_err(|e| anyhow::anyhow!("bad URL {url}: {e}"))?;
+        let transport = match (
+            parsed.scheme(),
+            parsed.host_str(),
+            parsed.port_or_known_default(),
+        ) {
+            ("http", Some(host), Some(port)) => {
+                let path = match parsed.query() {
+                    Some(query) => format!("{}?{query}", parsed.path()),
+                    None => parsed.path().to_string(),
+                };
+                // `-H` may replace the user agent or the content type.
+                let fixed = [
+                    ("user-agent", USER_AGENT.as_bytes()),
+                    ("content-type", b"application/json".as_slice()),
+                ]
+                .into_iter()
+                .filter(|(name, _)| !options.headers.contains_key(*name));
+                let headers = options
+                    .headers
+                    .iter()
+                    .map(|(name, value)| (name.as_str(), value.as_bytes()));
+                Transport::Plain(Arc::new(Http1Pool::new(
+                    host,
+                    port,
+                    &path,
+                    fixed.chain(headers),
+                )))
+            }
+            ("https", Some(_), _) => Transport::Tls {
+                http: http_client()?,
+                url: url.into(),
+            },
+            _ => anyhow::bail!("the URL {url} is not an http:// or https:// server address"),
+        };
         Ok(Self {
-            http: http_client()?,
-            url: url.into(),
+            transport,
             options: Arc::new(options),
             clock,
         })
@@ -169,49 +265,30 @@ impl Client {
         trace: Option<TraceParent>,
         progress: &mut Progress,
     ) -> Result<(), RequestError> {
-        let mut builder = self
-            .http
-            .post(&*self.url)
-            .headers(self.options.headers.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("x-request-id", &request.request_id)
-            .body(request.body.clone());
-        if let Some(trace) = trace {
-            builder = builder.header("traceparent", trace.header_value());
-        }
         let first_byte_deadline = tokio::time::Instant::now() + self.options.first_byte_timeout;
         progress.sent = Instant::now();
         progress.sent_unix_ns = crate::units::unix_now_ns();
-        let response = tokio::time::timeout_at(first_byte_deadline, builder.send())
+        let mut response = tokio::time::timeout_at(first_byte_deadline, self.send(request, trace))
             .await
-            .map_err(|_| self.first_byte_timeout())?
-            .map_err(|e| RequestError {
-                kind: ErrorKind::Connect,
-                message: format!("could not send the request: {}", error_chain(&e)),
-                status: None,
-                body_excerpt: None,
-            })?;
+            .map_err(|_| self.first_byte_timeout())??;
         progress.headers = Some(Instant::now());
         let status = response.status();
-        progress.status = Some(status.as_u16());
-        if !status.is_success() {
-            return Err(http_status_error(response).await);
+        progress.status = Some(status);
+        if !(200..300).contains(&status) {
+            return Err(http_status_error(&mut response).await);
         }
         let is_json = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
+            .content_type()
             .is_some_and(|v| v.starts_with("application/json"));
         if self.options.stream && is_json {
-            let excerpt = read_excerpt(response).await;
+            let excerpt = read_excerpt(&mut response).await;
             return Err(RequestError {
                 kind: ErrorKind::InvalidResponse,
                 message: "asked for a stream but the server answered with JSON".into(),
-                status: Some(status.as_u16()),
+                status: Some(status),
                 body_excerpt: Some(excerpt),
             });
         }
-        let mut response = response;
         let mut reader = BodyReader {
             framer: SseFramer::default(),
             whole: Vec::new(),
@@ -229,17 +306,16 @@ impl Client {
                 Ok(None) => break,
                 Err(e) => {
                     return Err(stream_error(format!(
-                        "the connection broke mid-response: {}",
-                        error_chain(&e)
+                        "the connection broke mid-response: {e}"
                     )))
                 }
             };
             let arrived = Instant::now();
             progress.first_byte.get_or_insert(arrived);
             if self.options.stream {
-                reader.feed_stream(&bytes, arrived, progress)?;
+                reader.feed_stream(bytes, arrived, progress)?;
             } else {
-                reader.whole.extend_from_slice(&bytes);
+                reader.whole.extend_from_slice(bytes);
             }
         }
         let now = Instant::now();
@@ -248,6 +324,58 @@ impl Client {
             reader.finish_stream(progress)
         } else {
             finish_whole(&reader.whole, now, progress)
+        }
+    }
+
+    /// Sends the request; returns once the response head is in.
+    async fn send(
+        &self,
+        request: &PreparedRequest,
+        trace: Option<TraceParent>,
+    ) -> Result<Response, RequestError> {
+        let traceparent = trace.map(|t| t.header_value());
+        let send_error = |message: String| RequestError {
+            kind: ErrorKind::Connect,
+            message: format!("could not send the request: {message}"),
+            status: None,
+            body_excerpt: None,
+        };
+        match &self.transport {
+            Transport::Plain(pool) => {
+                let mut headers = vec![("x-request-id", request.request_id.as_str())];
+                if let Some(value) = &traceparent {
+                    headers.push(("traceparent", value));
+                }
+                match pool.post(&headers, &request.body).await {
+                    Ok(response) => Ok(Response::Plain(response)),
+                    Err(Http1Error::Send(message)) => Err(send_error(message)),
+                    Err(Http1Error::Protocol(message)) => Err(RequestError {
+                        kind: ErrorKind::InvalidResponse,
+                        message,
+                        status: None,
+                        body_excerpt: None,
+                    }),
+                }
+            }
+            Transport::Tls { http, url } => {
+                let mut builder = http
+                    .post(&**url)
+                    .headers(self.options.headers.clone())
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .header("x-request-id", &request.request_id)
+                    .body(request.body.clone());
+                if let Some(value) = traceparent {
+                    builder = builder.header("traceparent", value);
+                }
+                let response = builder
+                    .send()
+                    .await
+                    .map_err(|e| send_error(error_chain(&e)))?;
+                Ok(Response::Tls {
+                    response,
+                    last: Bytes::new(),
+                })
+            }
         }
     }
 
@@ -562,27 +690,33 @@ fn stream_error(message: String) -> RequestError {
 }
 
 /// A non-2xx answer: its status, the server's message and the body's start.
-async fn http_status_error(response: reqwest::Response) -> RequestError {
+async fn http_status_error(response: &mut Response) -> RequestError {
     let status = response.status();
     let body = read_excerpt(response).await;
     let message = serde_json::from_str::<serde_json::Value>(&body)
         .ok()
         .map(|v| error_message(&v))
-        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
+        .unwrap_or_else(|| {
+            reqwest::StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("error")
+                .to_string()
+        });
     RequestError {
         kind: ErrorKind::HttpStatus,
-        message: format!("HTTP {}: {message}", status.as_u16()),
-        status: Some(status.as_u16()),
+        message: format!("HTTP {status}: {message}"),
+        status: Some(status),
         body_excerpt: Some(body),
     }
 }
 
 /// Reads at most [`BODY_EXCERPT_BYTES`] of a body, giving up after 5 s.
-async fn read_excerpt(mut response: reqwest::Response) -> String {
+async fn read_excerpt(response: &mut Response) -> String {
     let mut body = Vec::new();
     let read = async {
         while let Ok(Some(bytes)) = response.chunk().await {
-            body.extend_from_slice(&bytes);
+            body.extend_from_slice(bytes);
             if body.len() >= BODY_EXCERPT_BYTES {
                 break;
             }

@@ -1,0 +1,733 @@
+//! The plain-HTTP/1.1 transport of benchmark requests. Each request has a
+//! keep-alive connection to itself; the response head is parsed with
+//! `httparse` and the body's framing (chunked, `Content-Length` or until close)
+//! is undone here, on the task that stamps the instants, so a streamed chunk
+//! costs one wake-up and one `recv` and nothing sits between the socket and
+//! the clock. `https://` servers go through reqwest instead.
+
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Largest response head accepted.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Largest chunk-size or trailer line accepted.
+const MAX_FRAMING_LINE: usize = 4096;
+/// Read buffer size; a streamed chunk is far smaller.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
+
+/// Where the requests go and the idle keep-alive connections to it.
+#[derive(Debug)]
+pub struct Http1Pool {
+    /// `host:port` to connect to.
+    address: String,
+    /// The request line and the headers every request shares, up to the
+    /// per-request ones: `POST /path HTTP/1.1\r\nhost: ...\r\n...`.
+    head_prefix: Vec<u8>,
+    idle: Mutex<Vec<TcpStream>>,
+}
+
+/// Why an exchange failed.
+#[derive(Debug)]
+pub enum Http1Error {
+    /// No connection, or it broke before the response head was complete.
+    Send(String),
+    /// The response head or body framing is not HTTP/1.1.
+    Protocol(String),
+}
+
+impl std::fmt::Display for Http1Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Http1Error::Send(message) | Http1Error::Protocol(message) => f.write_str(message),
+        }
+    }
+}
+
+impl Http1Pool {
+    /// A pool for `POST`s to `host:port` at `path`, with `headers` (name,
+    /// value) sent on every request.
+    pub fn new<'a>(
+        host: &str,
+        port: u16,
+        path: &str,
+        headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Self {
+        let address = format!("{host}:{port}");
+        let mut head_prefix = format!("POST {path} HTTP/1.1\r\nhost: {address}\r\n").into_bytes();
+        for (name, value) in headers {
+            head_prefix.extend_from_slice(name.as_bytes());
+            head_prefix.extend_from_slice(b": ");
+            head_prefix.extend_from_slice(value);
+            head_prefix.extend_from_slice(b"\r\n");
+        }
+        Self {
+            address,
+            head_prefix,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Sends one `POST` with `extra_headers` and `body`; returns once the
+    /// response head is in. A kept-alive connection the server closed while it
+    /// was idle is replaced by a new one, once.
+    pub async fn post(
+        self: &Arc<Self>,
+        extra_headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Http1Response, Http1Error> {
+        let mut request = Vec::with_capacity(self.head_prefix.len() + 256 + body.len());
+        request.extend_from_slice(&self.head_prefix);
+        for (name, value) in extra_headers {
+            request.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        }
+        request.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+        request.extend_from_slice(body);
+        if let Some(stream) = self.take_idle() {
+            match self.exchange(stream, &request).await {
+                Err(Exchange::NothingBack(_)) => {}
+                other => return other.map_err(Exchange::into_error),
+            }
+        }
+        let stream = TcpStream::connect(&self.address)
+            .await
+            .map_err(|e| Http1Error::Send(format!("could not connect to {}: {e}", self.address)))?;
+        let _ = stream.set_nodelay(true);
+        self.exchange(stream, &request)
+            .await
+            .map_err(Exchange::into_error)
+    }
+
+    /// An idle connection that still looks open.
+    fn take_idle(&self) -> Option<TcpStream> {
+        let mut idle = self.idle.lock().expect("the pool lock is never poisoned");
+        while let Some(stream) = idle.pop() {
+            // Open and quiet reads as "would block"; closed reads 0 bytes.
+            if matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, stream: TcpStream) {
+        self.idle
+            .lock()
+            .expect("the pool lock is never poisoned")
+            .push(stream);
+    }
+
+    async fn exchange(
+        self: &Arc<Self>,
+        mut stream: TcpStream,
+        request: &[u8],
+    ) -> Result<Http1Response, Exchange> {
+        stream
+            .write_all(request)
+            .await
+            .map_err(|e| Exchange::NothingBack(format!("could not send the request: {e}")))?;
+        let mut buffer = vec![0u8; READ_BUFFER_BYTES];
+        let mut filled = 0;
+        loop {
+            if filled > 0 {
+                let mut headers = [httparse::EMPTY_HEADER; 64];
+                let mut head = httparse::Response::new(&mut headers);
+                match head.parse(&buffer[..filled]) {
+                    Ok(httparse::Status::Partial) => {}
+                    Ok(httparse::Status::Complete(head_len)) => {
+                        let status = head.code.unwrap_or(0);
+                        if (100..200).contains(&status) {
+                            // An interim answer (103 Early Hints): the real head follows.
+                            buffer.copy_within(head_len..filled, 0);
+                            filled -= head_len;
+                            continue;
+                        }
+                        let parsed = ParsedHead::read(&head, status)
+                            .map_err(|e| Exchange::Failed(Http1Error::Protocol(e)))?;
+                        return Ok(Http1Response {
+                            status,
+                            content_type: parsed.content_type,
+                            stream: Some(stream),
+                            pool: Arc::clone(self),
+                            buffer,
+                            start: head_len,
+                            end: filled,
+                            body: BodyDecoder {
+                                framing: parsed.framing,
+                            },
+                            keep_alive: parsed.keep_alive,
+                            decoded: Vec::new(),
+                        });
+                    }
+                    Err(e) => {
+                        return Err(Exchange::Failed(Http1Error::Protocol(format!(
+                            "the response is not HTTP/1.1: {e}"
+                        ))))
+                    }
+                }
+            }
+            if filled == buffer.len() {
+                if buffer.len() >= MAX_HEAD_BYTES {
+                    return Err(Exchange::Failed(Http1Error::Protocol(format!(
+                        "the response head is larger than {} KiB",
+                        MAX_HEAD_BYTES / 1024
+                    ))));
+                }
+                buffer.resize(buffer.len() * 2, 0);
+            }
+            match stream.read(&mut buffer[filled..]).await {
+                Ok(0) if filled == 0 => {
+                    return Err(Exchange::NothingBack(
+                        "the server closed the connection without answering".into(),
+                    ))
+                }
+                Ok(0) => {
+                    return Err(Exchange::Failed(Http1Error::Send(
+                        "the server closed the connection in the middle of the response head"
+                            .into(),
+                    )))
+                }
+                Ok(n) => filled += n,
+                Err(e) if filled == 0 => {
+                    return Err(Exchange::NothingBack(format!(
+                        "the connection broke before the response: {e}"
+                    )))
+                }
+                Err(e) => {
+                    return Err(Exchange::Failed(Http1Error::Send(format!(
+                        "the connection broke in the middle of the response head: {e}"
+                    ))))
+                }
+            }
+        }
+    }
+}
+
+/// How an exchange on one connection ended.
+enum Exchange {
+    /// Not one byte came back: a reused connection may simply have been closed.
+    NothingBack(String),
+    Failed(Http1Error),
+}
+
+impl Exchange {
+    fn into_error(self) -> Http1Error {
+        match self {
+            Exchange::NothingBack(message) => Http1Error::Send(message),
+            Exchange::Failed(error) => error,
+        }
+    }
+}
+
+/// What the response head says about the body.
+struct ParsedHead {
+    content_type: Option<String>,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+impl ParsedHead {
+    fn read(head: &httparse::Response<'_, '_>, status: u16) -> Result<Self, String> {
+        let mut content_type = None;
+        let mut chunked = false;
+        let mut length = None;
+        let mut keep_alive = head.version == Some(1);
+        for header in head.headers.iter() {
+            let value = String::from_utf8_lossy(header.value);
+            if header.name.eq_ignore_ascii_case("content-type") {
+                content_type = Some(value.trim().to_string());
+            } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked |= value
+                    .rsplit(',')
+                    .next()
+                    .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+            } else if header.name.eq_ignore_ascii_case("content-length") {
+                let parsed = value
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| format!("bad Content-Length {value:?}"))?;
+                length = Some(parsed);
+            } else if header.name.eq_ignore_ascii_case("connection") {
+                let value = value.to_ascii_lowercase();
+                if value.contains("close") {
+                    keep_alive = false;
+                } else if value.contains("keep-alive") {
+                    keep_alive = true;
+                }
+            }
+        }
+        let framing = if status == 204 || status == 304 {
+            Framing::Done
+        } else if chunked {
+            Framing::Chunked(ChunkState::Size)
+        } else if let Some(length) = length {
+            if length == 0 {
+                Framing::Done
+            } else {
+                Framing::Length(length)
+            }
+        } else {
+            keep_alive = false;
+            Framing::UntilClose
+        };
+        Ok(Self {
+            content_type,
+            framing,
+            keep_alive,
+        })
+    }
+}
+
+/// How the body's end is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Chunked(ChunkState),
+    /// Bytes still to come.
+    Length(u64),
+    UntilClose,
+    Done,
+}
+
+/// Where the chunked decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data, this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines up to an empty one.
+    Trailers,
+}
+
+/// A response whose head is in; its body is read with [`Http1Response::chunk`].
+pub struct Http1Response {
+    pub status: u16,
+    pub content_type: Option<String>,
+    stream: Option<TcpStream>,
+    pool: Arc<Http1Pool>,
+    buffer: Vec<u8>,
+    /// Bytes `start..end` of `buffer` are read but not yet decoded.
+    start: usize,
+    end: usize,
+    body: BodyDecoder,
+    keep_alive: bool,
+    decoded: Vec<u8>,
+}
+
+impl Http1Response {
+    /// The body bytes that are in, as soon as there are any; `None` at the
+    /// end of the body (the connection then goes back to the pool).
+    pub async fn chunk(&mut self) -> Result<Option<&[u8]>, Http1Error> {
+        loop {
+            self.decoded.clear();
+            self.start += self
+                .body
+                .decode(&self.buffer[self.start..self.end], &mut self.decoded)?;
+            if !self.decoded.is_empty() {
+                return Ok(Some(&self.decoded));
+            }
+            if self.body.is_done() {
+                self.release();
+                return Ok(None);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Reads more of the body into the buffer.
+    async fn fill(&mut self) -> Result<(), Http1Error> {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        } else if self.end == self.buffer.len() {
+            self.buffer.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
+        let stream = self
+            .stream
+            .as_mut()
+            .expect("a response being read has its connection");
+        match stream.read(&mut self.buffer[self.end..]).await {
+            Ok(0) => self.body.end_of_input(),
+            Ok(n) => {
+                self.end += n;
+                Ok(())
+            }
+            Err(e) => Err(Http1Error::Send(e.to_string())),
+        }
+    }
+
+    /// Hands a cleanly finished keep-alive connection back to the pool.
+    fn release(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            if self.keep_alive && self.start == self.end {
+                self.pool.put_idle(stream);
+            }
+        }
+    }
+}
+
+/// Undoes the body's framing, whatever the read boundaries.
+#[derive(Debug)]
+struct BodyDecoder {
+    framing: Framing,
+}
+
+impl BodyDecoder {
+    fn is_done(&self) -> bool {
+        self.framing == Framing::Done
+    }
+
+    /// Appends to `out` the body bytes of `input`, up to where it stops
+    /// making sense without more input; returns the bytes of `input` used.
+    fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, Http1Error> {
+        let mut used = 0;
+        loop {
+            let available = &input[used..];
+            match self.framing {
+                Framing::Done => return Ok(used),
+                Framing::UntilClose => {
+                    out.extend_from_slice(available);
+                    return Ok(input.len());
+                }
+                Framing::Length(left) => {
+                    let take = available.len().min(left as usize);
+                    out.extend_from_slice(&available[..take]);
+                    let left = left - take as u64;
+                    self.framing = if left == 0 {
+                        Framing::Done
+                    } else {
+                        Framing::Length(left)
+                    };
+                    return Ok(used + take);
+                }
+                Framing::Chunked(ChunkState::Data(left)) => {
+                    if available.is_empty() {
+                        return Ok(used);
+                    }
+                    let take = available.len().min(left as usize);
+                    out.extend_from_slice(&available[..take]);
+                    used += take;
+                    let left = left - take as u64;
+                    self.framing = Framing::Chunked(if left == 0 {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(left)
+                    });
+                }
+                Framing::Chunked(ChunkState::DataEnd) => {
+                    if available.len() < 2 {
+                        return Ok(used);
+                    }
+                    if &available[..2] != b"\r\n" {
+                        return Err(Http1Error::Protocol(
+                            "a chunk of the body is longer than its size says".into(),
+                        ));
+                    }
+                    used += 2;
+                    self.framing = Framing::Chunked(ChunkState::Size);
+                }
+                Framing::Chunked(state @ (ChunkState::Size | ChunkState::Trailers)) => {
+                    let Some(newline) = available.iter().position(|&b| b == b'\n') else {
+                        if available.len() > MAX_FRAMING_LINE {
+                            return Err(Http1Error::Protocol(
+                                "a chunk-size line of the body is too long".into(),
+                            ));
+                        }
+                        return Ok(used);
+                    };
+                    let line = &available[..newline];
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    self.framing = match (state, line.is_empty()) {
+                        (ChunkState::Trailers, true) => Framing::Done,
+                        (ChunkState::Trailers, false) => Framing::Chunked(ChunkState::Trailers),
+                        _ => match chunk_size(line)? {
+                            0 => Framing::Chunked(ChunkState::Trailers),
+                            size => Framing::Chunked(ChunkState::Data(size)),
+                        },
+                    };
+                    used += newline + 1;
+                }
+            }
+        }
+    }
+
+    /// The connection closed: the end of a body that runs until close, an
+    /// error for any other.
+    fn end_of_input(&mut self) -> Result<(), Http1Error> {
+        match self.framing {
+            Framing::UntilClose => {
+                self.framing = Framing::Done;
+                Ok(())
+            }
+            _ => Err(Http1Error::Send(
+                "the server closed the connection before the end of the body".into(),
+            )),
+        }
+    }
+}
+
+/// The size of a chunk-size line (hex digits, maybe `;extensions`).
+fn chunk_size(line: &[u8]) -> Result<u64, Http1Error> {
+    let digits = line.split(|&b| b == b';').next().unwrap_or_default();
+    let digits = std::str::from_utf8(digits).unwrap_or_default().trim();
+    u64::from_str_radix(digits, 16)
+        .ok()
+        .filter(|size| *size < 1 << 40)
+        .ok_or_else(|| {
+            Http1Error::Protocol(format!(
+                "bad chunk-size line {:?}",
+                String::from_utf8_lossy(line)
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A chunked body with extensions and trailers, and what it decodes to.
+    const CHUNKED: &[u8] =
+        b"5;name=value\r\ndata:\r\n18\r\n {\"x\":1}\n\ndata: [DONE]\n\n\r\n0\r\nx-trailer: 1\r\n\r\n";
+    const DECODED: &[u8] = b"data: {\"x\":1}\n\ndata: [DONE]\n\n";
+
+    /// Feeds `input` in two reads split at `split`, keeping unused bytes for
+    /// the next read as the response does; returns the body and whether it ended.
+    fn decode_split(framing: Framing, input: &[u8], split: usize) -> (Vec<u8>, bool) {
+        let mut decoder = BodyDecoder { framing };
+        let mut out = Vec::new();
+        let mut pending = input[..split].to_vec();
+        let used = decoder.decode(&pending, &mut out).expect("valid framing");
+        pending.drain(..used);
+        pending.extend_from_slice(&input[split..]);
+        let used = decoder.decode(&pending, &mut out).expect("valid framing");
+        assert_eq!(used, pending.len(), "split at {split}: bytes left over");
+        (out, decoder.is_done())
+    }
+
+    #[test]
+    fn chunked_bodies_decode_at_every_read_boundary() {
+        for split in 0..=CHUNKED.len() {
+            let (body, done) = decode_split(Framing::Chunked(ChunkState::Size), CHUNKED, split);
+            assert_eq!(body, DECODED, "split at {split}");
+            assert!(done, "split at {split}");
+        }
+    }
+
+    #[test]
+    fn length_and_close_delimited_bodies() {
+        let body = b"{\"id\":\"x\"}";
+        for split in 0..=body.len() {
+            let (out, done) = decode_split(Framing::Length(body.len() as u64), body, split);
+            assert_eq!(out, body);
+            assert!(done);
+        }
+        let mut decoder = BodyDecoder {
+            framing: Framing::UntilClose,
+        };
+        let mut out = Vec::new();
+        decoder.decode(body, &mut out).unwrap();
+        assert!(!decoder.is_done());
+        decoder.end_of_input().unwrap();
+        assert!(decoder.is_done());
+        assert_eq!(out, body);
+    }
+
+    #[test]
+    fn broken_framing_is_a_clear_error() {
+        let mut out = Vec::new();
+        let mut decoder = BodyDecoder {
+            framing: Framing::Chunked(ChunkState::Size),
+        };
+        let error = decoder.decode(b"zz\r\n", &mut out).unwrap_err();
+        assert!(
+            error.to_string().contains("bad chunk-size line \"zz\""),
+            "{error}"
+        );
+        let mut decoder = BodyDecoder {
+            framing: Framing::Chunked(ChunkState::Size),
+        };
+        let error = decoder.decode(b"2\r\nabc\r\n", &mut out).unwrap_err();
+        assert!(
+            error.to_string().contains("longer than its size"),
+            "{error}"
+        );
+        let mut decoder = BodyDecoder {
+            framing: Framing::Chunked(ChunkState::Size),
+        };
+        let error = decoder
+            .decode(&[b'1'; MAX_FRAMING_LINE + 1], &mut out)
+            .unwrap_err();
+        assert!(error.to_string().contains("too long"), "{error}");
+        let mut decoder = BodyDecoder {
+            framing: Framing::Length(10),
+        };
+        decoder.decode(b"abc", &mut out).unwrap();
+        let error = decoder.end_of_input().unwrap_err();
+        assert!(
+            error.to_string().contains("before the end of the body"),
+            "{error}"
+        );
+    }
+
+    /// Reads one request (head and `content-length` body) from `socket`.
+    async fn read_request(socket: &mut TcpStream) -> Option<String> {
+        let mut request = Vec::new();
+        let mut buffer = [0u8; 4096];
+        loop {
+            let n = socket.read(&mut buffer).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            request.extend_from_slice(&buffer[..n]);
+            let text = String::from_utf8_lossy(&request).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if body.len() >= length {
+                    return Some(text);
+                }
+            }
+        }
+    }
+
+    /// A server whose i-th connection answers each request with `answers[i].0`,
+    /// and closes after its first answer when `answers[i].1` says so.
+    /// Returns its port and the requests it read, per connection.
+    async fn server(answers: Vec<(&'static [u8], bool)>) -> (u16, Arc<Mutex<Vec<Vec<String>>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        tokio::spawn(async move {
+            for (answer, close_after) in answers {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let index = {
+                    let mut log = log.lock().unwrap();
+                    log.push(Vec::new());
+                    log.len() - 1
+                };
+                let log = Arc::clone(&log);
+                tokio::spawn(async move {
+                    while let Some(request) = read_request(&mut socket).await {
+                        log.lock().unwrap()[index].push(request);
+                        socket.write_all(answer).await.unwrap();
+                        if close_after {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, seen)
+    }
+
+    fn pool(port: u16) -> Arc<Http1Pool> {
+        Arc::new(Http1Pool::new(
+            "127.0.0.1",
+            port,
+            "/v1/completions",
+            [("authorization", b"Bearer k".as_slice())],
+        ))
+    }
+
+    async fn body_of(response: &mut Http1Response) -> Vec<u8> {
+        let mut body = Vec::new();
+        while let Some(bytes) = response.chunk().await.unwrap() {
+            body.extend_from_slice(bytes);
+        }
+        body
+    }
+
+    const KEEP_ALIVE: &[u8] =
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_serves_the_next_request() {
+        let (port, seen) = server(vec![(KEEP_ALIVE, false)]).await;
+        let pool = pool(port);
+        for _ in 0..2 {
+            let mut response = pool
+                .post(&[("x-request-id", "r-1")], b"{\"a\":1}")
+                .await
+                .unwrap();
+            assert_eq!(response.status, 200);
+            assert_eq!(response.content_type.as_deref(), Some("text/event-stream"));
+            assert_eq!(body_of(&mut response).await, b"hello");
+        }
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "one connection for both requests");
+        let request = &seen[0][0];
+        assert!(
+            request.starts_with("POST /v1/completions HTTP/1.1\r\n"),
+            "{request}"
+        );
+        for line in [
+            &format!("host: 127.0.0.1:{port}"),
+            "authorization: Bearer k",
+            "x-request-id: r-1",
+            "content-length: 7",
+        ] {
+            assert!(
+                request.contains(&format!("{line}\r\n")),
+                "{line} in {request}"
+            );
+        }
+        assert!(request.ends_with("\r\n\r\n{\"a\":1}"), "{request}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_is_replaced() {
+        const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        // The first answer allows keep-alive, but the server closes right after it.
+        let (port, seen) = server(vec![(OK, true), (OK, false)]).await;
+        let pool = pool(port);
+        let mut first = pool.post(&[], b"{}").await.unwrap();
+        assert_eq!(body_of(&mut first).await, b"ok");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let mut second = pool.post(&[], b"{}").await.unwrap();
+        assert_eq!(body_of(&mut second).await, b"ok");
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            2,
+            "a new connection for the second"
+        );
+    }
+
+    #[tokio::test]
+    async fn connection_close_and_interim_answers() {
+        const CLOSE: &[u8] = b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 4\r\n\r\nbusy";
+        let (port, seen) = server(vec![(CLOSE, false), (CLOSE, false)]).await;
+        let pool = pool(port);
+        for _ in 0..2 {
+            let mut response = pool.post(&[], b"{}").await.unwrap();
+            assert_eq!(response.status, 503);
+            assert_eq!(body_of(&mut response).await, b"busy");
+        }
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            2,
+            "connection: close is not reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_a_send_error() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let Err(Http1Error::Send(message)) = pool(port).post(&[], b"{}").await else {
+            panic!("connecting to a closed port must fail");
+        };
+        assert!(message.contains("could not connect"), "{message}");
+    }
+}
