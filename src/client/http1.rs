@@ -123,10 +123,9 @@ impl Http1Pool {
         mut stream: TcpStream,
         request: &[u8],
     ) -> Result<Http1Response, Exchange> {
-        stream
-            .write_all(request)
-            .await
-            .map_err(|e| Exchange::NothingBack(format!("could not send the request: {e}")))?;
+        stream.write_all(request).await.map_err(|e| {
+            Exchange::NothingBack(format!("the connection broke while sending: {e}"))
+        })?;
         let mut buffer = vec![0u8; READ_BUFFER_BYTES];
         let mut filled = 0;
         loop {
