@@ -21,7 +21,6 @@ const ROWS: [(&str, &str); 11] = [
     ("decomposition.frontend_ms", "frontend (ms)"),
 ];
 
-/// Rounding noise below the printed precision shows as 0.00, not -0.00.
 /// Prints to stdout; a closed pipe (`| head`) is not an error.
 pub fn print(text: &str) {
     use std::io::Write as _;
@@ -30,6 +29,7 @@ pub fn print(text: &str) {
     let _ = out.flush();
 }
 
+/// Rounding noise below the printed precision shows as 0.00, not -0.00.
 fn tidy(value: f64) -> f64 {
     if value.abs() < 0.005 {
         0.0
