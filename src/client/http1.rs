@@ -76,12 +76,19 @@ impl Http1Pool {
         extra_headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Http1Response, Http1Error> {
+        use std::io::Write as _;
         let mut request = Vec::with_capacity(self.head_prefix.len() + 256 + body.len());
         request.extend_from_slice(&self.head_prefix);
         for (name, value) in extra_headers {
-            request.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+            // A line break in a value would split the head: refuse it here, for every caller.
+            if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+                return Err(Http1Error::Send(format!(
+                    "the {name} header has a control character in {value:?}"
+                )));
+            }
+            let _ = write!(request, "{name}: {value}\r\n");
         }
-        request.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+        let _ = write!(request, "content-length: {}\r\n\r\n", body.len());
         request.extend_from_slice(body);
         if let Some(stream) = self.take_idle() {
             match self.exchange(stream, &request).await {
@@ -702,6 +709,17 @@ mod tests {
             2,
             "connection: close is not reused"
         );
+    }
+
+    #[tokio::test]
+    async fn a_header_value_cannot_split_the_head() {
+        let Err(Http1Error::Send(message)) = pool(1)
+            .post(&[("x-request-id", "a\r\nx-evil: 1")], b"{}")
+            .await
+        else {
+            panic!("a line break in a header value must be refused");
+        };
+        assert!(message.contains("x-request-id header"), "{message}");
     }
 
     #[tokio::test]
