@@ -2,14 +2,13 @@
 //! `telemetry.jsonl` lines and gap lines, the per-GPU run summary (idle baseline, peaks,
 //! utilisation, energy) and the per-request memory attribution.
 
-use super::sink::{JsonlSink, LiveGauges};
-use crate::clock::RunClock;
+use super::sink::{LiveGauges, SamplerContext};
 use crate::record::{GpuAttribution, RequestRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::future::Future;
 use std::time::Duration;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::time::MissedTickBehavior;
 
 /// Schema name of every `telemetry.jsonl` line.
@@ -61,17 +60,6 @@ pub struct GpuGapLine {
     pub unix_ns: u64,
     pub source: String,
     pub gap: String,
-}
-
-/// What a GPU sampler needs besides its source.
-#[derive(Debug, Clone)]
-pub struct SamplerContext {
-    pub interval: Duration,
-    pub clock: RunClock,
-    pub sink: JsonlSink,
-    pub live: LiveGauges,
-    /// Turns `true` when the run ends.
-    pub stop: watch::Receiver<bool>,
 }
 
 /// Which GPU a track belongs to.
@@ -441,9 +429,11 @@ pub fn attribute(output: &GpuSamplerOutput, records: &mut [RequestRecord]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::sink::Notes;
+    use crate::clock::RunClock;
+    use crate::telemetry::sink::{JsonlSink, Notes};
     use std::collections::VecDeque;
     use std::sync::{Arc, Mutex};
+    use tokio::sync::watch;
 
     /// A source that answers from a script, one entry per read, and notes when it was read.
     struct ScriptedSource {
@@ -544,6 +534,7 @@ mod tests {
             sink: JsonlSink::create(&path, Notes::default()).unwrap(),
             live: LiveGauges::default(),
             stop: stop_rx,
+            notes: Notes::default(),
         };
         let live = context.live.clone();
         let (first_tx, first_rx) = oneshot::channel();

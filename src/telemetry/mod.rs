@@ -178,12 +178,13 @@ pub async fn start(
     let mut gpu_samplers = Vec::new();
     let mut first_samples = Vec::new();
     let mut start_gaps = Vec::new();
-    let context = gpu::SamplerContext {
+    let context = sink::SamplerContext {
         interval: args.gpu_interval,
         clock,
         sink: gpu_sink,
         live: live.clone(),
         stop: stop_rx.clone(),
+        notes: notes.clone(),
     };
     for spec in &gpu_specs {
         let (first_tx, first_rx) = oneshot::channel();
@@ -231,7 +232,7 @@ pub async fn start(
                 (_, first) => {
                     let mut recorder = server::Recorder::new(
                         &url,
-                        server::SamplerContext {
+                        sink::SamplerContext {
                             interval: args.server_metrics_interval,
                             clock,
                             sink: server_sink,

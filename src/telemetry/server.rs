@@ -4,15 +4,13 @@
 //! computed from histogram bucket deltas.
 
 use super::prom::{self, Exposition, SeriesValue};
-use super::sink::{JsonlSink, LiveGauges, Notes};
+use super::sink::SamplerContext;
 use crate::client::error_chain;
-use crate::clock::RunClock;
 pub use crate::record::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
 /// Schema name of every `server_metrics.jsonl` line.
@@ -254,17 +252,6 @@ pub struct ServerSamplerOutput {
     pub engine: Option<Engine>,
     pub points: Vec<ScrapePoint>,
     pub gaps: Vec<(u64, String)>,
-}
-
-/// What the server sampler needs besides its scraper.
-#[derive(Debug, Clone)]
-pub struct SamplerContext {
-    pub interval: Duration,
-    pub clock: RunClock,
-    pub sink: JsonlSink,
-    pub live: LiveGauges,
-    pub stop: watch::Receiver<bool>,
-    pub notes: Notes,
 }
 
 /// Sums the buckets of every series of a histogram family, by bound.

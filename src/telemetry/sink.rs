@@ -1,19 +1,35 @@
 //! Where samplers put what they see: JSONL files written a line at a time, the notes for
 //! the user, and the live gauges the dashboard reads.
-//! All three are cheap clonable handles shared between the samplers and the run.
+//! All three are cheap clonable handles shared between the samplers and the run, and
+//! travel together with the sampling rhythm in a [`SamplerContext`].
 
 use crate::analysis::live::Gauge;
+use crate::clock::RunClock;
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use tokio::sync::watch;
 
 /// How many recent values each live gauge keeps.
 const GAUGE_HISTORY: usize = 120;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a sampler (GPU or server metrics) needs besides its source.
+#[derive(Debug, Clone)]
+pub struct SamplerContext {
+    pub interval: Duration,
+    pub clock: RunClock,
+    pub sink: JsonlSink,
+    pub live: LiveGauges,
+    /// Turns `true` when the run ends.
+    pub stop: watch::Receiver<bool>,
+    pub notes: Notes,
 }
 
 /// Notes for the user, each said once, in the order they arose.
