@@ -53,6 +53,9 @@ pub struct LevelFigures {
     pub client_peak_rss_mb: f64,
     /// Client and simulator CPU over the wall time of all cores (0 to 1).
     pub machine_busy: f64,
+    /// CPU time the hypervisor took from this machine's cores while this level
+    /// ran (`steal` in `/proc/stat`, all cores); `None` where the kernel does not say.
+    pub stolen_cpu_s: Option<f64>,
 }
 
 impl LevelFigures {
@@ -129,7 +132,7 @@ pub async fn selfcheck(args: SelfcheckArgs, client_threads: usize) -> anyhow::Re
         args.tokens
     ));
     print(&format!(
-        "{:>6} {:>7} {:>14} {:>14} {:>14} {:>10} {:>9} {:>9} {:>8} {:>9} {:>6}  verdict\n",
+        "{:>6} {:>7} {:>14} {:>14} {:>14} {:>10} {:>9} {:>9} {:>8} {:>9} {:>6} {:>9}  verdict\n",
         "conc",
         "reqs",
         "TTFT p50 err",
@@ -140,7 +143,8 @@ pub async fn selfcheck(args: SelfcheckArgs, client_threads: usize) -> anyhow::Re
         "CPU/core",
         "RSS MB",
         "sim CPU s",
-        "busy"
+        "busy",
+        "stolen ms"
     ));
     let mut figures = Vec::new();
     let mut all_met = true;
@@ -149,7 +153,7 @@ pub async fn selfcheck(args: SelfcheckArgs, client_threads: usize) -> anyhow::Re
         let missed = level_figures.missed_targets();
         all_met &= missed.is_empty();
         print(&format!(
-            "{:>6} {:>7} {:>11.2} ms {:>11.2} ms {:>11.2} ms {:>10} {:>9.2} {:>8.0}% {:>8.1} {:>9.2} {:>5.0}%  {}\n",
+            "{:>6} {:>7} {:>11.2} ms {:>11.2} ms {:>11.2} ms {:>10} {:>9.2} {:>8.0}% {:>8.1} {:>9.2} {:>5.0}% {:>9}  {}\n",
             level_figures.concurrency,
             level_figures.requests,
             level_figures.ttft_error_p50_ms,
@@ -161,6 +165,9 @@ pub async fn selfcheck(args: SelfcheckArgs, client_threads: usize) -> anyhow::Re
             level_figures.client_peak_rss_mb,
             level_figures.sim_cpu_s,
             100.0 * level_figures.machine_busy,
+            level_figures
+                .stolen_cpu_s
+                .map_or("-".to_string(), |s| format!("{:.0}", s * 1e3)),
             if missed.is_empty() {
                 "ok".to_string()
             } else {
@@ -184,6 +191,18 @@ pub async fn selfcheck(args: SelfcheckArgs, client_threads: usize) -> anyhow::Re
              queueing for its cores, which a client on its own machine does not see\n",
             level.concurrency,
             100.0 * SATURATED
+        ));
+    }
+    let stolen: Vec<String> = figures
+        .iter()
+        .filter(|f| f.stolen_cpu_s.is_some_and(|s| s > 0.0))
+        .map(|f| f.concurrency.to_string())
+        .collect();
+    if !stolen.is_empty() {
+        print(&format!(
+            "the hypervisor took CPU time from this machine during level(s) {} (stolen ms): \
+             whatever ran on a core then stopped, and the errors there include it\n",
+            stolen.join(", ")
         ));
     }
     Ok(if all_met { 0 } else { 1 })
@@ -238,9 +257,7 @@ impl SimProcess {
         let (Some(user), Some(system)) = (ticks(11), ticks(12)) else {
             bail!("unexpected /proc stat line for the simulator: {stat:?}");
         };
-        // SAFETY: sysconf only reads a configuration value.
-        let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        Ok((user + system) / ticks_per_s)
+        Ok((user + system) / clock_ticks_per_second())
     }
 
     fn stop(&mut self) {
@@ -308,6 +325,7 @@ async fn measure_level(
         .run_phase(PhaseRequests::Ready(requests.into_iter()), None)
         .await;
     reset_peak_rss();
+    let stolen_before = stolen_cpu_seconds();
     let cpu_before = cpu_seconds();
     let sim_cpu_before = sim.cpu_seconds()?;
     let wall = Instant::now();
@@ -317,6 +335,9 @@ async fn measure_level(
     let wall_s = wall.elapsed().as_secs_f64();
     let client_cpu_s = cpu_seconds() - cpu_before;
     let sim_cpu_s = sim.cpu_seconds()? - sim_cpu_before;
+    let stolen_cpu_s = stolen_before
+        .zip(stolen_cpu_seconds())
+        .map(|(before, after)| after - before);
     let client_peak_rss_mb = peak_rss_mb();
     drop(dispatcher);
     let mut records = Vec::new();
@@ -337,6 +358,7 @@ async fn measure_level(
             sim_cpu_s,
             wall_s,
             cores,
+            stolen_cpu_s,
         },
         client_peak_rss_mb,
     ))
@@ -360,6 +382,7 @@ struct CpuFigures {
     sim_cpu_s: f64,
     wall_s: f64,
     cores: usize,
+    stolen_cpu_s: Option<f64>,
 }
 
 fn compare_with_truth(
@@ -412,6 +435,7 @@ fn compare_with_truth(
         client_peak_rss_mb,
         machine_busy: (cpu.client_cpu_s + cpu.sim_cpu_s)
             / (cpu.wall_s * cpu.cores as f64).max(1e-9),
+        stolen_cpu_s: cpu.stolen_cpu_s,
     }
 }
 
@@ -448,6 +472,32 @@ fn cpu_seconds() -> f64 {
     secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
+/// CPU seconds stolen from all of this machine's cores so far: the `steal`
+/// column of `/proc/stat` (time a virtual machine's CPUs wanted to run while the
+/// hypervisor ran something else). `None` off Linux or on kernels without it.
+fn stolen_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stolen_from_stat(&stat, clock_ticks_per_second())
+}
+
+fn stolen_from_stat(stat: &str, ticks_per_s: f64) -> Option<f64> {
+    // "cpu  user nice system idle iowait irq softirq steal ...", in clock ticks.
+    let ticks = stat
+        .lines()
+        .find_map(|line| line.strip_prefix("cpu "))?
+        .split_whitespace()
+        .nth(7)?
+        .parse::<f64>()
+        .ok()?;
+    Some(ticks / ticks_per_s)
+}
+
+/// Clock ticks per second of `/proc` CPU times.
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
 /// Resets the kernel's peak-RSS mark so each level reports its own peak.
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
@@ -480,6 +530,15 @@ mod tests {
     }
 
     #[test]
+    fn stolen_time_is_the_eighth_figure_of_the_cpu_line() {
+        let stat = "cpu  1450075 67744 300341 1165474 24945 0 36050 10490 0 0\n\
+                    cpu0 725000 33000 150000 582000 12000 0 18000 5245 0 0\n";
+        assert_eq!(stolen_from_stat(stat, 100.0), Some(104.9));
+        assert_eq!(stolen_from_stat("cpu  1 2 3 4\n", 100.0), None);
+        assert_eq!(stolen_from_stat("intr 5\n", 100.0), None);
+    }
+
+    #[test]
     fn targets_depend_on_the_level() {
         let figures = |concurrency, p50| LevelFigures {
             concurrency,
@@ -494,6 +553,7 @@ mod tests {
             wall_s: 2.0,
             client_peak_rss_mb: 40.0,
             machine_busy: 0.25,
+            stolen_cpu_s: Some(0.0),
         };
         assert!(figures(200, 1.5).missed_targets().is_empty());
         assert_eq!(figures(200, 2.5).missed_targets().len(), 1);
