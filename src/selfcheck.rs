@@ -201,7 +201,7 @@ pub async fn selfcheck(args: SelfcheckArgs, client_threads: usize) -> anyhow::Re
     if !stolen.is_empty() {
         print(&format!(
             "the hypervisor took CPU time from this machine during level(s) {} (stolen ms): \
-             whatever ran on a core then stopped, and the errors there include it\n",
+             whatever ran on a core then stopped, and the errors there may include it\n",
             stolen.join(", ")
         ));
     }

@@ -2,12 +2,13 @@
 //! keep-alive connection to itself; the response head is parsed with
 //! `httparse` and the body's framing (chunked, `Content-Length` or until close)
 //! is undone here, on the task that stamps the instants, so a streamed chunk
-//! costs one wake-up and one `recv` and nothing sits between the socket and
-//! the clock. `https://` servers go through reqwest instead.
+//! costs one wake-up and one `recvmsg`, and each read carries the instant its
+//! bytes reached this machine. `https://` servers go through reqwest instead.
 
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use std::time::Instant;
+
+use super::connection::Connection;
 
 /// Largest response head accepted.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -24,7 +25,7 @@ pub struct Http1Pool {
     /// The request line and the headers every request shares, up to the
     /// per-request ones: `POST /path HTTP/1.1\r\nhost: ...\r\n...`.
     head_prefix: Vec<u8>,
-    idle: Mutex<Vec<TcpStream>>,
+    idle: Mutex<Vec<Connection>>,
 }
 
 /// Why an exchange failed.
@@ -96,45 +97,43 @@ impl Http1Pool {
                 other => return other.map_err(Exchange::into_error),
             }
         }
-        let stream = TcpStream::connect(&self.address)
+        let connection = Connection::connect(&self.address)
             .await
             .map_err(|e| Http1Error::Send(format!("could not connect to {}: {e}", self.address)))?;
-        let _ = stream.set_nodelay(true);
-        self.exchange(stream, &request)
+        self.exchange(connection, &request)
             .await
             .map_err(Exchange::into_error)
     }
 
     /// An idle connection that still looks open.
-    fn take_idle(&self) -> Option<TcpStream> {
+    fn take_idle(&self) -> Option<Connection> {
         let mut idle = self.idle.lock().expect("the pool lock is never poisoned");
-        while let Some(stream) = idle.pop() {
-            // Open and quiet reads as "would block"; closed reads 0 bytes.
-            if matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-            {
-                return Some(stream);
+        while let Some(connection) = idle.pop() {
+            if connection.is_quiet() {
+                return Some(connection);
             }
         }
         None
     }
 
-    fn put_idle(&self, stream: TcpStream) {
+    fn put_idle(&self, connection: Connection) {
         self.idle
             .lock()
             .expect("the pool lock is never poisoned")
-            .push(stream);
+            .push(connection);
     }
 
     async fn exchange(
         self: &Arc<Self>,
-        mut stream: TcpStream,
+        connection: Connection,
         request: &[u8],
     ) -> Result<Http1Response, Exchange> {
-        stream.write_all(request).await.map_err(|e| {
+        connection.write_all(request).await.map_err(|e| {
             Exchange::NothingBack(format!("the connection broke while sending: {e}"))
         })?;
         let mut buffer = vec![0u8; READ_BUFFER_BYTES];
         let mut filled = 0;
+        let mut arrived = Instant::now();
         loop {
             if filled > 0 {
                 let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -154,7 +153,9 @@ impl Http1Pool {
                         return Ok(Http1Response {
                             status,
                             content_type: parsed.content_type,
-                            stream: Some(stream),
+                            head_arrived: arrived,
+                            arrived,
+                            connection: Some(connection),
                             pool: Arc::clone(self),
                             buffer,
                             start: head_len,
@@ -182,19 +183,22 @@ impl Http1Pool {
                 }
                 buffer.resize(buffer.len() * 2, 0);
             }
-            match stream.read(&mut buffer[filled..]).await {
-                Ok(0) if filled == 0 => {
+            match connection.read(&mut buffer[filled..]).await {
+                Ok((0, _)) if filled == 0 => {
                     return Err(Exchange::NothingBack(
                         "the server closed the connection without answering".into(),
                     ))
                 }
-                Ok(0) => {
+                Ok((0, _)) => {
                     return Err(Exchange::Failed(Http1Error::Send(
                         "the server closed the connection in the middle of the response head"
                             .into(),
                     )))
                 }
-                Ok(n) => filled += n,
+                Ok((n, at)) => {
+                    filled += n;
+                    arrived = at;
+                }
                 Err(e) if filled == 0 => {
                     return Err(Exchange::NothingBack(format!(
                         "the connection broke before the response: {e}"
@@ -312,7 +316,11 @@ enum ChunkState {
 pub struct Http1Response {
     pub status: u16,
     pub content_type: Option<String>,
-    stream: Option<TcpStream>,
+    /// When the last bytes of the response head reached this machine.
+    pub head_arrived: Instant,
+    /// When the bytes of the latest read reached this machine.
+    arrived: Instant,
+    connection: Option<Connection>,
     pool: Arc<Http1Pool>,
     buffer: Vec<u8>,
     /// Bytes `start..end` of `buffer` are read but not yet decoded.
@@ -324,16 +332,17 @@ pub struct Http1Response {
 }
 
 impl Http1Response {
-    /// The body bytes that are in, as soon as there are any; `None` at the
-    /// end of the body (the connection then goes back to the pool).
-    pub async fn chunk(&mut self) -> Result<Option<&[u8]>, Http1Error> {
+    /// The body bytes that are in, as soon as there are any, with the instant
+    /// they reached this machine; `None` at the end of the body (the
+    /// connection then goes back to the pool).
+    pub async fn chunk(&mut self) -> Result<Option<(&[u8], Instant)>, Http1Error> {
         loop {
             self.decoded.clear();
             self.start += self
                 .body
                 .decode(&self.buffer[self.start..self.end], &mut self.decoded)?;
             if !self.decoded.is_empty() {
-                return Ok(Some(&self.decoded));
+                return Ok(Some((&self.decoded, self.arrived)));
             }
             if self.body.is_done() {
                 self.release();
@@ -351,14 +360,15 @@ impl Http1Response {
             self.buffer.copy_within(self.start..self.end, 0);
             (self.start, self.end) = (0, self.end - self.start);
         }
-        let stream = self
-            .stream
-            .as_mut()
+        let connection = self
+            .connection
+            .as_ref()
             .expect("a response being read has its connection");
-        match stream.read(&mut self.buffer[self.end..]).await {
-            Ok(0) => self.body.end_of_input(),
-            Ok(n) => {
+        match connection.read(&mut self.buffer[self.end..]).await {
+            Ok((0, _)) => self.body.end_of_input(),
+            Ok((n, arrived)) => {
                 self.end += n;
+                self.arrived = arrived;
                 Ok(())
             }
             Err(e) => Err(Http1Error::Send(e.to_string())),
@@ -367,9 +377,9 @@ impl Http1Response {
 
     /// Hands a cleanly finished keep-alive connection back to the pool.
     fn release(&mut self) {
-        if let Some(stream) = self.stream.take() {
+        if let Some(connection) = self.connection.take() {
             if self.keep_alive && self.start == self.end {
-                self.pool.put_idle(stream);
+                self.pool.put_idle(connection);
             }
         }
     }
@@ -493,7 +503,8 @@ fn chunk_size(line: &[u8]) -> Result<u64, Http1Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::TcpListener;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
 
     /// A chunked body with extensions and trailers, and what it decodes to.
     const CHUNKED: &[u8] =
@@ -633,7 +644,7 @@ mod tests {
 
     async fn body_of(response: &mut Http1Response) -> Vec<u8> {
         let mut body = Vec::new();
-        while let Some(bytes) = response.chunk().await.unwrap() {
+        while let Some((bytes, _)) = response.chunk().await.unwrap() {
             body.extend_from_slice(bytes);
         }
         body

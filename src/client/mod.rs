@@ -6,6 +6,7 @@
 //! `https://` ones through reqwest.
 
 pub mod chunk;
+mod connection;
 mod http1;
 pub mod sse;
 pub mod traceparent;
@@ -117,14 +118,23 @@ impl Response {
         }
     }
 
-    /// The body bytes that are in; `None` at its end.
-    async fn chunk(&mut self) -> Result<Option<&[u8]>, String> {
+    /// When the response head reached this machine, where the transport knows.
+    fn head_arrived(&self) -> Option<Instant> {
+        match self {
+            Response::Plain(response) => Some(response.head_arrived),
+            Response::Tls { .. } => None,
+        }
+    }
+
+    /// The body bytes that are in and the instant they reached this machine
+    /// (for TLS, the instant they were read); `None` at the body's end.
+    async fn chunk(&mut self) -> Result<Option<(&[u8], Instant)>, String> {
         match self {
             Response::Plain(response) => response.chunk().await.map_err(|e| e.to_string()),
             Response::Tls { response, last } => match response.chunk().await {
                 Ok(Some(bytes)) => {
                     *last = bytes;
-                    Ok(Some(last))
+                    Ok(Some((last, Instant::now())))
                 }
                 Ok(None) => Ok(None),
                 Err(e) => Err(error_chain(&e)),
@@ -271,7 +281,7 @@ impl Client {
         let mut response = tokio::time::timeout_at(first_byte_deadline, self.send(request, trace))
             .await
             .map_err(|_| self.first_byte_timeout())??;
-        progress.headers = Some(Instant::now());
+        progress.headers = Some(response.head_arrived().unwrap_or_else(Instant::now));
         let status = response.status();
         progress.status = Some(status);
         if !(200..300).contains(&status) {
@@ -301,8 +311,8 @@ impl Client {
             } else {
                 response.chunk().await
             };
-            let bytes = match next {
-                Ok(Some(bytes)) => bytes,
+            let (bytes, arrived) = match next {
+                Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
                 Err(e) => {
                     return Err(stream_error(format!(
@@ -310,7 +320,6 @@ impl Client {
                     )))
                 }
             };
-            let arrived = Instant::now();
             progress.first_byte.get_or_insert(arrived);
             if self.options.stream {
                 reader.feed_stream(bytes, arrived, progress)?;
@@ -715,7 +724,7 @@ async fn http_status_error(response: &mut Response) -> RequestError {
 async fn read_excerpt(response: &mut Response) -> String {
     let mut body = Vec::new();
     let read = async {
-        while let Ok(Some(bytes)) = response.chunk().await {
+        while let Ok(Some((bytes, _))) = response.chunk().await {
             body.extend_from_slice(bytes);
             if body.len() >= BODY_EXCERPT_BYTES {
                 break;
