@@ -5,7 +5,7 @@
 
 use std::io::{self, Write as _};
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 
@@ -56,7 +56,8 @@ impl Connection {
             match receive(self.socket.as_raw_fd(), buffer) {
                 Ok((read, stamp)) => {
                     let now = Instant::now();
-                    let arrived = stamp.and_then(|stamp| arrival(now, SystemTime::now(), stamp));
+                    let arrived =
+                        stamp.and_then(|stamp| arrival(now, crate::units::unix_now_ns(), stamp));
                     if read > 0 && read < buffer.len() {
                         // The socket is drained: wait for the next readiness
                         // event instead of trying a read that would block.
@@ -101,8 +102,8 @@ fn enable_receive_timestamps(fd: RawFd) {
 }
 
 /// One `recvmsg`: the bytes read and the kernel's receive timestamp of the
-/// last of them, when it sent one.
-fn receive(fd: RawFd, buffer: &mut [u8]) -> io::Result<(usize, Option<SystemTime>)> {
+/// last of them (Unix nanoseconds), when it sent one.
+fn receive(fd: RawFd, buffer: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
     let mut iov = libc::iovec {
         iov_base: buffer.as_mut_ptr().cast(),
         iov_len: buffer.len(),
@@ -124,8 +125,9 @@ fn receive(fd: RawFd, buffer: &mut [u8]) -> io::Result<(usize, Option<SystemTime
     Ok((read as usize, timestamp_of(&message)))
 }
 
-/// The `SCM_TIMESTAMPNS` control message of a received message, if any.
-fn timestamp_of(message: &libc::msghdr) -> Option<SystemTime> {
+/// The `SCM_TIMESTAMPNS` control message of a received message, in Unix
+/// nanoseconds, if any.
+fn timestamp_of(message: &libc::msghdr) -> Option<u64> {
     #[cfg(target_os = "linux")]
     // SAFETY: the CMSG macros walk the control buffer the kernel filled, within
     // the length it set; the timestamp is read unaligned from inside it.
@@ -137,8 +139,9 @@ fn timestamp_of(message: &libc::msghdr) -> Option<SystemTime> {
             {
                 let stamp: libc::timespec =
                     std::ptr::read_unaligned(libc::CMSG_DATA(header).cast());
-                let nanos = u32::try_from(stamp.tv_nsec).ok()?;
-                return Some(UNIX_EPOCH + Duration::new(u64::try_from(stamp.tv_sec).ok()?, nanos));
+                let seconds = u64::try_from(stamp.tv_sec).ok()?;
+                let nanos = u64::try_from(stamp.tv_nsec).ok()?;
+                return Some(seconds * 1_000_000_000 + nanos);
             }
             header = libc::CMSG_NXTHDR(message, header);
         }
@@ -148,10 +151,10 @@ fn timestamp_of(message: &libc::msghdr) -> Option<SystemTime> {
     None
 }
 
-/// The monotonic instant of a wall-clock receive `stamp`, given the monotonic
-/// and wall-clock readings of one moment after it.
-fn arrival(now: Instant, wall_now: SystemTime, stamp: SystemTime) -> Option<Instant> {
-    let age = wall_now.duration_since(stamp).ok()?;
+/// The monotonic instant of a wall-clock receive `stamp_ns`, given the
+/// monotonic and wall-clock (`now_unix_ns`) readings of one moment after it.
+fn arrival(now: Instant, now_unix_ns: u64, stamp_ns: u64) -> Option<Instant> {
+    let age = Duration::from_nanos(now_unix_ns.checked_sub(stamp_ns)?);
     if age > MAX_BELIEVED_AGE {
         return None;
     }
@@ -162,27 +165,33 @@ fn arrival(now: Instant, wall_now: SystemTime, stamp: SystemTime) -> Option<Inst
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// A listener on a free loopback port, and its address.
+    async fn listen() -> (TcpListener, String) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        (listener, address)
+    }
 
     #[test]
     fn arrival_moves_back_by_the_stamps_age() {
         let now = Instant::now();
-        let wall = SystemTime::now();
-        let stamp = wall - Duration::from_millis(30);
+        let wall = crate::units::unix_now_ns();
+        let ms = 1_000_000;
+        let stamp = wall - 30 * ms;
         assert_eq!(
             arrival(now, wall, stamp),
             Some(now - Duration::from_millis(30))
         );
         // A stamp from the future or from long ago means the wall clock moved.
-        assert_eq!(arrival(now, wall, wall + Duration::from_millis(1)), None);
-        assert_eq!(arrival(now, wall, wall - Duration::from_secs(60)), None);
+        assert_eq!(arrival(now, wall, wall + ms), None);
+        assert_eq!(arrival(now, wall, wall - 60_000 * ms), None);
     }
 
     #[tokio::test]
     async fn bytes_read_late_keep_the_instant_they_arrived() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let address = listener.local_addr().expect("address").to_string();
+        let (listener, address) = listen().await;
         let (written_tx, written_rx) = tokio::sync::oneshot::channel();
         let server = tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.expect("accept");
@@ -214,10 +223,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_connection_is_not_quiet() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let address = listener.local_addr().expect("address").to_string();
+        let (listener, address) = listen().await;
         let connection = Connection::connect(&address).await.expect("connect");
         let (socket, _) = listener.accept().await.expect("accept");
         assert!(connection.is_quiet());

@@ -153,7 +153,6 @@ impl Http1Pool {
                         return Ok(Http1Response {
                             status,
                             content_type: parsed.content_type,
-                            head_arrived: arrived,
                             arrived,
                             connection: Some(connection),
                             pool: Arc::clone(self),
@@ -316,8 +315,6 @@ enum ChunkState {
 pub struct Http1Response {
     pub status: u16,
     pub content_type: Option<String>,
-    /// When the last bytes of the response head reached this machine.
-    pub head_arrived: Instant,
     /// When the bytes of the latest read reached this machine.
     arrived: Instant,
     connection: Option<Connection>,
@@ -332,6 +329,12 @@ pub struct Http1Response {
 }
 
 impl Http1Response {
+    /// When the bytes of the latest read reached this machine: until the body
+    /// is read, those that completed the response head.
+    pub fn arrived(&self) -> Instant {
+        self.arrived
+    }
+
     /// The body bytes that are in, as soon as there are any, with the instant
     /// they reached this machine; `None` at the end of the body (the
     /// connection then goes back to the pool).

@@ -96,6 +96,8 @@ enum Response {
     Plain(Http1Response),
     Tls {
         response: reqwest::Response,
+        /// When reqwest handed over the head.
+        head_read: Instant,
         last: Bytes,
     },
 }
@@ -118,11 +120,11 @@ impl Response {
         }
     }
 
-    /// When the response head reached this machine, where the transport knows.
-    fn head_arrived(&self) -> Option<Instant> {
+    /// When the response head reached this machine (for TLS, when it was read).
+    fn head_arrived(&self) -> Instant {
         match self {
-            Response::Plain(response) => Some(response.head_arrived),
-            Response::Tls { .. } => None,
+            Response::Plain(response) => response.arrived(),
+            Response::Tls { head_read, .. } => *head_read,
         }
     }
 
@@ -131,7 +133,7 @@ impl Response {
     async fn chunk(&mut self) -> Result<Option<(&[u8], Instant)>, String> {
         match self {
             Response::Plain(response) => response.chunk().await.map_err(|e| e.to_string()),
-            Response::Tls { response, last } => match response.chunk().await {
+            Response::Tls { response, last, .. } => match response.chunk().await {
                 Ok(Some(bytes)) => {
                     *last = bytes;
                     Ok(Some((last, Instant::now())))
@@ -281,7 +283,7 @@ impl Client {
         let mut response = tokio::time::timeout_at(first_byte_deadline, self.send(request, trace))
             .await
             .map_err(|_| self.first_byte_timeout())??;
-        progress.headers = Some(response.head_arrived().unwrap_or_else(Instant::now));
+        progress.headers = Some(response.head_arrived());
         let status = response.status();
         progress.status = Some(status);
         if !(200..300).contains(&status) {
@@ -382,6 +384,7 @@ impl Client {
                     .map_err(|e| send_error(error_chain(&e)))?;
                 Ok(Response::Tls {
                     response,
+                    head_read: Instant::now(),
                     last: Bytes::new(),
                 })
             }
