@@ -44,6 +44,11 @@ pub struct LevelFigures {
     pub ttft_error_p50_ms: f64,
     pub ttft_error_p99_ms: f64,
     pub itl_error_p99_ms: f64,
+    /// Share of token-chunk gaps (0 to 1) the client read as none at all, one
+    /// chunk in the same read as the one before, although the simulator wrote
+    /// them at least half a token interval apart: the client was a whole
+    /// token interval behind on that stream.
+    pub merged_chunk_share: f64,
     /// Most streams the simulator had open at once.
     pub streams_in_flight: usize,
     pub client_cpu_s: f64,
@@ -104,8 +109,11 @@ impl LevelFigures {
     }
 }
 
-/// Above this share of all cores busy, a level's errors are mostly the machine's queueing.
+/// Above this share of all cores busy, client and simulator crowd each other.
 const SATURATED: f64 = 0.8;
+/// From this share of merged chunks on, the two gaps each one throws off make
+/// up 1% of all gaps: enough to set the ITL p99 error.
+const MERGED_SETS_THE_TAIL: f64 = 0.005;
 
 /// The client's default worker threads: half the cores, the simulator gets the rest.
 pub fn client_threads() -> usize {
@@ -132,12 +140,13 @@ pub async fn selfcheck(args: SelfcheckArgs, client_threads: usize) -> anyhow::Re
         args.tokens
     ));
     print(&format!(
-        "{:>6} {:>7} {:>14} {:>14} {:>14} {:>10} {:>9} {:>9} {:>8} {:>9} {:>6} {:>9}  verdict\n",
+        "{:>6} {:>7} {:>14} {:>14} {:>14} {:>7} {:>10} {:>9} {:>9} {:>8} {:>9} {:>6} {:>9}  verdict\n",
         "conc",
         "reqs",
         "TTFT p50 err",
         "TTFT p99 err",
         "ITL p99 err",
+        "merged",
         "in flight",
         "CPU s",
         "CPU/core",
@@ -153,12 +162,13 @@ pub async fn selfcheck(args: SelfcheckArgs, client_threads: usize) -> anyhow::Re
         let missed = level_figures.missed_targets();
         all_met &= missed.is_empty();
         print(&format!(
-            "{:>6} {:>7} {:>11.2} ms {:>11.2} ms {:>11.2} ms {:>10} {:>9.2} {:>8.0}% {:>8.1} {:>9.2} {:>5.0}% {:>9}  {}\n",
+            "{:>6} {:>7} {:>11.2} ms {:>11.2} ms {:>11.2} ms {:>6.2}% {:>10} {:>9.2} {:>8.0}% {:>8.1} {:>9.2} {:>5.0}% {:>9}  {}\n",
             level_figures.concurrency,
             level_figures.requests,
             level_figures.ttft_error_p50_ms,
             level_figures.ttft_error_p99_ms,
             level_figures.itl_error_p99_ms,
+            100.0 * level_figures.merged_chunk_share,
             level_figures.streams_in_flight,
             level_figures.client_cpu_s,
             100.0 * level_figures.client_cpu_s / level_figures.wall_s.max(1e-9),
@@ -187,10 +197,25 @@ pub async fn selfcheck(args: SelfcheckArgs, client_threads: usize) -> anyhow::Re
     );
     if let Some(level) = figures.iter().find(|f| f.machine_busy >= SATURATED) {
         print(&format!(
-            "from {} streams on, the machine was {:.0}% busy or more: the errors there include \
-             queueing for its cores, which a client on its own machine does not see\n",
+            "from {} streams on, client and simulator kept the machine {:.0}% busy or more: a \
+             client with a machine to itself has more room\n",
             level.concurrency,
             100.0 * SATURATED
+        ));
+    }
+    let merged: Vec<String> = figures
+        .iter()
+        .filter(|f| f.merged_chunk_share >= MERGED_SETS_THE_TAIL)
+        .map(|f| format!("{:.1}% at {}", 100.0 * f.merged_chunk_share, f.concurrency))
+        .collect();
+    if !merged.is_empty() {
+        print(&format!(
+            "merged: token chunks read in one read with the chunk before ({}): the client was a \
+             whole token interval behind on those streams. The kernel gives a read the arrival \
+             instant of its last bytes only (it merges segments waiting in a socket), so such a \
+             chunk takes the next one's instant and two gaps read one interval off: that sets \
+             the ITL p99 error there\n",
+            merged.join(", ")
         ));
     }
     let stolen: Vec<String> = figures
@@ -353,6 +378,7 @@ async fn measure_level(
         level,
         &records,
         &truth,
+        args.itl,
         CpuFigures {
             client_cpu_s,
             sim_cpu_s,
@@ -389,11 +415,13 @@ fn compare_with_truth(
     level: usize,
     records: &[RequestRecord],
     truth: &HashMap<String, Truth>,
+    itl: Duration,
     cpu: CpuFigures,
     client_peak_rss_mb: f64,
 ) -> LevelFigures {
     let mut ttft_errors = Vec::new();
     let mut itl_errors = Vec::new();
+    let mut merged = 0;
     for record in records.iter().filter(|r| r.ok()) {
         let (Some(truth), Some(first_token)) = (
             truth.get(&record.request_id),
@@ -407,18 +435,18 @@ fn compare_with_truth(
         let client_first =
             record.sent_unix_ns as f64 + (first_token - record.instants_ns.sent) as f64;
         ttft_errors.push((client_first - first_write as f64) / 1e6);
-        let true_gaps = truth
-            .chunk_write_unix_ns
-            .windows(2)
-            .map(|w| (w[1] - w[0]) as f64 / 1e6);
-        for (seen, real) in record.itl_chunk_ms.iter().zip(true_gaps) {
-            itl_errors.push((seen - real).abs());
-        }
+        merged += compare_gaps(
+            &record.itl_chunk_ms,
+            &truth.chunk_write_unix_ns,
+            itl.as_secs_f64() * 1e3,
+            &mut itl_errors,
+        );
     }
     let sorted = |mut v: Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));
         v
     };
+    let merged_chunk_share = merged as f64 / itl_errors.len().max(1) as f64;
     let ttft_errors = sorted(ttft_errors);
     let itl_errors = sorted(itl_errors);
     LevelFigures {
@@ -428,6 +456,7 @@ fn compare_with_truth(
         ttft_error_p50_ms: percentile_of_sorted(&ttft_errors, 50.0),
         ttft_error_p99_ms: percentile_of_sorted(&ttft_errors, 99.0),
         itl_error_p99_ms: percentile_of_sorted(&itl_errors, 99.0),
+        merged_chunk_share,
         streams_in_flight: max_overlap(truth.values()),
         client_cpu_s: cpu.client_cpu_s,
         sim_cpu_s: cpu.sim_cpu_s,
@@ -437,6 +466,29 @@ fn compare_with_truth(
             / (cpu.wall_s * cpu.cores as f64).max(1e-9),
         stolen_cpu_s: cpu.stolen_cpu_s,
     }
+}
+
+/// Compares one request's chunk gaps as the client saw them (`seen_ms`) with
+/// the simulator's write instants: pushes each gap's absolute error (ms) to
+/// `errors` and returns how many gaps the client saw as none although the
+/// simulator wrote them at least half of `itl_ms` apart (merged chunks).
+fn compare_gaps(
+    seen_ms: &[f64],
+    writes_unix_ns: &[u64],
+    itl_ms: f64,
+    errors: &mut Vec<f64>,
+) -> usize {
+    let mut merged = 0;
+    let real_gaps = writes_unix_ns
+        .windows(2)
+        .map(|w| (w[1] - w[0]) as f64 / 1e6);
+    for (seen, real) in seen_ms.iter().zip(real_gaps) {
+        errors.push((seen - real).abs());
+        if *seen < 1e-6 && real >= itl_ms / 2.0 {
+            merged += 1;
+        }
+    }
+    merged
 }
 
 /// Most intervals [arrival, last write] open at one instant.
@@ -539,6 +591,23 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_read_with_the_next_one_throws_off_two_gaps_and_counts_as_merged() {
+        let ms = 1_000_000;
+        // Written every 10 ms; the client read the third chunk together with the
+        // fourth, so it saw the third one 10 ms late and no gap after it.
+        let writes = [0, 10 * ms, 20 * ms, 30 * ms, 40 * ms];
+        let mut errors = Vec::new();
+        let merged = compare_gaps(&[10.0, 20.0, 0.0, 10.0], &writes, 10.0, &mut errors);
+        assert_eq!(merged, 1);
+        assert_eq!(errors, [0.0, 10.0, 10.0, 0.0]);
+        // Two chunks the simulator itself wrote together are not the client's doing.
+        let writes = [0, 10 * ms, 10 * ms + ms / 10];
+        errors.clear();
+        assert_eq!(compare_gaps(&[10.0, 0.0], &writes, 10.0, &mut errors), 0);
+        assert!((errors[1] - 0.1).abs() < 1e-9);
+    }
+
+    #[test]
     fn targets_depend_on_the_level() {
         let figures = |concurrency, p50| LevelFigures {
             concurrency,
@@ -547,6 +616,7 @@ mod tests {
             ttft_error_p50_ms: p50,
             ttft_error_p99_ms: 4.0,
             itl_error_p99_ms: 1.0,
+            merged_chunk_share: 0.0,
             streams_in_flight: concurrency,
             client_cpu_s: 1.0,
             sim_cpu_s: 1.0,

@@ -418,6 +418,10 @@ fn selfcheck_measures_each_level_against_the_simulators_truth() {
         // Client arrival can never precede the simulator's write by more than clock noise.
         assert!(number("ttft_error_p50_ms") > -1.0, "{figure}");
         assert!(number("itl_error_p99_ms") >= 0.0, "{figure}");
+        assert!(
+            (0.0..=1.0).contains(&number("merged_chunk_share")),
+            "{figure}"
+        );
         assert!(number("client_cpu_s") > 0.0, "{figure}");
         assert!(number("sim_cpu_s") >= 0.0, "{figure}");
         let busy = number("machine_busy");
