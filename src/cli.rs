@@ -13,20 +13,16 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Async runtime worker threads. Default: one per core; `selfcheck` gives
-    /// half the cores to the client and the rest to its simulator.
+    /// Async runtime worker threads. Default: one per core (`selfcheck`'s
+    /// simulator gets half as many, in its own process).
     #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
 }
 
 impl Cli {
-    /// The runtime's worker threads: `--threads`, or the command's own default.
+    /// The runtime's worker threads: `--threads`, or one per core.
     pub fn worker_threads(&self) -> usize {
-        match (self.threads, &self.command) {
-            (Some(n), _) => n.into(),
-            (None, Command::Selfcheck(_)) => crate::selfcheck::client_threads(),
-            (None, _) => cores(),
-        }
+        self.threads.map_or_else(cores, usize::from)
     }
 }
 

@@ -3,9 +3,10 @@
 //! the instant it wrote every chunk), drives it at rising concurrency through
 //! the real client and dispatch loop, and reports per level the client's TTFT
 //! and per-chunk ITL error against those write instants, the streams really in
-//! flight, client CPU seconds and peak RSS, against the targets. The two
-//! processes split the cores, and each level reports how busy the machine
-//! was, since errors on a saturated machine measure the machine.
+//! flight, client CPU seconds and peak RSS, against the targets. The client
+//! has the workers `run` would give it and the simulator half the cores; each
+//! level reports how busy the machine was, since errors on a saturated machine
+//! measure the machine.
 
 use crate::analysis::stats::percentile_of_sorted;
 use crate::cli::SelfcheckArgs;
@@ -115,11 +116,6 @@ const SATURATED: f64 = 0.8;
 /// up 1% of all gaps: enough to set the ITL p99 error.
 const MERGED_SETS_THE_TAIL: f64 = 0.005;
 
-/// The client's default worker threads: half the cores, the simulator gets the rest.
-pub fn client_threads() -> usize {
-    (crate::cli::cores() / 2).max(1)
-}
-
 /// Runs the self-check with the client on `client_threads` workers; exit code
 /// 0 when every level meets its targets, else 1.
 pub async fn selfcheck(args: SelfcheckArgs, client_threads: usize) -> anyhow::Result<i32> {
@@ -128,7 +124,8 @@ pub async fn selfcheck(args: SelfcheckArgs, client_threads: usize) -> anyhow::Re
         .tempdir()?;
     let truth_path = scratch.path().join("truth.jsonl");
     let cores = crate::cli::cores();
-    let sim_threads = cores.saturating_sub(client_threads).max(1);
+    // The client has the workers `run` would give it; the simulator half the cores.
+    let sim_threads = (cores / 2).max(1);
     let mut sim = SimProcess::start(&args, &truth_path, sim_threads)?;
     print(&format!(
         "selfcheck: simulator pid {} at {} (TTFT {}, ITL {}, {} tokens; worker threads: \
