@@ -17,6 +17,12 @@ pub struct Cli {
     /// simulator gets half as many, in its own process).
     #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
+    /// How long a worker thread that runs out of work keeps yielding its core
+    /// before it sleeps (`0s`: sleep at once). Waking a sleeping core can take
+    /// milliseconds on a virtual machine; a worker that stays awake reads each
+    /// chunk before the next one comes. `selfcheck` gives its simulator the same.
+    #[arg(long, global = true, default_value = "50us", value_parser = crate::units::parse_duration)]
+    pub idle_spin: std::time::Duration,
 }
 
 impl Cli {

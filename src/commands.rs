@@ -15,11 +15,12 @@ use std::path::Path;
 pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     raise_open_file_limit();
     let threads = cli.worker_threads();
+    let idle_spin = cli.idle_spin;
     match cli.command {
         Command::Run(args) => run(*args).await,
         Command::Demo(args) => demo(args).await,
         Command::Sim(args) => crate::sim::run_until_ctrl_c(*args).await.map(|()| 0),
-        Command::Selfcheck(args) => crate::selfcheck::selfcheck(args, threads).await,
+        Command::Selfcheck(args) => crate::selfcheck::selfcheck(args, threads, idle_spin).await,
         Command::Collect(args) => crate::trace::collect_until_ctrl_c(&args.trace, &args.out)
             .await
             .map(|()| 0),

@@ -17,6 +17,7 @@ pub mod dispatch;
 pub mod record;
 pub mod report;
 pub mod run;
+pub mod runtime;
 pub mod schedule;
 pub mod selfcheck;
 pub mod sim;

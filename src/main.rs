@@ -6,11 +6,7 @@ use clap::Parser;
 
 fn main() {
     let cli = tracebench::cli::Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cli.worker_threads())
-        .enable_all()
-        .build()
-    {
+    let runtime = match tracebench::runtime::build(cli.worker_threads(), cli.idle_spin) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -116,9 +116,14 @@ const SATURATED: f64 = 0.8;
 /// up 1% of all gaps: enough to set the ITL p99 error.
 const MERGED_SETS_THE_TAIL: f64 = 0.005;
 
-/// Runs the self-check with the client on `client_threads` workers; exit code
+/// Runs the self-check with the client on `client_threads` workers that yield
+/// for `idle_spin` before they sleep (the simulator's workers too); exit code
 /// 0 when every level meets its targets, else 1.
-pub async fn selfcheck(args: SelfcheckArgs, client_threads: usize) -> anyhow::Result<i32> {
+pub async fn selfcheck(
+    args: SelfcheckArgs,
+    client_threads: usize,
+    idle_spin: Duration,
+) -> anyhow::Result<i32> {
     let scratch = tempfile::Builder::new()
         .prefix("tracebench-selfcheck")
         .tempdir()?;
@@ -126,15 +131,17 @@ pub async fn selfcheck(args: SelfcheckArgs, client_threads: usize) -> anyhow::Re
     let cores = crate::cli::cores();
     // The client has the workers `run` would give it; the simulator half the cores.
     let sim_threads = (cores / 2).max(1);
-    let mut sim = SimProcess::start(&args, &truth_path, sim_threads)?;
+    let mut sim = SimProcess::start(&args, &truth_path, sim_threads, idle_spin)?;
     print(&format!(
         "selfcheck: simulator pid {} at {} (TTFT {}, ITL {}, {} tokens; worker threads: \
-         {sim_threads}), client in this process (worker threads: {client_threads}), {cores} cores\n",
+         {sim_threads}), client in this process (worker threads: {client_threads}), {cores} cores, \
+         idle spin {}\n",
         sim.child.id(),
         sim.url,
         humantime::format_duration(args.ttft),
         humantime::format_duration(args.itl),
-        args.tokens
+        args.tokens,
+        humantime::format_duration(idle_spin)
     ));
     print(&format!(
         "{:>6} {:>7} {:>14} {:>14} {:>14} {:>7} {:>10} {:>9} {:>9} {:>8} {:>9} {:>6} {:>9}  verdict\n",
@@ -237,12 +244,19 @@ struct SimProcess {
 }
 
 impl SimProcess {
-    fn start(args: &SelfcheckArgs, truth: &Path, threads: usize) -> anyhow::Result<Self> {
+    fn start(
+        args: &SelfcheckArgs,
+        truth: &Path,
+        threads: usize,
+        idle_spin: Duration,
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find the tracebench executable")?;
         let mut child = Command::new(exe)
             .args(["sim", "--port", "0", "--max-num-seqs", "100000"])
             .arg("--threads")
             .arg(threads.to_string())
+            .arg("--idle-spin")
+            .arg(humantime::format_duration(idle_spin).to_string())
             .arg("--ttft-ms")
             .arg(format!("{}", args.ttft.as_secs_f64() * 1e3))
             .arg("--itl-ms")
