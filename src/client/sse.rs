@@ -106,7 +106,7 @@ impl SseFramer {
         if line[0] == b':' {
             return Ok(());
         }
-        let (field, value) = match line.iter().position(|b| *b == b':') {
+        let (field, value) = match memchr::memchr(b':', line) {
             Some(colon) => {
                 let value = &line[colon + 1..];
                 (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
@@ -145,7 +145,7 @@ impl SseFramer {
 /// Finds the first line terminator: `(end of line, start of next line)`.
 /// A `\r` as the very last byte waits for the next read (it may be a `\r\n`).
 fn find_line_end(bytes: &[u8]) -> Option<(usize, usize)> {
-    let at = bytes.iter().position(|b| *b == b'\n' || *b == b'\r')?;
+    let at = memchr::memchr2(b'\n', b'\r', bytes)?;
     if bytes[at] == b'\n' {
         return Some((at, at + 1));
     }
