@@ -5,6 +5,7 @@ use crate::record::Endpoint;
 use crate::schedule::Arrival;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Benchmark OpenAI-compatible LLM servers and learn, request by request,
 /// where the time goes: client latency joined with the server's own spans.
@@ -68,13 +69,13 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// Base URL of the server (OpenAI-compatible API under /v1).
-    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    #[arg(long, env = "TRACEBENCH_URL", default_value = "http://127.0.0.1:8000")]
     pub url: String,
     /// Which API to call.
     #[arg(long, value_enum, default_value_t = Endpoint::Chat)]
     pub endpoint: Endpoint,
     /// Model name; defaults to the first model of GET /v1/models.
-    #[arg(long)]
+    #[arg(long, env = "TRACEBENCH_MODEL")]
     pub model: Option<String>,
     /// Bearer token; never written to any output.
     #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
@@ -146,7 +147,7 @@ pub struct RunArgs {
     pub dataset: Option<PathBuf>,
 
     /// Folder for results; each run gets a subfolder.
-    #[arg(long, default_value = "results")]
+    #[arg(long, env = "TRACEBENCH_OUT", default_value = "results")]
     pub out: PathBuf,
     /// Name of the run's folder (default: a timestamp and a random suffix).
     #[arg(long)]
@@ -170,7 +171,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_tui: bool,
     /// The SQLite history database.
-    #[arg(long, default_value = "results/tracebench.db")]
+    #[arg(long, env = "TRACEBENCH_DB", default_value = "results/tracebench.db")]
     pub db: PathBuf,
     /// Do not record the run in the history database.
     #[arg(long)]
@@ -178,7 +179,36 @@ pub struct RunArgs {
     #[command(flatten)]
     pub trace: crate::trace::TraceArgs,
     #[command(flatten)]
-    pub telemetry: crate::telemetry::TelemetryArgs,
+    pub telemetry: TelemetryArgs,
+}
+
+/// Telemetry flags of `tracebench run`.
+#[derive(Args, Debug, Clone)]
+pub struct TelemetryArgs {
+    /// GPU telemetry source, repeatable: `auto` (NVML when a driver is present), `nvml`, `off`,
+    /// or the URL of an NVIDIA DCGM exporter (`http://host:9400/metrics`).
+    #[arg(long = "gpu", value_name = "SOURCE", default_value = "auto")]
+    pub gpu: Vec<String>,
+    /// How often to sample each GPU.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = crate::units::parse_duration)]
+    pub gpu_interval: Duration,
+    /// Engine metrics: `auto` (`<base url>/metrics` when it serves Prometheus text), a URL, or `off`.
+    #[arg(long, value_name = "URL", default_value = "auto")]
+    pub server_metrics: String,
+    /// How often to scrape the engine's metrics.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::units::parse_duration)]
+    pub server_metrics_interval: Duration,
+}
+
+impl Default for TelemetryArgs {
+    fn default() -> Self {
+        Self {
+            gpu: vec!["auto".to_string()],
+            gpu_interval: Duration::from_millis(100),
+            server_metrics: "auto".to_string(),
+            server_metrics_interval: Duration::from_secs(1),
+        }
+    }
 }
 
 /// `tracebench demo`.
@@ -190,11 +220,14 @@ pub struct DemoArgs {
     /// Requests in flight (above the simulator's 16 batch slots, so queueing shows).
     #[arg(long, default_value_t = 24)]
     pub concurrency: usize,
-    #[arg(long, default_value = "results")]
+    /// Folder for results; the run gets a subfolder.
+    #[arg(long, env = "TRACEBENCH_OUT", default_value = "results")]
     pub out: PathBuf,
+    /// No live dashboard: a progress line on stderr instead.
     #[arg(long)]
     pub no_tui: bool,
-    #[arg(long, default_value = "results/tracebench.db")]
+    /// The SQLite history database.
+    #[arg(long, env = "TRACEBENCH_DB", default_value = "results/tracebench.db")]
     pub db: PathBuf,
 }
 

@@ -2,17 +2,20 @@
 //! and maps the returned exit code. Every handler returns the process exit
 //! code (see [`crate::cli::EXIT_CODES`]); errors bubble up as exit code 2.
 
+use crate::analysis::summary::{diagnose_from, SummaryBuilder};
+use crate::analysis::{Slo, Summary};
 use crate::cli::{Cli, Command, CompareArgs, DemoArgs, JoinArgs, ReportArgs, RunArgs, ShowArgs};
-use crate::config::RunConfig;
-use crate::record::read_records;
+use crate::config::{RunConfig, StopAfter};
+use crate::record::records_in;
 use crate::report::console::print;
-use crate::run::{execute, write_outputs, RunOutcome};
+use crate::run::{execute, write_summary, RunOutcome};
+use crate::schedule::Schedule;
+use crate::workload::{Lengths, Source};
 use anyhow::Context;
-use clap::Parser;
 use std::path::Path;
 
 /// Runs a parsed command line; returns the exit code.
-pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+pub async fn run_command(cli: Cli) -> anyhow::Result<i32> {
     raise_open_file_limit();
     let threads = cli.worker_threads();
     let idle_spin = cli.idle_spin;
@@ -105,46 +108,31 @@ async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
         "demo: simulator at {} (16 batch slots), OTLP receiver on 127.0.0.1:{grpc}",
         sim.url()
     );
-    let mut argv: Vec<String> = [
-        "tracebench",
-        "run",
-        "--url",
-        &sim.url(),
-        "--requests",
-        &args.requests.to_string(),
-        "--concurrency",
-        &args.concurrency.to_string(),
-        "--input-tokens",
-        "256:64",
-        "--output-tokens",
-        "64:16",
-        "--ignore-eos",
-        "--slo",
-        "ttft:500ms,tpot:50ms",
-        "--otlp-grpc",
-        &format!("127.0.0.1:{grpc}"),
-        "--otlp-http",
-        &format!("127.0.0.1:{http}"),
-        "--span-wait",
-        "10s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    argv.extend([
-        "--out".into(),
-        args.out.display().to_string(),
-        "--db".into(),
-        args.db.display().to_string(),
-    ]);
-    if args.no_tui {
-        argv.push("--no-tui".into());
-    }
-    let Command::Run(run_args) = Cli::try_parse_from(&argv)?.command else {
-        unreachable!("the demo builds a run command")
+    let mut config = RunConfig::default();
+    config.url = sim.url();
+    config.stop = StopAfter::Requests(args.requests);
+    config.schedule = Schedule::Closed {
+        concurrency: args.concurrency,
     };
-    let config = RunConfig::from_args(&run_args)?;
-    let outcome = execute(config, argv.join(" ")).await;
+    config.source = Source::Synthetic {
+        input_tokens: Lengths { mean: 256, stddev: 64.0 }.into(),
+        output_tokens: Lengths { mean: 64, stddev: 16.0 }.into(),
+        shared_prefix_tokens: 0,
+        tokenizer: None,
+    };
+    config.ignore_eos = true;
+    config.slo = Slo {
+        ttft_ms: Some(500.0),
+        tpot_ms: Some(50.0),
+        ..Slo::default()
+    };
+    config.trace.otlp_grpc = ([127, 0, 0, 1], grpc).into();
+    config.trace.otlp_http = ([127, 0, 0, 1], http).into();
+    config.trace.span_wait = std::time::Duration::from_secs(10);
+    config.out = args.out;
+    config.db = Some(args.db);
+    config.tui = !args.no_tui;
+    let outcome = execute(config, command_line()).await;
     sim.shutdown().await?;
     Ok(finish(&outcome?))
 }
@@ -153,9 +141,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
 /// again, keeping the telemetry summaries.
 async fn join(args: JoinArgs) -> anyhow::Result<i32> {
     let report = crate::trace::join_run_dir(&args.run_dir, &args.trace).await?;
-    let records = read_records(&args.run_dir.join("requests.jsonl"))?;
-    let summary = resummarize(&args.run_dir, &records)?;
-    write_outputs(&args.run_dir, &records, &summary)?;
+    let summary = resummarize(&args.run_dir)?;
+    write_summary(&args.run_dir, &summary)?;
     crate::report::html::write_report(&args.run_dir)?;
     print(&format!(
         "joined {} requests, {} without a span, {} duplicate spans, {} unrelated spans\n",
@@ -165,26 +152,29 @@ async fn join(args: JoinArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// A summary recomputed from records, keeping what only the run knew
-/// (telemetry summaries, SLOs, partial flag) from the old `summary.json`.
-fn resummarize(
-    run_dir: &Path,
-    records: &[crate::record::RequestRecord],
-) -> anyhow::Result<crate::analysis::Summary> {
-    let old: Option<crate::analysis::Summary> = std::fs::read(run_dir.join("summary.json"))
+/// A summary recomputed from a run's `requests.jsonl` (two streaming passes),
+/// keeping what only the run knew (telemetry summaries, SLOs, partial flag)
+/// from the old `summary.json`.
+fn resummarize(run_dir: &Path) -> anyhow::Result<Summary> {
+    let old: Option<Summary> = std::fs::read(run_dir.join("summary.json"))
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    let run_id = records
-        .first()
-        .map(|r| r.run_id.clone())
-        .unwrap_or_default();
     let slo = old
         .as_ref()
         .and_then(|o| o.goodput.as_ref())
         .map(|g| g.slo.clone())
         .unwrap_or_default();
+    let requests = run_dir.join("requests.jsonl");
+    let mut builder = SummaryBuilder::new(&slo);
+    let mut run_id = None;
+    for record in records_in(&requests)? {
+        let record = record?;
+        run_id.get_or_insert_with(|| record.run_id.clone());
+        builder.observe(&record);
+    }
     let partial = old.as_ref().is_some_and(|o| o.partial);
-    let mut summary = crate::analysis::summarize(&run_id, records, &slo, partial);
+    let mut summary = builder.finish(&run_id.unwrap_or_default(), partial);
+    diagnose_from(&mut summary, records_in(&requests)?.filter_map(Result::ok));
     if let Some(old) = old {
         summary.gpu = old.gpu;
         summary.server_metrics = old.server_metrics;

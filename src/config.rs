@@ -4,9 +4,14 @@
 
 use crate::analysis::Slo;
 use crate::cli::RunArgs;
+use crate::client::ClientOptions;
+use crate::telemetry::TelemetryConfig;
+use crate::workload::feed::WorkloadConfig;
+use crate::workload::BodyOptions;
+use clap::Parser;
 use crate::record::Endpoint;
 use crate::schedule::Schedule;
-use crate::workload::Lengths;
+use crate::workload::Source;
 use anyhow::{bail, Context};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use serde::Serialize;
@@ -20,46 +25,6 @@ pub enum StopAfter {
     Requests(u64),
     #[serde(serialize_with = "as_seconds")]
     Duration(Duration),
-}
-
-/// Where prompts come from.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Source {
-    Synthetic {
-        input_tokens: LengthsConfig,
-        output_tokens: LengthsConfig,
-        shared_prefix_tokens: u64,
-        tokenizer: Option<PathBuf>,
-    },
-    Dataset {
-        path: PathBuf,
-    },
-}
-
-/// Serializable view of [`Lengths`].
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct LengthsConfig {
-    pub mean: u64,
-    pub stddev: f64,
-}
-
-impl From<Lengths> for LengthsConfig {
-    fn from(l: Lengths) -> Self {
-        Self {
-            mean: l.mean,
-            stddev: l.stddev,
-        }
-    }
-}
-
-impl From<LengthsConfig> for Lengths {
-    fn from(l: LengthsConfig) -> Self {
-        Self {
-            mean: l.mean,
-            stddev: l.stddev,
-        }
-    }
 }
 
 /// Everything a run needs, checked. Serialized into `run.json` (without secrets).
@@ -97,7 +62,7 @@ pub struct RunConfig {
     #[serde(skip)]
     pub trace: crate::trace::TraceArgs,
     #[serde(skip)]
-    pub telemetry: crate::telemetry::TelemetryArgs,
+    pub telemetry: TelemetryConfig,
 }
 
 fn as_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -193,8 +158,57 @@ impl RunConfig {
             tui: !args.no_tui,
             db: (!args.no_db).then(|| args.db.clone()),
             trace: args.trace.clone(),
-            telemetry: args.telemetry.clone(),
+            telemetry: TelemetryConfig::from_args(&args.telemetry)?,
         })
+    }
+
+    /// What the workload needs of this run.
+    pub fn workload(&self, run_id: &str, model: &str) -> WorkloadConfig {
+        WorkloadConfig {
+            source: self.source.clone(),
+            max_tokens: self.max_tokens,
+            seed: self.seed,
+            warmup: self.warmup,
+            requests: match self.stop {
+                StopAfter::Requests(n) => Some(n),
+                StopAfter::Duration(_) => None,
+            },
+            body: BodyOptions {
+                endpoint: self.endpoint,
+                model: model.to_string(),
+                stream: self.stream,
+                ignore_eos: self.ignore_eos,
+                temperature: self.temperature,
+                extra_body: self.extra_body.clone(),
+            },
+            run_id: run_id.to_string(),
+        }
+    }
+
+    /// How the client sends this run's requests.
+    pub fn client_options(&self, run_id: &str, model: &str) -> ClientOptions {
+        ClientOptions {
+            base_url: self.url.clone(),
+            endpoint: self.endpoint,
+            model: model.to_string(),
+            stream: self.stream,
+            headers: self.headers.clone(),
+            trace_header: self.trace.sends_trace_header(),
+            first_byte_timeout: self.first_byte_timeout,
+            request_timeout: self.request_timeout,
+            run_id: run_id.to_string(),
+        }
+    }
+}
+
+impl Default for RunConfig {
+    /// What `tracebench run` does without flags (environment variables included).
+    fn default() -> Self {
+        let cli = crate::cli::Cli::try_parse_from(["tracebench", "run"]).expect("the defaults parse");
+        let crate::cli::Command::Run(args) = cli.command else {
+            unreachable!("parsed as `run`")
+        };
+        Self::from_args(&args).expect("the defaults are valid")
     }
 }
 

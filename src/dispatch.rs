@@ -1,54 +1,104 @@
 //! The one send loop every load shape shares: it takes requests in order,
 //! waits for each one's intended instant (open loop) or a free slot (closed
 //! loop, batches), sends it on its own task and hands the finished record on.
-//! The schedule only decides *when*; this loop decides nothing else.
+//! The schedule only decides *when*; this loop decides nothing else. It runs
+//! on tokio's clock, so its timing is tested under paused time.
 
 use crate::client::{Client, PreparedRequest};
 use crate::record::RequestRecord;
 use crate::schedule::Schedule;
+use crate::workload::feed::Feed;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// What one dispatch phase sends.
-pub enum PhaseRequests {
-    Ready(std::vec::IntoIter<PreparedRequest>),
-    Produced(mpsc::Receiver<PreparedRequest>),
+/// What sends one request and makes its record (the HTTP client in a run).
+pub trait RequestSender: Clone + Send + Sync + 'static {
+    type Record: Send + 'static;
+    /// Sends `request`, meant to leave at `intended`; never fails: errors are data.
+    fn send(
+        &self,
+        request: PreparedRequest,
+        intended: Instant,
+        cancel: CancellationToken,
+    ) -> impl Future<Output = Self::Record> + Send;
 }
 
-impl PhaseRequests {
-    async fn next(&mut self) -> Option<PreparedRequest> {
-        match self {
-            PhaseRequests::Ready(items) => items.next(),
-            PhaseRequests::Produced(rx) => rx.recv().await,
-        }
+impl RequestSender for Client {
+    type Record = RequestRecord;
+    async fn send(
+        &self,
+        request: PreparedRequest,
+        intended: Instant,
+        cancel: CancellationToken,
+    ) -> RequestRecord {
+        self.execute(&request, intended.into_std(), &cancel).await
     }
+}
 
-    /// True when nothing is left to send (known only for ready lists).
-    pub fn is_empty(&self) -> bool {
-        matches!(self, PhaseRequests::Ready(items) if items.len() == 0)
-    }
+/// A finished request as the loop hands it on.
+#[derive(Debug)]
+pub struct Finished<R> {
+    pub record: R,
+    /// No other request was in flight at any moment of this one.
+    pub alone: bool,
 }
 
 /// The one send loop every schedule shares.
-pub struct Dispatcher {
-    pub client: Client,
-    pub schedule: Schedule,
-    pub seed: u64,
-    /// Cancelled: send nothing more.
-    pub stop: CancellationToken,
-    /// Cancelled: abandon requests in flight.
-    pub cancel: CancellationToken,
-    pub records: mpsc::UnboundedSender<RequestRecord>,
-    pub in_flight: Arc<AtomicU64>,
+pub struct Dispatcher<S: RequestSender = Client> {
+    sender: S,
+    schedule: Schedule,
+    seed: u64,
+    stop: CancellationToken,
+    cancel: CancellationToken,
+    finished: mpsc::UnboundedSender<Finished<S::Record>>,
+    in_flight: Arc<AtomicU64>,
+    started: Arc<AtomicU64>,
 }
 
-impl Dispatcher {
-    /// Sends `requests` by the schedule until they run out, the deadline passes
-    /// or the run is stopped; returns when every request it sent has finished.
-    pub async fn run_phase(&self, mut requests: PhaseRequests, deadline: Option<Instant>) {
+/// Ends a dispatch early: `stop` sends nothing more, `cancel` abandons requests in flight.
+#[derive(Debug, Clone, Default)]
+pub struct Stops {
+    pub stop: CancellationToken,
+    pub cancel: CancellationToken,
+}
+
+impl<S: RequestSender> Dispatcher<S> {
+    /// A loop sending with `sender` by `schedule`; finished requests come out
+    /// of the returned receiver, which closes when the dispatcher is dropped
+    /// and its last request is done.
+    pub fn new(
+        sender: S,
+        schedule: Schedule,
+        seed: u64,
+        stops: Stops,
+    ) -> (Self, mpsc::UnboundedReceiver<Finished<S::Record>>) {
+        let (finished, rx) = mpsc::unbounded_channel();
+        let dispatcher = Self {
+            sender,
+            schedule,
+            seed,
+            stop: stops.stop,
+            cancel: stops.cancel,
+            finished,
+            in_flight: Arc::new(AtomicU64::new(0)),
+            started: Arc::new(AtomicU64::new(0)),
+        };
+        (dispatcher, rx)
+    }
+
+    /// Requests in flight now (for the live view).
+    pub fn in_flight(&self) -> Arc<AtomicU64> {
+        self.in_flight.clone()
+    }
+
+    /// Sends up to `count` requests of `feed` (all when `None`) by the
+    /// schedule until they run out, the deadline passes or the run is
+    /// stopped; returns when every request it sent has finished.
+    pub async fn run_phase(&self, feed: &mut Feed, count: Option<u64>, deadline: Option<Instant>) {
         let limit = self.schedule.in_flight_limit();
         let slots = Arc::new(Semaphore::new(limit));
         let mut arrivals = self.schedule.arrivals(self.seed);
@@ -59,9 +109,10 @@ impl Dispatcher {
         let start = Instant::now();
         let mut batch_start = start;
         let mut sent_in_batch = 0usize;
+        let mut sent = 0u64;
         let mut tasks = tokio::task::JoinSet::new();
         let past_deadline = || deadline.is_some_and(|d| Instant::now() >= d);
-        while !requests.is_empty() && !self.stop.is_cancelled() && !past_deadline() {
+        while count.is_none_or(|n| sent < n) && !self.stop.is_cancelled() && !past_deadline() {
             let arrival = arrivals
                 .as_mut()
                 .and_then(|a| a.next())
@@ -69,7 +120,7 @@ impl Dispatcher {
             if let Some(at) = arrival {
                 let wake = deadline.map_or(at, |d| at.min(d));
                 tokio::select! {
-                    _ = tokio::time::sleep_until(wake.into()) => {}
+                    _ = tokio::time::sleep_until(wake) => {}
                     _ = self.stop.cancelled() => break,
                 }
                 if past_deadline() {
@@ -93,7 +144,7 @@ impl Dispatcher {
                 slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
                 _ = self.stop.cancelled() => break,
             };
-            let Some(request) = requests.next().await else {
+            let Some(request) = feed.next().await else {
                 break;
             };
             let intended = match (arrival, batch) {
@@ -102,20 +153,178 @@ impl Dispatcher {
                 (None, None) => Instant::now(),
             };
             sent_in_batch += 1;
-            let client = self.client.clone();
-            let cancel = self.cancel.clone();
-            let records = self.records.clone();
-            let in_flight = self.in_flight.clone();
-            tasks.spawn(async move {
-                in_flight.fetch_add(1, Ordering::Relaxed);
-                let record = client.execute(&request, intended, &cancel).await;
-                in_flight.fetch_sub(1, Ordering::Relaxed);
-                drop(slot);
-                let _ = records.send(record);
-            });
+            sent += 1;
+            tasks.spawn(self.send_one(request, intended, slot));
             // Reap finished tasks without waiting, so memory stays flat in long runs.
             while tasks.try_join_next().is_some() {}
         }
         while tasks.join_next().await.is_some() {}
+    }
+
+    /// One request's task: send, note whether it overlapped another, hand it on.
+    fn send_one(
+        &self,
+        request: PreparedRequest,
+        intended: Instant,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let sender = self.sender.clone();
+        let cancel = self.cancel.clone();
+        let finished = self.finished.clone();
+        let in_flight = self.in_flight.clone();
+        let started = self.started.clone();
+        async move {
+            let others_before = in_flight.fetch_add(1, Ordering::SeqCst);
+            let started_before = started.fetch_add(1, Ordering::SeqCst);
+            let record = sender.send(request, intended, cancel).await;
+            let started_during = started.load(Ordering::SeqCst) - started_before - 1;
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+            drop(slot);
+            let alone = others_before == 0 && started_during == 0;
+            let _ = finished.send(Finished { record, alone });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::Arrival;
+    use std::time::Duration;
+
+    /// When each request was meant to go and when it went, in ms after the phase began.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    struct Sent {
+        index: u64,
+        intended_ms: u64,
+        started_ms: u64,
+    }
+
+    /// Takes `durations[index % len]` ms to answer, on tokio's clock.
+    #[derive(Clone)]
+    struct Sleeper {
+        durations: Arc<Vec<u64>>,
+        origin: Instant,
+    }
+
+    impl RequestSender for Sleeper {
+        type Record = Sent;
+        async fn send(&self, request: PreparedRequest, intended: Instant, _: CancellationToken) -> Sent {
+            let started = Instant::now();
+            let ms = self.durations[request.index as usize % self.durations.len()];
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            let since = |t: Instant| (t - self.origin).as_millis() as u64;
+            Sent {
+                index: request.index,
+                intended_ms: since(intended),
+                started_ms: since(started),
+            }
+        }
+    }
+
+    fn requests(n: u64) -> Feed {
+        Feed::from_requests(
+            (0..n)
+                .map(|index| PreparedRequest {
+                    index,
+                    request_id: format!("r{index}"),
+                    warmup: false,
+                    body: bytes::Bytes::new(),
+                    max_tokens: None,
+                    input_tokens: None,
+                    input_tokens_source: None,
+                })
+                .collect(),
+        )
+    }
+
+    async fn dispatch(schedule: Schedule, durations: &[u64], n: u64) -> Vec<Finished<Sent>> {
+        let sender = Sleeper {
+            durations: Arc::new(durations.to_vec()),
+            origin: Instant::now(),
+        };
+        let (dispatcher, mut rx) = Dispatcher::new(sender, schedule, 7, Stops::default());
+        dispatcher.run_phase(&mut requests(n), None, None).await;
+        drop(dispatcher);
+        let mut out = Vec::new();
+        while let Some(finished) = rx.recv().await {
+            out.push(finished);
+        }
+        out.sort_by_key(|f| f.record.index);
+        out
+    }
+
+    fn starts(finished: &[Finished<Sent>]) -> Vec<u64> {
+        finished.iter().map(|f| f.record.started_ms).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closed_loop_sends_the_next_request_when_one_finishes() {
+        let out = dispatch(Schedule::Closed { concurrency: 2 }, &[100, 30], 5).await;
+        // 0 runs 0-100 and 1 runs 0-30; 2 takes 1's slot at 30 (to 130), 3 takes
+        // 0's at 100 (to 130), 4 the first slot free at 130.
+        assert_eq!(starts(&out), [0, 0, 30, 100, 130]);
+        assert!(out.iter().all(|f| f.record.intended_ms == f.record.started_ms));
+        assert!(out.iter().all(|f| !f.alone));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_loop_of_one_runs_every_request_alone() {
+        let out = dispatch(Schedule::Closed { concurrency: 1 }, &[10], 4).await;
+        assert_eq!(starts(&out), [0, 10, 20, 30]);
+        assert!(out.iter().all(|f| f.alone));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_loop_keeps_constant_arrivals_whatever_the_server_does() {
+        let open = |max_concurrency| Schedule::Open {
+            rate: 10.0,
+            arrival: Arrival::Constant,
+            burstiness: 1.0,
+            max_concurrency,
+        };
+        let out = dispatch(open(None), &[250], 4).await;
+        let intended: Vec<u64> = out.iter().map(|f| f.record.intended_ms).collect();
+        assert_eq!(intended, starts(&out));
+        let gaps: Vec<u64> = intended.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(gaps, [100, 100, 100]);
+
+        // Capped at one in flight: arrivals wait for the slot, and the lag shows.
+        let capped = dispatch(open(Some(1)), &[250], 3).await;
+        let lag: Vec<u64> = capped
+            .iter()
+            .map(|f| f.record.started_ms - f.record.intended_ms)
+            .collect();
+        assert_eq!(lag, [0, 150, 300]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_wait_for_the_slowest_request_of_the_batch() {
+        let out = dispatch(Schedule::Batch { size: 2 }, &[10, 50, 20], 5).await;
+        // Batch 1: 0 and 1 (done at 50); batch 2 at 50: 2 and 3 (done at 70); then 4.
+        assert_eq!(starts(&out), [0, 0, 50, 50, 70]);
+        let intended: Vec<u64> = out.iter().map(|f| f.record.intended_ms).collect();
+        assert_eq!(intended, [0, 0, 50, 50, 70]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_phase_sends_only_its_count_and_stops_at_its_deadline() {
+        let sender = Sleeper {
+            durations: Arc::new(vec![10]),
+            origin: Instant::now(),
+        };
+        let schedule = Schedule::Closed { concurrency: 1 };
+        let (dispatcher, mut rx) = Dispatcher::new(sender, schedule, 0, Stops::default());
+        let mut feed = requests(100);
+        dispatcher.run_phase(&mut feed, Some(3), None).await;
+        let deadline = Instant::now() + Duration::from_millis(45);
+        dispatcher.run_phase(&mut feed, None, Some(deadline)).await;
+        drop(dispatcher);
+        let mut indices = Vec::new();
+        while let Some(finished) = rx.recv().await {
+            indices.push(finished.record.index);
+        }
+        // Three warm-up requests, then those started before 45 ms: at 0, 10, 20, 30, 40.
+        assert_eq!(indices, [0, 1, 2, 3, 4, 5, 6, 7]);
     }
 }

@@ -13,7 +13,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let code = match runtime.block_on(tracebench::commands::dispatch(cli)) {
+    let code = match runtime.block_on(tracebench::commands::run_command(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

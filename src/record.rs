@@ -275,33 +275,67 @@ impl RecordLog {
     }
 }
 
-/// Reads every record of a `requests.jsonl`. A bad line is an error naming the line.
+/// Reads every record of a `requests.jsonl` into memory (small runs, tests).
 pub fn read_records(path: &Path) -> anyhow::Result<Vec<RequestRecord>> {
+    records_in(path)?.collect()
+}
+
+/// The records of a `requests.jsonl`, one line at a time; a bad line is an
+/// error naming the file and line.
+pub fn records_in(
+    path: &Path,
+) -> anyhow::Result<impl Iterator<Item = anyhow::Result<RequestRecord>>> {
     use anyhow::Context;
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut records = Vec::new();
-    for (number, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let record = serde_json::from_str(&line)
-            .with_context(|| format!("{}:{}: not a request record", path.display(), number + 1))?;
-        records.push(record);
-    }
-    Ok(records)
+    let path = path.to_path_buf();
+    let lines = BufReader::new(file).lines().enumerate();
+    Ok(lines.filter_map(move |(number, line)| {
+        let line = match line {
+            Ok(line) if line.trim().is_empty() => return None,
+            Ok(line) => line,
+            Err(e) => return Some(Err(e).with_context(|| format!("cannot read {}", path.display()))),
+        };
+        Some(
+            serde_json::from_str(&line)
+                .with_context(|| format!("{}:{}: not a request record", path.display(), number + 1)),
+        )
+    }))
 }
 
 /// Rewrites a records file atomically (temp file + rename), e.g. after the join.
 pub fn rewrite_records(path: &Path, records: &[RequestRecord]) -> std::io::Result<()> {
-    let tmp = path.with_extension("jsonl.tmp");
-    {
-        let mut out = std::io::BufWriter::new(File::create(&tmp)?);
-        for record in records {
-            serde_json::to_writer(&mut out, record).map_err(std::io::Error::other)?;
-            out.write_all(b"\n")?;
-        }
-        out.flush()?;
+    let mut out = RecordWriter::replacing(path)?;
+    for record in records {
+        out.write(record)?;
     }
-    std::fs::rename(tmp, path)
+    out.commit()
+}
+
+/// Writes a new version of a records file beside it; [`RecordWriter::commit`]
+/// puts it in place (until then readers see the old one).
+pub struct RecordWriter {
+    out: std::io::BufWriter<File>,
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl RecordWriter {
+    pub fn replacing(path: &Path) -> std::io::Result<Self> {
+        let tmp = path.with_extension("jsonl.tmp");
+        Ok(Self {
+            out: std::io::BufWriter::new(File::create(&tmp)?),
+            tmp,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn write(&mut self, record: &RequestRecord) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.out, record).map_err(std::io::Error::other)?;
+        self.out.write_all(b"\n")
+    }
+
+    pub fn commit(mut self) -> std::io::Result<()> {
+        self.out.flush()?;
+        std::fs::rename(&self.tmp, &self.path)
+    }
 }

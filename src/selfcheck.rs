@@ -12,7 +12,8 @@ use crate::analysis::stats::percentile_of_sorted;
 use crate::cli::SelfcheckArgs;
 use crate::client::{Client, ClientOptions, PreparedRequest};
 use crate::clock::RunClock;
-use crate::dispatch::{Dispatcher, PhaseRequests};
+use crate::dispatch::{Dispatcher, Finished, Stops};
+use crate::workload::feed::Feed;
 use crate::record::{Endpoint, RequestRecord};
 use crate::report::console::print;
 use crate::schedule::Schedule;
@@ -23,10 +24,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// One truth-log line of the simulator.
 #[derive(Debug, Deserialize)]
@@ -335,7 +333,7 @@ async fn measure_level(
     // open before the measured rounds, so a cold-start connect storm is not counted.
     let warmup = level as u64;
     let count = level as u64 * args.rounds;
-    let mut requests: Vec<PreparedRequest> = (0..warmup + count)
+    let requests: Vec<PreparedRequest> = (0..warmup + count)
         .map(|index| {
             let item = Item {
                 prompt: Prompt::Text(format!("selfcheck request {index} of level {level}")),
@@ -346,28 +344,16 @@ async fn measure_level(
             body.prepare(index, &run_id, index < warmup, &item)
         })
         .collect();
-    let measured = requests.split_off(warmup as usize);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let dispatcher = Dispatcher {
-        client,
-        schedule: Schedule::Closed { concurrency: level },
-        seed: 0,
-        stop: CancellationToken::new(),
-        cancel: CancellationToken::new(),
-        records: tx,
-        in_flight: Arc::new(AtomicU64::new(0)),
-    };
-    dispatcher
-        .run_phase(PhaseRequests::Ready(requests.into_iter()), None)
-        .await;
+    let mut feed = Feed::from_requests(requests);
+    let schedule = Schedule::Closed { concurrency: level };
+    let (dispatcher, mut rx) = Dispatcher::new(client, schedule, 0, Stops::default());
+    dispatcher.run_phase(&mut feed, Some(warmup), None).await;
     reset_peak_rss();
     let stolen_before = stolen_cpu_seconds();
     let cpu_before = cpu_seconds();
     let sim_cpu_before = sim.cpu_seconds()?;
     let wall = Instant::now();
-    dispatcher
-        .run_phase(PhaseRequests::Ready(measured.into_iter()), None)
-        .await;
+    dispatcher.run_phase(&mut feed, Some(count), None).await;
     let wall_s = wall.elapsed().as_secs_f64();
     let client_cpu_s = cpu_seconds() - cpu_before;
     let sim_cpu_s = sim.cpu_seconds()? - sim_cpu_before;
@@ -377,7 +363,7 @@ async fn measure_level(
     let client_peak_rss_mb = peak_rss_mb();
     drop(dispatcher);
     let mut records = Vec::new();
-    while let Some(record) = rx.recv().await {
+    while let Some(Finished { record, .. }) = rx.recv().await {
         if !record.warmup {
             records.push(record);
         }

@@ -86,11 +86,37 @@ impl Slo {
                 record.server.as_ref().and_then(|s| s.queue_ms),
             )
     }
+}
 
-    /// Goodput of the measured records over a window of `duration_s` seconds.
-    pub fn goodput(&self, measured: &[&RequestRecord], duration_s: f64) -> Goodput {
-        let good: Vec<&&RequestRecord> = measured.iter().filter(|r| self.met_by(r)).collect();
-        let tokens: u64 = good.iter().filter_map(|r| r.output_tokens).sum();
+/// Counts the measured records that meet the SLOs, one record at a time.
+#[derive(Debug, Clone)]
+pub struct GoodputCounter {
+    slo: Slo,
+    met: u64,
+    total: u64,
+    met_output_tokens: u64,
+}
+
+impl GoodputCounter {
+    pub fn new(slo: &Slo) -> Self {
+        Self {
+            slo: slo.clone(),
+            met: 0,
+            total: 0,
+            met_output_tokens: 0,
+        }
+    }
+
+    pub fn observe(&mut self, record: &RequestRecord) {
+        self.total += 1;
+        if self.slo.met_by(record) {
+            self.met += 1;
+            self.met_output_tokens += record.output_tokens.unwrap_or(0);
+        }
+    }
+
+    /// Goodput over a measured window of `duration_s` seconds.
+    pub fn finish(self, duration_s: f64) -> Goodput {
         let per_s = |v: f64| {
             if duration_s > 0.0 {
                 v / duration_s
@@ -99,16 +125,12 @@ impl Slo {
             }
         };
         Goodput {
-            slo: self.clone(),
-            met: good.len() as u64,
-            total: measured.len() as u64,
-            fraction: if measured.is_empty() {
-                0.0
-            } else {
-                good.len() as f64 / measured.len() as f64
-            },
-            requests_per_s: per_s(good.len() as f64),
-            output_tokens_per_s: per_s(tokens as f64),
+            fraction: self.met as f64 / self.total.max(1) as f64,
+            requests_per_s: per_s(self.met as f64),
+            output_tokens_per_s: per_s(self.met_output_tokens as f64),
+            slo: self.slo,
+            met: self.met,
+            total: self.total,
         }
     }
 }

@@ -1,12 +1,16 @@
 //! The run summary (`summary.json`, `tracebench.summary/1`): statistics of every
 //! client and server metric, throughput, goodput, errors by kind, the span join
 //! rate, and vLLM-spelled keys so a `vllm bench serve` result diffs directly.
+//!
+//! A [`SummaryBuilder`] sees the records one at a time, so a run of any size
+//! is summarised in bounded memory (see [`super::stats`] for what stays exact).
 
-use super::diagnosis::diagnose;
-use super::goodput::{Goodput, Slo};
-use super::stats::Stats;
+use super::diagnosis::TtftSplit;
+use super::goodput::{Goodput, GoodputCounter, Slo};
+use super::stats::{Distribution, Stats};
 use crate::record::{ErrorKind, RequestRecord};
 use serde::{Deserialize, Serialize};
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 /// Schema name of `summary.json`.
@@ -131,116 +135,182 @@ fn push_metric_values(record: &RequestRecord, name: &str, out: &mut Vec<f64>) {
     }
 }
 
-/// Summarises the measured (non-warm-up) records of a run.
+/// Summarises the measured (non-warm-up) records of a run held in memory.
 pub fn summarize(run_id: &str, records: &[RequestRecord], slo: &Slo, partial: bool) -> Summary {
-    let measured: Vec<&RequestRecord> = records.iter().filter(|r| !r.warmup).collect();
-    let ok: Vec<&RequestRecord> = measured.iter().copied().filter(|r| r.ok()).collect();
-
-    let mut metrics = BTreeMap::new();
-    for name in CLIENT_METRICS.iter().chain(SERVER_METRICS.iter()) {
-        let source: &[&RequestRecord] = if *name == "schedule_lag_ms" {
-            &measured
-        } else {
-            &ok
-        };
-        let mut values = Vec::new();
-        for record in source {
-            push_metric_values(record, name, &mut values);
-        }
-        if let Some(stats) = Stats::of(&values) {
-            metrics.insert(name.to_string(), stats);
-        }
-    }
-
-    let mut errors = BTreeMap::new();
-    for record in &measured {
-        if let Some(error) = &record.error {
-            *errors.entry(error.kind.as_str().to_string()).or_insert(0) += 1;
-        }
-    }
-
-    let duration_s = measured_window_s(&measured);
-    let total_input_tokens: u64 = ok.iter().filter_map(|r| r.input_tokens).sum();
-    let total_output_tokens: u64 = ok.iter().filter_map(|r| r.output_tokens).sum();
-    let per_s = |v: f64| {
-        if duration_s > 0.0 {
-            v / duration_s
-        } else {
-            0.0
-        }
-    };
-
-    let join = join_stats(&measured);
-    let goodput = (!slo.is_empty()).then(|| slo.goodput(&measured, duration_s));
-    let mut summary = Summary {
-        schema: SUMMARY_SCHEMA.to_string(),
-        run_id: run_id.to_string(),
-        partial,
-        requests: Counts {
-            total: measured.len() as u64,
-            ok: ok.len() as u64,
-            failed: (measured.len() - ok.len()) as u64,
-            warmup: (records.len() - measured.len()) as u64,
-        },
-        duration_s,
-        request_throughput: per_s(ok.len() as f64),
-        input_throughput: per_s(total_input_tokens as f64),
-        output_throughput: per_s(total_output_tokens as f64),
-        total_token_throughput: per_s((total_input_tokens + total_output_tokens) as f64),
-        total_input_tokens,
-        total_output_tokens,
-        metrics,
-        errors,
-        goodput,
-        join,
-        diagnosis: None,
-        gpu: None,
-        server_metrics: None,
-        vllm_keys: BTreeMap::new(),
-    };
-    summary.diagnosis = diagnose(&summary, &ok);
-    summary.vllm_keys = vllm_keys(&summary);
+    let mut builder = SummaryBuilder::new(slo);
+    records.iter().for_each(|r| builder.observe(r));
+    let mut summary = builder.finish(run_id, partial);
+    diagnose_from(&mut summary, records.iter());
     summary
 }
 
-/// First send to last completion of the measured requests, in seconds.
-fn measured_window_s(measured: &[&RequestRecord]) -> f64 {
-    let first = measured.iter().map(|r| r.instants_ns.sent).min();
-    let last = measured
-        .iter()
-        .map(|r| r.instants_ns.end.unwrap_or(r.instants_ns.sent))
-        .max();
-    match (first, last) {
-        (Some(first), Some(last)) if last > first => (last - first) as f64 / 1e9,
-        _ => 0.0,
+/// Fills in `summary.diagnosis` from a second look at the records (the
+/// TTFT split needs the run's p50 and p99 first).
+pub fn diagnose_from<R: Borrow<RequestRecord>>(
+    summary: &mut Summary,
+    records: impl Iterator<Item = R>,
+) {
+    let Some(ttft) = summary.metrics.get("ttft_ms") else {
+        return;
+    };
+    let mut split = TtftSplit::new(ttft);
+    for record in records {
+        let record = record.borrow();
+        if !record.warmup && record.ok() {
+            split.observe(record);
+        }
+    }
+    summary.diagnosis = split.diagnosis();
+}
+
+/// The summary's aggregates, fed one record at a time.
+pub struct SummaryBuilder {
+    metrics: Vec<(&'static str, Distribution)>,
+    counts: Counts,
+    errors: BTreeMap<String, u64>,
+    window: MeasuredWindow,
+    total_input_tokens: u64,
+    total_output_tokens: u64,
+    join: JoinStats,
+    goodput: Option<GoodputCounter>,
+    values: Vec<f64>,
+}
+
+impl SummaryBuilder {
+    pub fn new(slo: &Slo) -> Self {
+        Self {
+            metrics: CLIENT_METRICS
+                .iter()
+                .chain(SERVER_METRICS.iter())
+                .map(|name| (*name, Distribution::default()))
+                .collect(),
+            counts: Counts::default(),
+            errors: BTreeMap::new(),
+            window: MeasuredWindow::default(),
+            total_input_tokens: 0,
+            total_output_tokens: 0,
+            join: JoinStats::default(),
+            goodput: (!slo.is_empty()).then(|| GoodputCounter::new(slo)),
+            values: Vec::new(),
+        }
+    }
+
+    pub fn observe(&mut self, record: &RequestRecord) {
+        if record.warmup {
+            self.counts.warmup += 1;
+            return;
+        }
+        self.counts.total += 1;
+        self.window.observe(record);
+        if let Some(goodput) = &mut self.goodput {
+            goodput.observe(record);
+        }
+        self.observe_join(record);
+        if let Some(error) = &record.error {
+            *self.errors.entry(error.kind.as_str().to_string()).or_insert(0) += 1;
+        }
+        let ok = record.ok();
+        if ok {
+            self.counts.ok += 1;
+            self.total_input_tokens += record.input_tokens.unwrap_or(0);
+            self.total_output_tokens += record.output_tokens.unwrap_or(0);
+        } else {
+            self.counts.failed += 1;
+        }
+        for (name, distribution) in &mut self.metrics {
+            // Schedule lag is a property of the load, kept for failed requests too.
+            if ok || *name == "schedule_lag_ms" {
+                self.values.clear();
+                push_metric_values(record, name, &mut self.values);
+                self.values.iter().for_each(|v| distribution.observe(*v));
+            }
+        }
+    }
+
+    /// Join statistics leave out records that were never considered for a
+    /// join (tracing off: every record's reason is `tracing_off`).
+    fn observe_join(&mut self, record: &RequestRecord) {
+        if record.server_missing_reason.as_deref() == Some("tracing_off") {
+            return;
+        }
+        self.join.requests += 1;
+        if record.server.is_some() {
+            self.join.joined += 1;
+        } else {
+            let reason = record.server_missing_reason.as_deref().unwrap_or("unknown");
+            *self.join.missing.entry(reason.to_string()).or_insert(0) += 1;
+        }
+    }
+
+    /// The summary (without the diagnosis: see [`diagnose_from`]).
+    pub fn finish(self, run_id: &str, partial: bool) -> Summary {
+        let duration_s = self.window.seconds();
+        let per_s = |v: f64| {
+            if duration_s > 0.0 {
+                v / duration_s
+            } else {
+                0.0
+            }
+        };
+        let (input, output) = (self.total_input_tokens, self.total_output_tokens);
+        let mut join = self.join;
+        join.rate = join.joined as f64 / join.requests.max(1) as f64;
+        let mut summary = Summary {
+            schema: SUMMARY_SCHEMA.to_string(),
+            run_id: run_id.to_string(),
+            partial,
+            request_throughput: per_s(self.counts.ok as f64),
+            requests: self.counts,
+            duration_s,
+            input_throughput: per_s(input as f64),
+            output_throughput: per_s(output as f64),
+            total_token_throughput: per_s((input + output) as f64),
+            total_input_tokens: input,
+            total_output_tokens: output,
+            metrics: self
+                .metrics
+                .iter()
+                .filter_map(|(name, d)| Some((name.to_string(), d.stats()?)))
+                .collect(),
+            errors: self.errors,
+            goodput: self.goodput.map(|g| g.finish(duration_s)),
+            join: (join.requests > 0).then_some(join),
+            diagnosis: None,
+            gpu: None,
+            server_metrics: None,
+            vllm_keys: BTreeMap::new(),
+        };
+        summary.vllm_keys = vllm_keys(&summary);
+        summary
     }
 }
 
-/// Join statistics; `None` when no record was ever considered for a join
-/// (tracing off: every record's reason is `tracing_off`).
-fn join_stats(measured: &[&RequestRecord]) -> Option<JoinStats> {
-    let considered: Vec<&&RequestRecord> = measured
-        .iter()
-        .filter(|r| r.server_missing_reason.as_deref() != Some("tracing_off"))
-        .collect();
-    if considered.is_empty() {
-        return None;
+/// The measured window: the first send to the last completion of the
+/// measured requests, run-relative nanoseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MeasuredWindow {
+    span: Option<(u64, u64)>,
+}
+
+impl MeasuredWindow {
+    pub fn observe(&mut self, record: &RequestRecord) {
+        let sent = record.instants_ns.sent;
+        let end = record.instants_ns.end.unwrap_or(sent).max(sent);
+        self.span = Some(match self.span {
+            None => (sent, end),
+            Some((first, last)) => (first.min(sent), last.max(end)),
+        });
     }
-    let joined = considered.iter().filter(|r| r.server.is_some()).count() as u64;
-    let mut missing = BTreeMap::new();
-    for record in considered.iter().filter(|r| r.server.is_none()) {
-        let reason = record
-            .server_missing_reason
-            .clone()
-            .unwrap_or_else(|| "unknown".into());
-        *missing.entry(reason).or_insert(0) += 1;
+
+    /// `(first send, last completion)`; `(0, 0)` before any record.
+    pub fn ns(&self) -> (u64, u64) {
+        self.span.unwrap_or((0, 0))
     }
-    Some(JoinStats {
-        requests: considered.len() as u64,
-        joined,
-        rate: joined as f64 / considered.len() as f64,
-        missing,
-    })
+
+    pub fn seconds(&self) -> f64 {
+        let (first, last) = self.ns();
+        (last - first) as f64 / 1e9
+    }
 }
 
 /// Keys spelled as `vllm bench serve --save-result` spells them, beside the

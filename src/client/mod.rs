@@ -7,6 +7,7 @@
 
 pub mod chunk;
 mod connection;
+pub mod discover;
 mod http1;
 pub mod sse;
 pub mod traceparent;

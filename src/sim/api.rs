@@ -19,7 +19,8 @@ use tokio::time::Instant;
 
 use super::engine::{EngineHandle, PacedTokens, TokenSource};
 use super::request::{Api, RequestInfo};
-use super::stream::{Generation, ResponseContext, SseStream, SYSTEM_FINGERPRINT, TOKEN_TEXT};
+use super::request::TOKEN_TEXT;
+use super::stream::{Generation, ResponseContext, SseStream, SYSTEM_FINGERPRINT};
 use crate::client::traceparent::TraceParent;
 
 /// `max_tokens` when the request gives none.

@@ -14,8 +14,7 @@ use opentelemetry_sdk::trace::SdkTracer;
 use opentelemetry_sdk::Resource;
 use tokio::time::Instant;
 
-use super::request::{Api, FinishedRequest};
-use super::stream::TOKEN_TEXT;
+use super::request::{Api, FinishedRequest, TOKEN_TEXT};
 use crate::clock::RunClock;
 
 /// Which engine's span shape the simulator exports.

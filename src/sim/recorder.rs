@@ -18,11 +18,11 @@ const TRUTH_FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 /// Where responses hand their finished requests.
 #[derive(Debug, Clone)]
-pub(crate) struct Recorder {
+pub(crate) struct FinishedRequests {
     finished: mpsc::UnboundedSender<FinishedRequest>,
 }
 
-impl Recorder {
+impl FinishedRequests {
     pub fn record(&self, request: FinishedRequest) {
         // The task only stops after every sender is gone, so this cannot fail
         // while a response still holds a recorder.
@@ -31,16 +31,16 @@ impl Recorder {
 }
 
 /// Starts the recorder task; it ends (flushing everything) when every
-/// [`Recorder`] has been dropped.
+/// [`FinishedRequests`] has been dropped.
 pub(crate) fn start(
     metrics: Arc<Metrics>,
     spans: Option<SpanSink>,
     truth: Option<TruthLog>,
     clock: RunClock,
-) -> (Recorder, JoinHandle<anyhow::Result<()>>) {
+) -> (FinishedRequests, JoinHandle<anyhow::Result<()>>) {
     let (finished, receiver) = mpsc::unbounded_channel();
     let task = tokio::spawn(run(receiver, metrics, spans, truth, clock));
-    (Recorder { finished }, task)
+    (FinishedRequests { finished }, task)
 }
 
 async fn run(

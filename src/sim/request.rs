@@ -8,6 +8,9 @@ use tokio::time::Instant;
 
 use crate::client::traceparent::TraceParent;
 
+/// The text of every generated token (the simulator's detokenizer).
+pub(crate) const TOKEN_TEXT: &str = " tok";
+
 /// Which OpenAI endpoint a request came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Api {

@@ -12,12 +12,10 @@ use tokio::time::Instant;
 
 use super::engine::{EngineEvent, TokenSource};
 use super::metrics::Metrics;
-use super::recorder::Recorder;
-use super::request::{Api, FinishedRequest, RequestInfo};
+use super::recorder::FinishedRequests;
+use super::request::{Api, FinishedRequest, RequestInfo, TOKEN_TEXT};
 use crate::clock::RunClock;
 
-/// The text of every generated token (the simulator's detokenizer).
-pub(crate) const TOKEN_TEXT: &str = " tok";
 /// `system_fingerprint` of usage chunks and non-streaming responses.
 pub(crate) const SYSTEM_FINGERPRINT: &str = concat!("tracebench-sim-", env!("CARGO_PKG_VERSION"));
 const DONE: &[u8] = b"data: [DONE]\n\n";
@@ -130,7 +128,7 @@ fn json_string(text: &str) -> String {
 pub(crate) struct ResponseContext {
     pub model: String,
     pub metrics: Arc<Metrics>,
-    pub recorder: Recorder,
+    pub recorder: FinishedRequests,
     pub clock: RunClock,
     /// Stamp chunk write instants (only when the truth log is on).
     pub stamp_writes: bool,

@@ -365,65 +365,49 @@ fn busy_interval(record: &RequestRecord) -> (u64, u64) {
     (sent, record.instants_ns.end.unwrap_or(sent).max(sent))
 }
 
-/// For each record (same order), whether another record's interval intersects its own.
-fn overlapped(records: &[RequestRecord]) -> Vec<bool> {
-    let mut order: Vec<usize> = (0..records.len()).collect();
-    order.sort_by_key(|&i| busy_interval(&records[i]));
-    let mut result = vec![false; records.len()];
-    let mut latest_end: Option<(u64, usize)> = None;
-    for &i in &order {
-        let (start, end) = busy_interval(&records[i]);
-        if let Some((previous_end, previous)) = latest_end {
-            if previous_end > start || (previous_end == start && start == end) {
-                result[i] = true;
-                result[previous] = true;
-            }
-        }
-        if latest_end.is_none_or(|(previous_end, _)| end >= previous_end) {
-            latest_end = Some((end, i));
-        }
-    }
-    result
+/// Marks a request that ran while another was in flight: its memory cannot be told apart.
+pub fn mark_overlapped(record: &mut RequestRecord) {
+    record.gpu = Some(GpuAttribution::Unattributed(OVERLAPPED.to_string()));
 }
 
+/// The reason of a request that shared the GPU with another.
+pub const OVERLAPPED: &str = "overlapped";
+
 /// Sets `record.gpu`: `Alone` with the peak memory (per GPU, summed over GPUs) while the
-/// request ran and its excess over the idle baseline; `"overlapped"` when another request
-/// ran at the same time; `"no_samples"` when no sample fell inside it. Untouched when the run
-/// has no GPU samples at all.
-pub fn attribute(output: &GpuSamplerOutput, records: &mut [RequestRecord]) {
+/// request ran and its excess over the idle baseline; `"no_samples"` when no sample fell
+/// inside it. A request marked [`OVERLAPPED`] keeps its mark; without any GPU sample at all
+/// the record has no GPU attribution.
+pub fn attribute(output: &GpuSamplerOutput, record: &mut RequestRecord) {
     if output.tracks.iter().all(|track| track.points.is_empty()) {
+        record.gpu = None;
         return;
     }
-    let overlaps = overlapped(records);
-    for (record, overlapping) in records.iter_mut().zip(overlaps) {
-        if overlapping {
-            record.gpu = Some(GpuAttribution::Unattributed("overlapped".to_string()));
-            continue;
-        }
-        let (start, end) = busy_interval(record);
-        let (mut peak_total, mut idle_total, mut found) = (0.0, 0.0, false);
-        for track in &output.tracks {
-            let peak = track
-                .points
-                .iter()
-                .filter(|p| p.t_ns >= start && p.t_ns <= end)
-                .filter_map(|p| p.memory_used_mib)
-                .reduce(f64::max);
-            if let (Some(peak), Some(idle)) = (peak, track.idle_memory_mib()) {
-                peak_total += peak;
-                idle_total += idle;
-                found = true;
-            }
-        }
-        record.gpu = Some(if found {
-            GpuAttribution::Alone {
-                peak_memory_mib: peak_total,
-                memory_over_idle_mib: peak_total - idle_total,
-            }
-        } else {
-            GpuAttribution::Unattributed("no_samples".to_string())
-        });
+    if record.gpu.is_some() {
+        return;
     }
+    let (start, end) = busy_interval(record);
+    let (mut peak_total, mut idle_total, mut found) = (0.0, 0.0, false);
+    for track in &output.tracks {
+        let peak = track
+            .points
+            .iter()
+            .filter(|p| p.t_ns >= start && p.t_ns <= end)
+            .filter_map(|p| p.memory_used_mib)
+            .reduce(f64::max);
+        if let (Some(peak), Some(idle)) = (peak, track.idle_memory_mib()) {
+            peak_total += peak;
+            idle_total += idle;
+            found = true;
+        }
+    }
+    record.gpu = Some(if found {
+        GpuAttribution::Alone {
+            peak_memory_mib: peak_total,
+            memory_over_idle_mib: peak_total - idle_total,
+        }
+    } else {
+        GpuAttribution::Unattributed("no_samples".to_string())
+    });
 }
 
 #[cfg(test)]
@@ -664,10 +648,12 @@ mod tests {
         let mut records = vec![
             record(50, 250),  // alone: peaks 1400 + 700
             record(300, 450), // alone, but no sample inside
-            record(480, 700), // overlaps the next one
-            record(650, 800),
+            record(480, 700), // overlapped another (marked while the run went)
         ];
-        attribute(&output, &mut records);
+        mark_overlapped(&mut records[2]);
+        for record in &mut records {
+            attribute(&output, record);
+        }
         assert_eq!(
             records[0].gpu,
             Some(GpuAttribution::Alone {
@@ -683,28 +669,13 @@ mod tests {
             records[2].gpu,
             Some(GpuAttribution::Unattributed("overlapped".into()))
         );
-        assert_eq!(
-            records[3].gpu,
-            Some(GpuAttribution::Unattributed("overlapped".into()))
-        );
-    }
-
-    #[test]
-    fn overlap_is_found_past_a_short_neighbour_and_touching_is_not_overlap() {
-        // 0..1000 contains 100..200 and 500..600; 1000..1100 only touches the first.
-        let records = vec![
-            record(0, 1000),
-            record(100, 200),
-            record(500, 600),
-            record(1000, 1100),
-        ];
-        assert_eq!(overlapped(&records), vec![true, true, true, false]);
     }
 
     #[test]
     fn attribution_leaves_records_alone_without_samples() {
         let mut records = vec![record(0, 10)];
-        attribute(&GpuSamplerOutput::default(), &mut records);
+        mark_overlapped(&mut records[0]);
+        attribute(&GpuSamplerOutput::default(), &mut records[0]);
         assert_eq!(records[0].gpu, None);
     }
 }

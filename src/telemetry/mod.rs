@@ -12,6 +12,7 @@ mod sink;
 use crate::analysis::live::Gauge;
 use crate::clock::RunClock;
 use crate::record::RequestRecord;
+use crate::cli::TelemetryArgs;
 use anyhow::{bail, Context};
 use std::path::Path;
 use std::time::Duration;
@@ -25,30 +26,34 @@ pub use sink::{LiveGauges, Notes};
 /// baseline is taken before the first request.
 const FIRST_SAMPLE_WAIT: Duration = Duration::from_secs(3);
 
-/// Telemetry flags of `tracebench run`.
-#[derive(clap::Args, Debug, Clone)]
-pub struct TelemetryArgs {
-    /// GPU telemetry source, repeatable: `auto` (NVML when a driver is present), `nvml`, `off`,
-    /// or the URL of an NVIDIA DCGM exporter (`http://host:9400/metrics`).
-    #[arg(long = "gpu", value_name = "SOURCE", default_value = "auto")]
-    pub gpu: Vec<String>,
-    /// How often to sample each GPU.
-    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = crate::units::parse_duration)]
+/// Checked telemetry settings of a run (from `--gpu`, `--server-metrics` and their intervals).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    pub gpu: Vec<GpuSpec>,
     pub gpu_interval: Duration,
-    /// Engine metrics: `auto` (`<base url>/metrics` when it serves Prometheus text), a URL, or `off`.
-    #[arg(long, value_name = "URL", default_value = "auto")]
-    pub server_metrics: String,
-    /// How often to scrape the engine's metrics.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::units::parse_duration)]
+    pub server_metrics: ServerMetricsSpec,
     pub server_metrics_interval: Duration,
 }
 
-impl Default for TelemetryArgs {
-    fn default() -> Self {
+impl TelemetryConfig {
+    /// Checks the raw flag values; a bad one fails with the flag's name.
+    pub fn from_args(args: &TelemetryArgs) -> anyhow::Result<Self> {
+        check_interval("--gpu-interval", args.gpu_interval)?;
+        check_interval("--server-metrics-interval", args.server_metrics_interval)?;
+        Ok(Self {
+            gpu: parse_gpu_specs(&args.gpu)?,
+            gpu_interval: args.gpu_interval,
+            server_metrics: parse_server_metrics_spec(&args.server_metrics)?,
+            server_metrics_interval: args.server_metrics_interval,
+        })
+    }
+
+    /// No GPU sampling and no scrapes.
+    pub fn off() -> Self {
         Self {
-            gpu: vec!["auto".to_string()],
+            gpu: Vec::new(),
             gpu_interval: Duration::from_millis(100),
-            server_metrics: "auto".to_string(),
+            server_metrics: ServerMetricsSpec::Off,
             server_metrics_interval: Duration::from_secs(1),
         }
     }
@@ -56,7 +61,7 @@ impl Default for TelemetryArgs {
 
 /// One `--gpu` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum GpuSpec {
+pub enum GpuSpec {
     Auto,
     Nvml,
     Dcgm(String),
@@ -90,7 +95,7 @@ fn parse_gpu_specs(values: &[String]) -> anyhow::Result<Vec<GpuSpec>> {
 
 /// The `--server-metrics` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum ServerMetricsSpec {
+pub enum ServerMetricsSpec {
     Off,
     Auto,
     Url(String),
@@ -154,19 +159,16 @@ pub struct Telemetry {
     gpu_interval: Duration,
 }
 
-/// Starts the samplers: resolves the flags (bad values are an error), opens `telemetry.jsonl`
+/// Starts the samplers: opens `telemetry.jsonl`
 /// and `server_metrics.jsonl` in `run_dir`, and waits (briefly) for the first GPU sample so
 /// the idle baseline precedes the load.
 pub async fn start(
-    args: &TelemetryArgs,
+    config: &TelemetryConfig,
     base_url: &str,
     run_dir: &Path,
     clock: RunClock,
 ) -> anyhow::Result<Telemetry> {
-    let gpu_specs = parse_gpu_specs(&args.gpu)?;
-    let server_spec = parse_server_metrics_spec(&args.server_metrics)?;
-    check_interval("--gpu-interval", args.gpu_interval)?;
-    check_interval("--server-metrics-interval", args.server_metrics_interval)?;
+    let (gpu_specs, server_spec) = (&config.gpu, config.server_metrics.clone());
 
     let notes = Notes::default();
     let live = LiveGauges::default();
@@ -179,14 +181,14 @@ pub async fn start(
     let mut first_samples = Vec::new();
     let mut start_gaps = Vec::new();
     let context = sink::SamplerContext {
-        interval: args.gpu_interval,
+        interval: config.gpu_interval,
         clock,
         sink: gpu_sink,
         live: live.clone(),
         stop: stop_rx.clone(),
         notes: notes.clone(),
     };
-    for spec in &gpu_specs {
+    for spec in gpu_specs {
         let (first_tx, first_rx) = oneshot::channel();
         let handle = match spec {
             GpuSpec::Auto | GpuSpec::Nvml => match nvml::NvmlSource::open() {
@@ -230,10 +232,10 @@ pub async fn start(
                     None
                 }
                 (_, first) => {
-                    let mut recorder = server::Recorder::new(
+                    let mut recorder = server::ScrapeRecorder::new(
                         &url,
                         sink::SamplerContext {
-                            interval: args.server_metrics_interval,
+                            interval: config.server_metrics_interval,
                             clock,
                             sink: server_sink,
                             live: live.clone(),
@@ -259,7 +261,7 @@ pub async fn start(
         server_sampler,
         live,
         notes,
-        gpu_interval: args.gpu_interval,
+        gpu_interval: config.gpu_interval,
     })
 }
 
@@ -267,6 +269,11 @@ impl Telemetry {
     /// The latest GPU memory/utilisation and server running/waiting/KV values, with recent history.
     pub fn gauges(&self) -> Vec<Gauge> {
         self.live.snapshot()
+    }
+
+    /// True when GPUs are sampled (requests get a GPU attribution).
+    pub fn samples_gpu(&self) -> bool {
+        !self.gpu_samplers.is_empty()
     }
 
     /// What the user should know about telemetry (sources missing, lines skipped, write errors).
@@ -335,10 +342,9 @@ pub struct TelemetryReport {
 }
 
 impl TelemetryReport {
-    /// Sets `record.gpu` for every record: memory while a request ran alone, or why not.
-    /// Leaves records untouched when there are no GPU samples at all.
-    pub fn attribute(&self, records: &mut [RequestRecord]) {
-        gpu::attribute(&self.gpu_samples, records);
+    /// Sets `record.gpu`: memory while the request ran alone, or why not (see [`gpu::attribute`]).
+    pub fn attribute(&self, record: &mut RequestRecord) {
+        gpu::attribute(&self.gpu_samples, record);
     }
 }
 

@@ -272,13 +272,13 @@ fn aggregate_buckets(exposition: &Exposition, family: &str) -> Option<Buckets> {
 }
 
 /// Turns scrapes into lines, points and gauges.
-pub struct Recorder {
+pub struct ScrapeRecorder {
     context: SamplerContext,
     output: ServerSamplerOutput,
     previous_raw: Option<BTreeMap<String, f64>>,
 }
 
-impl Recorder {
+impl ScrapeRecorder {
     pub fn new(url: &str, context: SamplerContext) -> Self {
         Self {
             output: ServerSamplerOutput {
@@ -378,7 +378,7 @@ impl Recorder {
 
 /// Scrapes every interval until stopped, and once more at the stop. `recorder` already holds
 /// the probe `start` made.
-pub async fn run_sampler(scraper: Scraper, mut recorder: Recorder) -> ServerSamplerOutput {
+pub async fn run_sampler(scraper: Scraper, mut recorder: ScrapeRecorder) -> ServerSamplerOutput {
     let mut stop = recorder.context.stop.clone();
     let interval = recorder.context.interval;
     let clock = recorder.context.clock;

@@ -1,15 +1,58 @@
 //! What to send: synthetic prompts with chosen token-length distributions, or
-//! a JSONL dataset; each turned into a ready request body before the clock
-//! starts (or just ahead of the schedule in `--duration` runs).
+//! a JSONL dataset; each turned into a ready request body a bounded distance
+//! ahead of the schedule ([`feed`]).
 
 pub mod dataset;
+pub mod feed;
 pub mod synthetic;
 pub mod tokens;
 
 use crate::client::PreparedRequest;
 use crate::record::{CountSource, Endpoint};
 use bytes::Bytes;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
+use std::path::PathBuf;
+
+/// Where prompts come from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Source {
+    Synthetic {
+        input_tokens: LengthsConfig,
+        output_tokens: LengthsConfig,
+        shared_prefix_tokens: u64,
+        tokenizer: Option<PathBuf>,
+    },
+    Dataset {
+        path: PathBuf,
+    },
+}
+
+/// Serializable view of [`Lengths`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LengthsConfig {
+    pub mean: u64,
+    pub stddev: f64,
+}
+
+impl From<Lengths> for LengthsConfig {
+    fn from(l: Lengths) -> Self {
+        Self {
+            mean: l.mean,
+            stddev: l.stddev,
+        }
+    }
+}
+
+impl From<LengthsConfig> for Lengths {
+    fn from(l: LengthsConfig) -> Self {
+        Self {
+            mean: l.mean,
+            stddev: l.stddev,
+        }
+    }
+}
 
 /// A length distribution: `MEAN` or `MEAN:STDDEV` tokens.
 #[derive(Debug, Clone, Copy, PartialEq)]

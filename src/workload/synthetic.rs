@@ -1,8 +1,15 @@
 //! Synthetic prompts: random words from a small vocabulary, fitted to a target
-//! token count with the token counter, unique per request (so prefix caching
-//! cannot flatter the numbers) unless a shared prefix is asked for.
+//! token count, unique per request (so prefix caching cannot flatter the
+//! numbers) unless a shared prefix is asked for.
+//!
+//! Fitting does not ask the counter per prompt: [`Synthetic::new`] learns once
+//! what each word costs (alone at the start of a prompt, and after a space)
+//! and checks on sample prompts that costs add up; prompts are then sized by
+//! arithmetic, exactly. A tokenizer whose costs do not add up (it merges
+//! across words) falls back to counting every prompt.
 
 use super::tokens::TokenCounter;
+use futures::future::try_join_all;
 use super::{Item, Lengths, Prompt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -67,6 +74,9 @@ const WORDS: &[&str] = &[
     "bridge",
 ];
 
+/// Sample prompts (word counts) that check a calibration.
+const CALIBRATION_CHECKS: [u64; 8] = [2, 5, 7, 16, 31, 64, 100, 255];
+
 /// Makes synthetic workload items, deterministic for a seed.
 pub struct Synthetic {
     input: Lengths,
@@ -74,6 +84,29 @@ pub struct Synthetic {
     shared_prefix: String,
     shared_prefix_tokens: u64,
     seed: u64,
+    fitter: Fitter,
+}
+
+/// How prompts reach their token count.
+enum Fitter {
+    /// Word costs known: sized by arithmetic.
+    Calibrated(WordCosts),
+    /// Costs do not add up: count each candidate prompt.
+    Counting,
+}
+
+/// Where fitted words go: at the start of the text, or after a prefix and a space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Position {
+    Start,
+    AfterSpace,
+}
+
+/// Tokens each vocabulary word costs at the start of a text and after a space.
+#[derive(Debug, Clone, PartialEq)]
+struct WordCosts {
+    first: Vec<u64>,
+    next: Vec<u64>,
 }
 
 impl Synthetic {
@@ -85,19 +118,32 @@ impl Synthetic {
         seed: u64,
         counter: &TokenCounter,
     ) -> anyhow::Result<Self> {
-        let shared_prefix = if shared_prefix_tokens > 0 {
-            let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_0f5b_a7ed);
-            fit(&mut rng, "", shared_prefix_tokens, counter).await?.0
-        } else {
-            String::new()
+        let fitter = match WordCosts::calibrate(counter).await? {
+            Some(costs) => Fitter::Calibrated(costs),
+            None => Fitter::Counting,
         };
-        Ok(Self {
+        let mut synthetic = Self {
             input,
             output,
-            shared_prefix,
+            shared_prefix: String::new(),
             shared_prefix_tokens,
             seed,
-        })
+            fitter,
+        };
+        if shared_prefix_tokens > 0 {
+            let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_0f5b_a7ed);
+            let (prefix, count) = synthetic
+                .fit(&mut rng, shared_prefix_tokens, Position::Start, counter)
+                .await?;
+            synthetic.shared_prefix = prefix;
+            synthetic.shared_prefix_tokens = count;
+        }
+        Ok(synthetic)
+    }
+
+    /// True when prompts are sized without asking the counter.
+    pub fn is_calibrated(&self) -> bool {
+        matches!(self.fitter, Fitter::Calibrated(_))
     }
 
     /// Item `index`: the same index and seed always give the same prompt.
@@ -106,7 +152,16 @@ impl Synthetic {
         let input = sample(&mut rng, self.input);
         let output = sample(&mut rng, self.output);
         let unique = input.saturating_sub(self.shared_prefix_tokens).max(1);
-        let (text, count) = fit(&mut rng, &self.shared_prefix, unique, counter).await?;
+        let position = match self.shared_prefix.is_empty() {
+            true => Position::Start,
+            false => Position::AfterSpace,
+        };
+        let (body, count) = self.fit(&mut rng, unique, position, counter).await?;
+        let text = if self.shared_prefix.is_empty() {
+            body
+        } else {
+            format!("{} {body}", self.shared_prefix)
+        };
         Ok(Item {
             prompt: Prompt::Text(text),
             input_tokens: Some(count + self.shared_prefix_tokens),
@@ -114,6 +169,96 @@ impl Synthetic {
             max_tokens: Some(output),
         })
     }
+
+    /// Random words whose token count is `target` (exact when the counter
+    /// is, and when the vocabulary can reach it); returns them and their count.
+    async fn fit(
+        &self,
+        rng: &mut StdRng,
+        target: u64,
+        position: Position,
+        counter: &TokenCounter,
+    ) -> anyhow::Result<(String, u64)> {
+        match &self.fitter {
+            Fitter::Calibrated(costs) => Ok(costs.fit(rng, target, position)),
+            Fitter::Counting => fit_by_counting(rng, target, counter).await,
+        }
+    }
+}
+
+impl WordCosts {
+    /// Learns the word costs from the counter and checks them on sample
+    /// prompts; `None` when the costs do not add up.
+    async fn calibrate(counter: &TokenCounter) -> anyhow::Result<Option<Self>> {
+        let first = try_join_all(WORDS.iter().map(|w| counter.count(w))).await?;
+        let pairs = try_join_all(WORDS.iter().map(|w| async move {
+            counter.count(&format!("{w} {w}")).await
+        }))
+        .await?;
+        let next = pairs
+            .iter()
+            .zip(&first)
+            .map(|(pair, one)| pair.saturating_sub(*one))
+            .collect();
+        let costs = Self { first, next };
+        if costs.next.iter().all(|c| *c == 0) {
+            return Ok(None);
+        }
+        let mut rng = StdRng::seed_from_u64(0xca11_b7a7e);
+        for words in CALIBRATION_CHECKS {
+            let picks: Vec<usize> = (0..words).map(|_| rng.random_range(0..WORDS.len())).collect();
+            let text = join_words(&picks);
+            if counter.count(&text).await? != costs.cost(&picks) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(costs))
+    }
+
+    /// Tokens of these words joined by spaces.
+    fn cost(&self, picks: &[usize]) -> u64 {
+        picks
+            .iter()
+            .enumerate()
+            .map(|(i, w)| if i == 0 { self.first[*w] } else { self.next[*w] })
+            .sum()
+    }
+
+    /// Random words adding up to `target` tokens: any word while the rest is
+    /// large, then only words that still fit (at least one word).
+    fn fit(&self, rng: &mut StdRng, target: u64, position: Position) -> (String, u64) {
+        let mut picks = Vec::with_capacity(target as usize);
+        let mut total = 0;
+        while total < target {
+            let costs = match (picks.is_empty(), position) {
+                (true, Position::Start) => &self.first,
+                _ => &self.next,
+            };
+            let left = target - total;
+            let word = rng.random_range(0..WORDS.len());
+            let word = if costs[word] <= left && costs[word] > 0 {
+                word
+            } else {
+                let fitting: Vec<usize> = (0..WORDS.len())
+                    .filter(|w| costs[*w] <= left && costs[*w] > 0)
+                    .collect();
+                match fitting.len() {
+                    // Nothing fits: a prompt still has one word (and its true count).
+                    0 if picks.is_empty() => (0..WORDS.len()).min_by_key(|w| costs[*w]).unwrap_or(0),
+                    0 => break,
+                    n => fitting[rng.random_range(0..n)],
+                }
+            };
+            total += costs[word];
+            picks.push(word);
+        }
+        (join_words(&picks), total)
+    }
+}
+
+fn join_words(picks: &[usize]) -> String {
+    let words: Vec<&str> = picks.iter().map(|w| WORDS[*w]).collect();
+    words.join(" ")
 }
 
 /// A length drawn from the distribution (at least 1).
@@ -125,12 +270,10 @@ fn sample(rng: &mut StdRng, lengths: Lengths) -> u64 {
     normal.sample(rng).round().max(1.0) as u64
 }
 
-/// Random words after `prefix` whose own token count is `target` (exact when
-/// the counter is, within a few steps); returns the whole text and the count
-/// of the part after the prefix.
-async fn fit(
+/// Random words whose token count is `target`, adjusted by counting the
+/// candidate text (exact when the counter is, within a few steps).
+async fn fit_by_counting(
     rng: &mut StdRng,
-    prefix: &str,
     target: u64,
     counter: &TokenCounter,
 ) -> anyhow::Result<(String, u64)> {
@@ -152,13 +295,7 @@ async fn fit(
         }
         count = counter.count(&words.join(" ")).await?;
     }
-    let body = words.join(" ");
-    let text = if prefix.is_empty() {
-        body
-    } else {
-        format!("{prefix} {body}")
-    };
-    Ok((text, count))
+    Ok((words.join(" "), count))
 }
 
 #[cfg(test)]
@@ -202,5 +339,66 @@ mod tests {
         assert_eq!(prefix_a, prefix_b);
         assert_ne!(a, b);
         assert_eq!(a.split_whitespace().count(), 40);
+    }
+
+    /// A character-level BPE tokenizer; `merges` may join across words.
+    fn char_tokenizer(merges: &str) -> TokenCounter {
+        let chars: std::collections::BTreeSet<char> =
+            WORDS.iter().flat_map(|w| w.chars()).chain([' ']).collect();
+        let mut vocab: Vec<String> = chars.iter().map(|c| c.to_string()).collect();
+        vocab.push("e ".into());
+        vocab.push("e t".into());
+        vocab.push("an".into());
+        let vocab: serde_json::Map<String, serde_json::Value> = vocab
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (t, i.into()))
+            .collect();
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": null, "post_processor": null, "decoder": null,
+            "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                      "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                      "fuse_unk": false, "byte_fallback": false, "vocab": vocab,
+                      "merges": serde_json::from_str::<serde_json::Value>(merges).unwrap()}
+        });
+        let tokenizer: tokenizers::Tokenizer = json.to_string().parse().unwrap();
+        TokenCounter::Tokenizer(Box::new(tokenizer))
+    }
+
+    async fn counted(synthetic: &Synthetic, index: u64, counter: &TokenCounter) -> (u64, u64) {
+        let item = synthetic.item(index, counter).await.unwrap();
+        let Prompt::Text(text) = &item.prompt else {
+            panic!()
+        };
+        (item.input_tokens.unwrap(), counter.count(text).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn calibrated_prompts_have_the_exact_count_of_a_real_tokenizer() {
+        // Words cost several tokens each and "an" merges inside words only.
+        let counter = char_tokenizer(r#"[["a", "n"]]"#);
+        let synthetic = Synthetic::new("100:30".parse().unwrap(), "8".parse().unwrap(), 12, 3, &counter)
+            .await
+            .unwrap();
+        assert!(synthetic.is_calibrated());
+        for index in 0..40 {
+            let (claimed, actual) = counted(&synthetic, index, &counter).await;
+            assert_eq!(claimed, actual, "item {index}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tokenizer_merging_across_words_is_counted_per_prompt() {
+        // "e t" becomes one token: a word's cost depends on its neighbours.
+        let counter = char_tokenizer(r#"[["e", " "], ["e ", "t"]]"#);
+        let synthetic = Synthetic::new("60".parse().unwrap(), "8".parse().unwrap(), 0, 5, &counter)
+            .await
+            .unwrap();
+        assert!(!synthetic.is_calibrated());
+        for index in 0..10 {
+            let (claimed, actual) = counted(&synthetic, index, &counter).await;
+            assert_eq!(claimed, actual);
+        }
     }
 }

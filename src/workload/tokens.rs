@@ -36,6 +36,29 @@ impl TokenCounter {
         counter.count("probe").await.ok().map(|_| counter)
     }
 
+    /// The counter for a run: `tokenizer` when given, else the server's
+    /// `/tokenize`, else an estimate (with a note saying so).
+    pub async fn choose(
+        tokenizer: Option<&Path>,
+        http: &reqwest::Client,
+        base_url: &str,
+        model: &str,
+        notes: &mut Vec<String>,
+    ) -> anyhow::Result<Self> {
+        if let Some(path) = tokenizer {
+            return Self::from_file(path);
+        }
+        if let Some(counter) = Self::from_server(http, base_url, model).await {
+            return Ok(counter);
+        }
+        notes.push(
+            "prompt lengths are approximate (no --tokenizer, no /tokenize); \
+             the server's usage counts are recorded"
+                .into(),
+        );
+        Ok(TokenCounter::Estimate)
+    }
+
     pub fn source(&self) -> CountSource {
         match self {
             TokenCounter::Tokenizer(_) => CountSource::Tokenizer,
