@@ -95,7 +95,7 @@ pub struct RunConfig {
     pub tui: bool,
     pub db: Option<PathBuf>,
     #[serde(skip)]
-    pub trace: crate::trace::TraceArgs,
+    pub trace: crate::trace::TraceConfig,
     #[serde(skip)]
     pub telemetry: crate::telemetry::TelemetryArgs,
 }
@@ -192,7 +192,7 @@ impl RunConfig {
             slo: args.slo.clone().unwrap_or_default(),
             tui: !args.no_tui,
             db: (!args.no_db).then(|| args.db.clone()),
-            trace: args.trace.clone(),
+            trace: crate::trace::TraceConfig::from_args(&args.trace)?,
             telemetry: args.telemetry.clone(),
         })
     }

@@ -4,6 +4,7 @@
 //! completes (flushed, so a killed run keeps it); the join later fills in the
 //! server's view. `schemas/request.schema.json` is the contract for this shape.
 
+use crate::client::traceparent::TraceId;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -202,7 +203,7 @@ pub struct RequestRecord {
     pub model: String,
     pub stream: bool,
     /// W3C trace id sent in `traceparent` (32 lower-case hex), when tracing headers are on.
-    pub trace_id: Option<String>,
+    pub trace_id: Option<TraceId>,
     /// The client span id sent as the parent in `traceparent` (16 hex).
     pub span_id: Option<String>,
     pub max_tokens: Option<u64>,
@@ -275,21 +276,57 @@ impl RecordLog {
     }
 }
 
-/// Reads every record of a `requests.jsonl`. A bad line is an error naming the line.
-pub fn read_records(path: &Path) -> anyhow::Result<Vec<RequestRecord>> {
+/// The records of a `requests.jsonl`, one line at a time (blank lines skipped).
+/// A bad line is an error naming the line.
+pub fn records(path: &Path) -> anyhow::Result<impl Iterator<Item = anyhow::Result<RequestRecord>>> {
     use anyhow::Context;
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut records = Vec::new();
-    for (number, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let record = serde_json::from_str(&line)
-            .with_context(|| format!("{}:{}: not a request record", path.display(), number + 1))?;
-        records.push(record);
+    let path = path.to_path_buf();
+    let lines = BufReader::new(file).lines().enumerate();
+    Ok(lines.filter_map(move |(number, line)| {
+        let line = match line.with_context(|| format!("cannot read {}", path.display())) {
+            Ok(line) if line.trim().is_empty() => return None,
+            Ok(line) => line,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(
+            serde_json::from_str(&line).with_context(|| {
+                format!("{}:{}: not a request record", path.display(), number + 1)
+            }),
+        )
+    }))
+}
+
+/// Reads every record of a `requests.jsonl`. A bad line is an error naming the line.
+pub fn read_records(path: &Path) -> anyhow::Result<Vec<RequestRecord>> {
+    records(path)?.collect()
+}
+
+/// Rewrites a records file one record at a time: each is read, changed by
+/// `change`, and written to a temp file that then replaces the file. Holds one
+/// record at a time; returns how many there were.
+pub fn rewrite_each_record(
+    path: &Path,
+    mut change: impl FnMut(&mut RequestRecord),
+) -> anyhow::Result<u64> {
+    use anyhow::Context;
+    let tmp = path.with_extension("jsonl.tmp");
+    let mut out = std::io::BufWriter::new(
+        File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?,
+    );
+    let mut count = 0;
+    for record in records(path)? {
+        let mut record = record?;
+        change(&mut record);
+        serde_json::to_writer(&mut out, &record)?;
+        out.write_all(b"\n")?;
+        count += 1;
     }
-    Ok(records)
+    out.flush()
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    drop(out);
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(count)
 }
 
 /// Rewrites a records file atomically (temp file + rename), e.g. after the join.

@@ -149,7 +149,7 @@ pub async fn execute(config: RunConfig, command_line: String) -> anyhow::Result<
     );
     write_json(&run_dir.join("run.json"), &run_json)?;
 
-    let collector = crate::trace::start_collector(&config.trace, &run_dir).await?;
+    let collector = Arc::new(crate::trace::start_collector(&config.trace, &run_dir).await?);
     let clock = RunClock::start();
     let telemetry =
         crate::telemetry::start(&config.telemetry, &config.url, &run_dir, clock).await?;
@@ -171,7 +171,7 @@ pub async fn execute(config: RunConfig, command_line: String) -> anyhow::Result<
             model: model.clone(),
             stream: config.stream,
             headers: config.headers.clone(),
-            trace_header: config.trace.sends_trace_header(),
+            trace_header: config.trace.trace_header,
             first_byte_timeout: config.first_byte_timeout,
             request_timeout: config.request_timeout,
             run_id: run_id.clone(),
@@ -187,7 +187,13 @@ pub async fn execute(config: RunConfig, command_line: String) -> anyhow::Result<
     let in_flight = Arc::new(AtomicU64::new(0));
     let (record_tx, record_rx) = mpsc::unbounded_channel();
     let log = RecordLog::create(&run_dir.join("requests.jsonl"))?;
-    let aggregator = tokio::spawn(aggregate(record_rx, log, live.clone(), history.clone()));
+    let aggregator = tokio::spawn(aggregate(
+        record_rx,
+        log,
+        live.clone(),
+        history.clone(),
+        collector.clone(),
+    ));
 
     let stop = CancellationToken::new();
     let cancel = CancellationToken::new();
@@ -255,10 +261,14 @@ pub async fn execute(config: RunConfig, command_line: String) -> anyhow::Result<
         }
     };
 
-    // The join rewrites requests.jsonl with the joined records.
+    // The aggregator observed every record as it came: wait for the spans
+    // still missing, then join each record and rewrite requests.jsonl.
+    let mut collector = Arc::try_unwrap(collector)
+        .ok()
+        .context("the span collector is still shared")?;
     let mut countdown = Countdown::new();
-    let join = collector
-        .finish(&mut records, |progress| {
+    let waited = collector
+        .wait(|progress| {
             countdown.show(&format!(
                 "waiting for server spans: {} missing, {:.0}s left",
                 progress.missing,
@@ -267,21 +277,33 @@ pub async fn execute(config: RunConfig, command_line: String) -> anyhow::Result<
         })
         .await;
     countdown.done();
-    match &join {
-        Ok(report) if report.duplicates > 0 => notes.push(format!(
-            "{} requests had more than one server span (e.g. n>1); the first was used",
-            report.duplicates
-        )),
-        Ok(_) => {}
-        Err(e) => {
-            notes.push(format!("span join failed: {e:#}"));
-            crate::record::rewrite_records(&run_dir.join("requests.jsonl"), &records)?;
+    match waited {
+        Ok(outcome) => {
+            for note in outcome.notes {
+                eprintln!("note: {note}");
+                notes.push(note);
+            }
         }
+        Err(e) => notes.push(format!("waiting for spans failed: {e:#}")),
     }
+    for record in &mut records {
+        collector.join(record);
+    }
+    let join = collector.report();
+    if join.duplicates > 0 {
+        notes.push(format!(
+            "{} requests had more than one server span (e.g. n>1); the first was used",
+            join.duplicates
+        ));
+    }
+    crate::record::rewrite_records(&run_dir.join("requests.jsonl"), &records)?;
     interrupter.abort();
-    if let Some(url) = &config.trace.export_client_spans {
-        if let Err(e) = crate::trace::export_client_spans(&records, url).await {
-            notes.push(format!("client spans were not exported to {url}: {e:#}"));
+    if let Some(endpoint) = &config.trace.export_client_spans {
+        if let Err(e) = crate::trace::export_client_spans(&records, endpoint).await {
+            notes.push(format!(
+                "client spans were not exported to {}: {e:#}",
+                endpoint.url()
+            ));
         }
     }
 
@@ -566,13 +588,14 @@ impl Workload {
     }
 }
 
-/// Appends each record the moment it arrives, feeds live statistics and the
-/// history database, and returns every record at the end.
+/// Appends each record the moment it arrives, feeds live statistics, the
+/// history database and the span collector, and returns every record at the end.
 async fn aggregate(
     mut rx: mpsc::UnboundedReceiver<RequestRecord>,
     mut log: RecordLog,
     live: Arc<Mutex<LiveStats>>,
     history: Option<Arc<HistoryWriter>>,
+    collector: Arc<crate::trace::SpanCollector>,
 ) -> anyhow::Result<Vec<RequestRecord>> {
     let mut records = Vec::new();
     let mut write_error = None;
@@ -585,6 +608,7 @@ async fn aggregate(
         if let Some(history) = &history {
             history.record(&record);
         }
+        collector.observe(&record);
         records.push(record);
     }
     if let Some(e) = write_error {

@@ -6,8 +6,8 @@ mod trace_support;
 
 use std::sync::{Arc, Mutex};
 use trace_support::fixture_bytes;
-use tracebench::trace::join::SpanStore;
 use tracebench::trace::receiver::{Receiver, ReceiverConfig};
+use tracebench::trace::store::SpanStore;
 
 fn validator() -> jsonschema::Validator {
     let schema: serde_json::Value =
