@@ -135,6 +135,36 @@ impl PhaseSums {
     }
 }
 
+/// Spans made compact before they go into a store. Made outside the store's
+/// lock (the attributes are written as JSON text then), it keeps the lock
+/// short for whoever else waits on it, such as a run's record aggregator.
+pub struct CompactSpans {
+    spans: Vec<CompactSpan>,
+}
+
+struct CompactSpan {
+    trace_id: TraceId,
+    /// The key of its `gen_ai.request.id`.
+    request_key: Option<u64>,
+    node: SpanNode,
+}
+
+impl CompactSpans {
+    /// The compact form of some spans.
+    pub fn of(spans: impl IntoIterator<Item = Span>) -> Self {
+        let mut services = Vec::new();
+        let spans = spans
+            .into_iter()
+            .map(|span| CompactSpan {
+                trace_id: span.trace_id,
+                request_key: span.attr_str("gen_ai.request.id").map(request_key),
+                node: SpanNode::of(&span, |name| intern(&mut services, name)),
+            })
+            .collect();
+        Self { spans }
+    }
+}
+
 /// The key of a request id in the store's index.
 fn request_key(request_id: &str) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
@@ -177,15 +207,23 @@ impl SpanStore {
         self.insert_all([span]);
     }
 
-    /// Adds spans (e.g. one export request); each trace they touch is looked at
-    /// once afterwards, for the live means and the requests waiting for it.
+    /// Adds spans (e.g. one export request); see [`SpanStore::insert_compact`].
     pub fn insert_all(&mut self, spans: impl IntoIterator<Item = Span>) {
+        self.insert_compact(CompactSpans::of(spans));
+    }
+
+    /// Adds spans made compact beforehand; each trace they touch is looked at
+    /// once afterwards, for the live means and the requests waiting for it.
+    pub fn insert_compact(&mut self, compact: CompactSpans) {
         let mut touched: Vec<TraceId> = Vec::new();
         let mut keys_awaited: Vec<(u64, TraceId)> = Vec::new();
-        for span in spans {
-            let trace_id = span.trace_id;
-            if let Some(id) = span.attr_str("gen_ai.request.id") {
-                let key = request_key(id);
+        for CompactSpan {
+            trace_id,
+            request_key,
+            mut node,
+        } in compact.spans
+        {
+            if let Some(key) = request_key {
                 self.by_request_key
                     .entry(key)
                     .and_modify(|ids| ids.add(trace_id))
@@ -194,8 +232,9 @@ impl SpanStore {
                     keys_awaited.push((key, trace_id));
                 }
             }
-            let services = &mut self.services;
-            let node = SpanNode::of(&span, |name| intern(services, name));
+            if let Some(service) = node.detail.as_mut().and_then(|d| d.service_name.as_mut()) {
+                *service = share(&mut self.services, service);
+            }
             let entry = self.traces.entry(trace_id).or_default();
             if entry.nodes.is_empty() {
                 // Most traces hold one span: no room for more until a second comes.
@@ -390,14 +429,21 @@ const SHARED_SERVICES: usize = 64;
 
 /// The shared copy of a service name.
 fn intern(services: &mut Vec<Arc<str>>, name: &str) -> Arc<str> {
-    if let Some(known) = services.iter().find(|s| &***s == name) {
+    match services.iter().find(|s| &***s == name) {
+        Some(known) => known.clone(),
+        None => share(services, &Arc::from(name)),
+    }
+}
+
+/// The shared copy of a service name; a new name is shared from now on.
+fn share(services: &mut Vec<Arc<str>>, name: &Arc<str>) -> Arc<str> {
+    if let Some(known) = services.iter().find(|s| **s == *name) {
         return known.clone();
     }
-    let shared: Arc<str> = Arc::from(name);
     if services.len() < SHARED_SERVICES {
-        services.push(shared.clone());
+        services.push(name.clone());
     }
-    shared
+    name.clone()
 }
 
 #[cfg(test)]

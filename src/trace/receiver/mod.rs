@@ -8,7 +8,7 @@ mod http;
 
 use super::config::OtlpEndpoint;
 use super::span::{spans_of, DecodeError, Span, SpanLine};
-use super::store::SpanStore;
+use super::store::{CompactSpans, SpanStore};
 use anyhow::Context as _;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -310,8 +310,9 @@ async fn write_loop(
         if let Err(error) = written {
             first_error.get_or_insert(error);
         }
+        let compact = CompactSpans::of(batch.spans);
         if let Ok(mut store) = store.lock() {
-            store.insert_all(batch.spans);
+            store.insert_compact(compact);
         }
         if let Some(forward) = &forward {
             if forward.try_send(batch.request).is_err() {
