@@ -172,7 +172,9 @@ impl SpanCollector {
             return;
         }
         let end = record.instants_ns.end.unwrap_or(record.instants_ns.sent);
-        let end_unix_ns = record.sent_unix_ns + end.saturating_sub(record.instants_ns.sent);
+        let end_unix_ns = record
+            .sent_unix_ns
+            .saturating_add(end.saturating_sub(record.instants_ns.sent));
         self.last_end_unix_ns
             .fetch_max(end_unix_ns, Ordering::Relaxed);
         if self.config.backend.is_some() {
