@@ -23,7 +23,7 @@ async fn client_spans_parent_the_server_span() {
             spans_path.clone(),
         );
         let store = Arc::new(Mutex::new(SpanStore::new()));
-        let receiver = Receiver::start(config, store.clone()).await.unwrap();
+        let receiver = Receiver::start(config, Some(store.clone())).await.unwrap();
 
         // The traced-chat capture: traceparent 00-00112233...-0123456789abcdef-01.
         let timing = Timing {

@@ -33,7 +33,7 @@ async fn start(configure: impl FnOnce(&mut ReceiverConfig)) -> Running {
     );
     configure(&mut config);
     let store = Arc::new(Mutex::new(SpanStore::new()));
-    let receiver = Receiver::start(config, store.clone()).await.unwrap();
+    let receiver = Receiver::start(config, Some(store.clone())).await.unwrap();
     Running {
         receiver,
         store,
@@ -392,7 +392,7 @@ async fn a_port_in_use_names_the_flag() {
         ("127.0.0.1:0".parse().unwrap(), addr, "--otlp-http"),
     ] {
         let config = ReceiverConfig::new(grpc, http, dir.path().join("spans.jsonl"));
-        let error = match Receiver::start(config, Arc::new(Mutex::new(SpanStore::new()))).await {
+        let error = match Receiver::start(config, None).await {
             Ok(_) => panic!("{addr} was free"),
             Err(error) => error.to_string(),
         };

@@ -95,7 +95,7 @@ pub async fn start_collector(
     if collector.listens() {
         let store = Arc::new(Mutex::new(SpanStore::with_live_phases()));
         let receiver_config = receiver_config(config, collector.spans_path.clone());
-        collector.receiver = Some(Receiver::start(receiver_config, store.clone()).await?);
+        collector.receiver = Some(Receiver::start(receiver_config, Some(store.clone())).await?);
         collector.store = store;
     }
     Ok(collector)

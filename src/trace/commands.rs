@@ -4,11 +4,9 @@
 use super::collector::{receiver_config, JoinReport, SpanCollector};
 use super::config::TraceConfig;
 use super::receiver::Receiver;
-use super::store::SpanStore;
 use crate::record::{records, rewrite_each_record};
 use anyhow::Context;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 /// `tracebench join RUN_DIR`: joins again from `requests.jsonl` and
 /// `spans.jsonl`, or from Jaeger/Tempo when that is the source, and rewrites
@@ -37,8 +35,8 @@ pub async fn join_run_dir(run_dir: &Path, config: &TraceConfig) -> anyhow::Resul
 
 /// `tracebench collect --out spans.jsonl`: the receiver alone, until Ctrl-C.
 pub async fn collect_until_ctrl_c(config: &TraceConfig, out: &Path) -> anyhow::Result<()> {
-    let store = Arc::new(Mutex::new(SpanStore::new()));
-    let receiver = Receiver::start(receiver_config(config, out.to_path_buf()), store).await?;
+    // Nothing is joined: the spans go to the file only.
+    let receiver = Receiver::start(receiver_config(config, out.to_path_buf()), None).await?;
     eprintln!(
         "receiving OTLP on grpc://{} and http://{}/v1/traces, writing {}; Ctrl-C stops",
         receiver.grpc_addr(),

@@ -179,10 +179,11 @@ async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<tokio::net::TcpLis
 
 impl Receiver {
     /// Binds both listeners (an address in use is an error naming its flag),
-    /// opens the spans file and starts the servers, the writer and the forwarder.
+    /// opens the spans file and starts the servers, the writer and the
+    /// forwarder. Spans go to `store` too when one is given.
     pub async fn start(
         config: ReceiverConfig,
-        store: Arc<Mutex<SpanStore>>,
+        store: Option<Arc<Mutex<SpanStore>>>,
     ) -> anyhow::Result<Self> {
         let forward_target = config
             .forward
@@ -284,12 +285,12 @@ impl Receiver {
 }
 
 /// The one writer: each batch's spans go to `spans.jsonl` (flushed per batch),
-/// then into the store, then to the forwarder. A write error is remembered and
-/// returned at the end; the spans still reach the store.
+/// then into the store (if any), then to the forwarder. A write error is
+/// remembered and returned at the end; the spans still reach the store.
 async fn write_loop(
     file: std::fs::File,
     mut queue: mpsc::Receiver<Batch>,
-    store: Arc<Mutex<SpanStore>>,
+    store: Option<Arc<Mutex<SpanStore>>>,
     forward: Option<mpsc::Sender<ExportTraceServiceRequest>>,
     counters: Arc<Counters>,
 ) -> anyhow::Result<()> {
@@ -310,9 +311,11 @@ async fn write_loop(
         if let Err(error) = written {
             first_error.get_or_insert(error);
         }
-        let compact = CompactSpans::of(batch.spans);
-        if let Ok(mut store) = store.lock() {
-            store.insert_compact(compact);
+        if let Some(store) = &store {
+            let compact = CompactSpans::of(batch.spans);
+            if let Ok(mut store) = store.lock() {
+                store.insert_compact(compact);
+            }
         }
         if let Some(forward) = &forward {
             if forward.try_send(batch.request).is_err() {
