@@ -4,15 +4,13 @@
 //!
 //! cargo run --example concurrent_run
 
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
 use tracebench::analysis::{summarize, Slo};
 use tracebench::client::{Client, ClientOptions};
 use tracebench::clock::RunClock;
-use tracebench::dispatch::{Dispatcher, PhaseRequests};
+use tracebench::dispatch::{Dispatcher, Stops};
 use tracebench::record::{CountSource, Endpoint};
 use tracebench::schedule::Schedule;
+use tracebench::workload::feed::Feed;
 use tracebench::workload::{BodyOptions, Item, Prompt};
 
 #[tokio::main]
@@ -41,23 +39,15 @@ async fn main() -> anyhow::Result<()> {
         ClientOptions::new(&sim.url(), Endpoint::Chat, "tracebench-sim", "example"),
         RunClock::start(),
     )?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let dispatcher = Dispatcher {
-        client,
-        schedule: Schedule::Closed { concurrency: 8 },
-        seed: 0,
-        stop: CancellationToken::new(),
-        cancel: CancellationToken::new(),
-        records: tx,
-        in_flight: Arc::new(AtomicU64::new(0)),
-    };
+    let schedule = Schedule::Closed { concurrency: 8 };
+    let (dispatcher, mut finished) = Dispatcher::new(client, schedule, 0, Stops::default());
     dispatcher
-        .run_phase(PhaseRequests::Ready(requests.into_iter()), None)
+        .run_phase(&mut Feed::from_requests(requests), None, None)
         .await;
     drop(dispatcher);
     let mut records = Vec::new();
-    while let Some(record) = rx.recv().await {
-        records.push(record);
+    while let Some(done) = finished.recv().await {
+        records.push(done.record);
     }
     let summary = summarize("example", &records, &Slo::default(), false);
     let ttft = &summary.metrics["ttft_ms"];

@@ -9,7 +9,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tracebench::clock::RunClock;
-use tracebench::telemetry::{start, TelemetryArgs};
+use tracebench::cli::TelemetryArgs;
+use tracebench::telemetry::{start, TelemetryConfig};
 
 /// CPU seconds (user + system) this process has used so far.
 fn cpu_seconds() -> f64 {
@@ -79,16 +80,16 @@ async fn main() -> anyhow::Result<()> {
     let dir =
         std::env::temp_dir().join(format!("tracebench-telemetry-cost-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let telemetry_args = TelemetryArgs {
+    let telemetry_config = TelemetryConfig::from_args(&TelemetryArgs {
         gpu: vec!["auto".into()],
         gpu_interval: Duration::from_millis(100),
         server_metrics: format!("http://127.0.0.1:{port}/metrics"),
         server_metrics_interval: Duration::from_secs(1),
-    };
+    })?;
     let clock = RunClock::start();
     let cpu_before = cpu_seconds();
     let wall_before = Instant::now();
-    let telemetry = start(&telemetry_args, "http://127.0.0.1:9", &dir, clock).await?;
+    let telemetry = start(&telemetry_config, "http://127.0.0.1:9", &dir, clock).await?;
     for note in telemetry.notes() {
         println!("note: {note}");
     }

@@ -3,7 +3,9 @@
 
 use crate::record::Endpoint;
 use crate::schedule::Arrival;
+use crate::trace::TraceSource;
 use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -177,7 +179,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_db: bool,
     #[command(flatten)]
-    pub trace: crate::trace::TraceArgs,
+    pub trace: TraceArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }
@@ -261,7 +263,7 @@ pub struct CollectArgs {
     #[arg(long, default_value = "spans.jsonl")]
     pub out: PathBuf,
     #[command(flatten)]
-    pub trace: crate::trace::TraceArgs,
+    pub trace: TraceArgs,
 }
 
 /// `tracebench join`.
@@ -270,7 +272,7 @@ pub struct JoinArgs {
     /// A run folder (with requests.jsonl and spans.jsonl).
     pub run_dir: PathBuf,
     #[command(flatten)]
-    pub trace: crate::trace::TraceArgs,
+    pub trace: TraceArgs,
 }
 
 /// `tracebench show`.
@@ -295,4 +297,47 @@ pub struct CompareArgs {
     /// Run folders or `vllm bench serve --save-result` JSON files; the first is the baseline.
     #[arg(required = true, num_args = 2..)]
     pub runs: Vec<PathBuf>,
+}
+
+/// `on` / `off` for a flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+/// The tracing flags of `run`, `join` and `collect` (checked into a
+/// [`crate::trace::TraceConfig`]).
+#[derive(Args, Debug, Clone)]
+pub struct TraceArgs {
+    /// Where server spans come from.
+    #[arg(long, value_enum, default_value = "otlp")]
+    pub trace_source: TraceSource,
+    /// Address of the embedded OTLP/gRPC receiver.
+    #[arg(long, env = "TRACEBENCH_OTLP_GRPC", default_value = "127.0.0.1:4317")]
+    pub otlp_grpc: SocketAddr,
+    /// Address of the embedded OTLP/HTTP receiver (`POST /v1/traces`).
+    #[arg(long, env = "TRACEBENCH_OTLP_HTTP", default_value = "127.0.0.1:4318")]
+    pub otlp_http: SocketAddr,
+    /// Send every received export on to this OTLP endpoint (`grpc://host:4317` or `http://host:4318`).
+    #[arg(long, value_name = "URL")]
+    pub otlp_forward: Option<String>,
+    /// Jaeger query service, e.g. `http://localhost:16686` (with `--trace-source jaeger`).
+    #[arg(long, value_name = "URL", env = "TRACEBENCH_JAEGER_URL")]
+    pub jaeger_url: Option<String>,
+    /// Tempo query endpoint, e.g. `http://localhost:3200` (with `--trace-source tempo`).
+    #[arg(long, value_name = "URL", env = "TRACEBENCH_TEMPO_URL")]
+    pub tempo_url: Option<String>,
+    /// Jaeger UI base for a per-request trace link, e.g. `http://localhost:16686`.
+    #[arg(long, value_name = "URL")]
+    pub jaeger_ui: Option<String>,
+    /// How long to wait for spans after the last response.
+    #[arg(long, default_value = "15s", value_parser = crate::units::parse_duration)]
+    pub span_wait: Duration,
+    /// After the run, export one client span per request to this OTLP endpoint.
+    #[arg(long, value_name = "URL")]
+    pub export_client_spans: Option<String>,
+    /// Send a W3C `traceparent` (and so ask for server spans) with every request.
+    #[arg(long, value_enum, default_value = "on")]
+    pub trace_header: Switch,
 }

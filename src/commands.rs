@@ -24,9 +24,12 @@ pub async fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::Demo(args) => demo(args).await,
         Command::Sim(args) => crate::sim::run_until_ctrl_c(*args).await.map(|()| 0),
         Command::Selfcheck(args) => crate::selfcheck::selfcheck(args, threads, idle_spin).await,
-        Command::Collect(args) => crate::trace::collect_until_ctrl_c(&args.trace, &args.out)
-            .await
-            .map(|()| 0),
+        Command::Collect(args) => {
+            let config = crate::trace::TraceConfig::from_args(&args.trace)?;
+            crate::trace::collect_until_ctrl_c(&config, &args.out)
+                .await
+                .map(|()| 0)
+        }
         Command::Join(args) => join(args).await,
         Command::Show(args) => show(args),
         Command::Report(args) => report(args),
@@ -137,10 +140,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
     Ok(finish(&outcome?))
 }
 
-/// `tracebench join`: join again (that rewrites requests.jsonl), then summarise
-/// again, keeping the telemetry summaries.
+/// `tracebench join`: join again (that rewrites requests.jsonl one record at
+/// a time), then summarise again, keeping the telemetry summaries.
 async fn join(args: JoinArgs) -> anyhow::Result<i32> {
-    let report = crate::trace::join_run_dir(&args.run_dir, &args.trace).await?;
+    let config = crate::trace::TraceConfig::from_args(&args.trace)?;
+    let report = crate::trace::join_run_dir(&args.run_dir, &config).await?;
     let summary = resummarize(&args.run_dir)?;
     write_summary(&args.run_dir, &summary)?;
     crate::report::html::write_report(&args.run_dir)?;

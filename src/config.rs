@@ -60,7 +60,7 @@ pub struct RunConfig {
     pub tui: bool,
     pub db: Option<PathBuf>,
     #[serde(skip)]
-    pub trace: crate::trace::TraceArgs,
+    pub trace: crate::trace::TraceConfig,
     #[serde(skip)]
     pub telemetry: TelemetryConfig,
 }
@@ -157,7 +157,7 @@ impl RunConfig {
             slo: args.slo.clone().unwrap_or_default(),
             tui: !args.no_tui,
             db: (!args.no_db).then(|| args.db.clone()),
-            trace: args.trace.clone(),
+            trace: crate::trace::TraceConfig::from_args(&args.trace)?,
             telemetry: TelemetryConfig::from_args(&args.telemetry)?,
         })
     }
@@ -193,7 +193,7 @@ impl RunConfig {
             model: model.to_string(),
             stream: self.stream,
             headers: self.headers.clone(),
-            trace_header: self.trace.sends_trace_header(),
+            trace_header: self.trace.trace_header,
             first_byte_timeout: self.first_byte_timeout,
             request_timeout: self.request_timeout,
             run_id: run_id.to_string(),

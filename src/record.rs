@@ -4,6 +4,7 @@
 //! completes (flushed, so a killed run keeps it); the join later fills in the
 //! server's view. `schemas/request.schema.json` is the contract for this shape.
 
+use crate::client::traceparent::TraceId;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -202,7 +203,7 @@ pub struct RequestRecord {
     pub model: String,
     pub stream: bool,
     /// W3C trace id sent in `traceparent` (32 lower-case hex), when tracing headers are on.
-    pub trace_id: Option<String>,
+    pub trace_id: Option<TraceId>,
     /// The client span id sent as the parent in `traceparent` (16 hex).
     pub span_id: Option<String>,
     pub max_tokens: Option<u64>,
@@ -300,6 +301,28 @@ pub fn records_in(
                 .with_context(|| format!("{}:{}: not a request record", path.display(), number + 1)),
         )
     }))
+}
+
+/// Rewrites a records file one record at a time: each is read, changed by
+/// `change`, and written to the new version (see [`RecordWriter`]). Holds one
+/// record at a time; returns how many there were.
+pub fn rewrite_each_record(
+    path: &Path,
+    mut change: impl FnMut(&mut RequestRecord),
+) -> anyhow::Result<u64> {
+    use anyhow::Context;
+    let mut out = RecordWriter::replacing(path)
+        .with_context(|| format!("cannot write beside {}", path.display()))?;
+    let mut count = 0;
+    for record in records_in(path)? {
+        let mut record = record?;
+        change(&mut record);
+        out.write(&record)?;
+        count += 1;
+    }
+    out.commit()
+        .with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(count)
 }
 
 /// Rewrites a records file atomically (temp file + rename), e.g. after the join.

@@ -5,29 +5,41 @@
 
 use std::time::Duration;
 
+/// A flag value that does not parse, with what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadValue(pub String);
+
+impl BadValue {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
 /// Parses a duration with a unit (`250ms`, `1.5s`, `10m`, `1h`, `2h 30m`).
 /// A bare number is rejected so that `--duration 60` cannot mean two things.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, BadValue> {
     let text = text.trim();
     if text.is_empty() {
-        return Err("empty duration".into());
+        return Err(BadValue::new("empty duration"));
     }
     if text.chars().all(|c| c.is_ascii_digit() || c == '.') {
-        return Err(format!(
+        return Err(BadValue(format!(
             "`{text}` has no unit: write e.g. `{text}s` or `{text}ms`"
-        ));
+        )));
     }
     if let Some(seconds) = text.strip_suffix('s').and_then(|n| n.parse::<f64>().ok()) {
         return seconds_to_duration(seconds, text);
     }
-    humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration: {e}"))
+    humantime::parse_duration(text)
+        .map_err(|e| BadValue(format!("`{text}` is not a duration: {e}")))
 }
 
-fn seconds_to_duration(seconds: f64, text: &str) -> Result<Duration, String> {
+fn seconds_to_duration(seconds: f64, text: &str) -> Result<Duration, BadValue> {
     if seconds.is_finite() && seconds >= 0.0 {
         Ok(Duration::from_secs_f64(seconds))
     } else {
-        Err(format!("`{text}` is not a duration"))
+        Err(BadValue(format!("`{text}` is not a duration")))
     }
 }
 
@@ -59,7 +71,7 @@ mod tests {
 
     #[test]
     fn bare_numbers_and_junk_are_rejected() {
-        assert!(parse_duration("60").unwrap_err().contains("no unit"));
+        assert!(parse_duration("60").unwrap_err().0.contains("no unit"));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-1s").is_err());

@@ -156,7 +156,7 @@ async fn a_real_vllm_stream_is_measured() {
     assert!(i.sent <= i.headers.unwrap() && i.headers.unwrap() <= i.first_byte.unwrap());
     assert!(i.first_byte.unwrap() <= i.first_token.unwrap() && i.first_token <= i.last_token);
     assert!(record.ttft_ms.unwrap() <= record.e2e_ms.unwrap());
-    assert_eq!(record.trace_id.as_ref().map(String::len), Some(32));
+    assert_eq!(record.trace_id.map(|t| t.to_string().len()), Some(32));
     assert_eq!(record.server_missing_reason.as_deref(), Some("pending"));
 }
 

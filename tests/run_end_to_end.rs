@@ -96,6 +96,8 @@ fn a_run_writes_every_file_and_they_follow_their_schemas() {
     let _: tracebench::analysis::Summary = serde_json::from_value(summary).unwrap();
 
     let run: Value = json(&run_dir.join("run.json"));
+    assert_valid(&validator("run.schema.json"), &run, "run.json");
+    let _: tracebench::run::RunManifest = serde_json::from_value(run.clone()).unwrap();
     assert_eq!(run["partial"], false);
     assert_eq!(run["model"], "tracebench-sim");
     assert!(run["server"]["version"]["version"]
@@ -265,18 +267,55 @@ fn bad_configuration_fails_before_any_request_with_one_line() {
             "prompts.jsonl:2",
         ),
         (vec!["run", "--arrival", "sometimes"], "sometimes"),
+        (vec!["run", "--trace-source", "jaeger"], "--jaeger-url"),
+        (vec!["run", "--trace-source", "tempo"], "--tempo-url"),
+        (vec!["run", "--jaeger-url", "localhost:16686", "--trace-source", "jaeger"], "--jaeger-url"),
+        (vec!["run", "--gpu", "ftp://x/metrics"], "--gpu"),
+        (vec!["run", "--gpu-interval", "0s"], "--gpu-interval"),
+        (vec!["run", "--server-metrics", "gopher://x"], "--server-metrics"),
     ] {
         let out = tracebench(tmp.path(), &args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        // The first line says what was wrong.
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(first.contains(needle), "{args:?}: {stderr}");
+        // Nothing was made: not the results folder, not a run folder.
+        assert!(!tmp.path().join("results").exists(), "{args:?} left a folder");
     }
-    assert!(
-        !tmp.path().join("results").exists()
-            || std::fs::read_dir(tmp.path().join("results"))
-                .unwrap()
-                .all(|e| { !e.unwrap().path().join("requests.jsonl").exists() })
-    );
+}
+
+#[test]
+fn help_shows_the_environment_variables_of_per_environment_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tracebench(tmp.path(), &["run", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for var in [
+        "TRACEBENCH_URL",
+        "TRACEBENCH_MODEL",
+        "OPENAI_API_KEY",
+        "TRACEBENCH_OTLP_GRPC",
+        "TRACEBENCH_OTLP_HTTP",
+        "TRACEBENCH_JAEGER_URL",
+        "TRACEBENCH_TEMPO_URL",
+        "TRACEBENCH_DB",
+        "TRACEBENCH_OUT",
+    ] {
+        assert!(help.contains(&format!("[env: {var}")), "{var} missing:\n{help}");
+    }
+}
+
+#[test]
+fn environment_variables_set_the_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tracebench"))
+        .current_dir(tmp.path())
+        .args(["run", "--requests", "1", "--no-tui"])
+        .env("TRACEBENCH_URL", "not a url")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`not a url`"));
 }
 
 fn instants(record: &Value, name: &str) -> u64 {

@@ -6,15 +6,17 @@ use serde_json::Value;
 use std::time::Duration;
 use tracebench::clock::RunClock;
 use tracebench::telemetry::nvml::NvmlSource;
-use tracebench::telemetry::{start, TelemetryArgs};
+use tracebench::cli::TelemetryArgs;
+use tracebench::telemetry::{start, TelemetryConfig};
 
-fn args(gpu: &str) -> TelemetryArgs {
-    TelemetryArgs {
+fn args(gpu: &str) -> TelemetryConfig {
+    TelemetryConfig::from_args(&TelemetryArgs {
         gpu: vec![gpu.to_string()],
         gpu_interval: Duration::from_millis(50),
         server_metrics: "off".to_string(),
         server_metrics_interval: Duration::from_secs(1),
-    }
+    })
+    .unwrap()
 }
 
 fn lines(dir: &std::path::Path) -> Vec<Value> {

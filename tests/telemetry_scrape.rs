@@ -12,7 +12,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracebench::clock::RunClock;
-use tracebench::telemetry::{start, TelemetryArgs};
+use tracebench::cli::TelemetryArgs;
+use tracebench::telemetry::{start, TelemetryConfig};
 
 /// What the test server answers on `/metrics`: a status and a body, changeable mid-run.
 type Answer = Arc<Mutex<(StatusCode, String)>>;
@@ -98,6 +99,10 @@ fn args(gpu: &[&str], server_metrics: &str) -> TelemetryArgs {
     }
 }
 
+fn config(gpu: &[&str], server_metrics: &str) -> TelemetryConfig {
+    TelemetryConfig::from_args(&args(gpu, server_metrics)).unwrap()
+}
+
 /// A vLLM-like exposition. `engine1` adds a second engine's series (created lazily by vLLM,
 /// so absent from the first scrape).
 fn vllm_exposition(
@@ -159,7 +164,7 @@ async fn server_metrics_deltas_and_percentiles_over_the_window() {
     let base = serve(metrics.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let clock = RunClock::start();
-    let telemetry = start(&args(&["off"], "auto"), &base, dir.path(), clock)
+    let telemetry = start(&config(&["off"], "auto"), &base, dir.path(), clock)
         .await
         .unwrap();
     let path = dir.path().join("server_metrics.jsonl");
@@ -247,7 +252,7 @@ async fn server_metrics_on_the_real_vllm_capture_and_a_failing_scrape() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("{base}/metrics");
     let telemetry = start(
-        &args(&["off"], &url),
+        &config(&["off"], &url),
         "http://127.0.0.1:9",
         dir.path(),
         RunClock::start(),
@@ -300,7 +305,7 @@ async fn auto_server_metrics_without_an_endpoint_is_a_note() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let telemetry = start(
-        &args(&["off"], "auto"),
+        &config(&["off"], "auto"),
         &base,
         dir.path(),
         RunClock::start(),
@@ -328,7 +333,7 @@ async fn dcgm_exporter_samples_then_fails_then_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let clock = RunClock::start();
     let telemetry = start(
-        &args(&[url.as_str()], "off"),
+        &config(&[url.as_str()], "off"),
         "http://127.0.0.1:9",
         dir.path(),
         clock,
@@ -398,7 +403,7 @@ async fn dcgm_endpoint_down_writes_gaps_and_the_run_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let clock = RunClock::start();
     let telemetry = start(
-        &args(&[url.as_str()], "off"),
+        &config(&[url.as_str()], "off"),
         "http://127.0.0.1:9",
         dir.path(),
         clock,
@@ -426,28 +431,17 @@ async fn dcgm_endpoint_down_writes_gaps_and_the_run_goes_on() {
     assert_eq!(summary["energy_j"], Value::Null);
 }
 
-#[tokio::test]
-async fn bad_flag_values_are_errors_from_start() {
-    let dir = tempfile::tempdir().unwrap();
+#[test]
+fn bad_flag_values_are_errors_before_start() {
     for (gpu, server) in [
         (vec!["gpus"], "off"),
         (vec!["off", "nvml"], "off"),
         (vec!["off"], "ftp://x/metrics"),
     ] {
-        let result = start(
-            &args(&gpu, server),
-            "http://127.0.0.1:9",
-            dir.path(),
-            RunClock::start(),
-        )
-        .await;
+        let result = TelemetryConfig::from_args(&args(&gpu, server));
         assert!(result.is_err(), "{gpu:?} {server}");
     }
     let mut zero = args(&["off"], "off");
     zero.gpu_interval = Duration::ZERO;
-    assert!(
-        start(&zero, "http://127.0.0.1:9", dir.path(), RunClock::start())
-            .await
-            .is_err()
-    );
+    assert!(TelemetryConfig::from_args(&zero).is_err());
 }

@@ -12,9 +12,10 @@ use prost::Message;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use trace_support::{fixture_bytes, record, trace_args, Timing};
+use trace_support::{config, fixture_bytes, record, trace_args, Timing};
+use tracebench::client::traceparent::TraceId;
 use tracebench::record::{read_records, rewrite_records, RequestRecord};
-use tracebench::trace::backend::http_client;
+use tracebench::trace::backend::backend_http_client;
 use tracebench::trace::jaeger::JaegerClient;
 use tracebench::trace::span::{decode_protobuf, spans_of};
 use tracebench::trace::tempo::TraceByIdResponse;
@@ -148,7 +149,7 @@ async fn join_with(source: TraceSource, url: String) -> Vec<RequestRecord> {
         TraceSource::Jaeger => args.jaeger_url = Some(url),
         _ => args.tempo_url = Some(url),
     }
-    join_run_dir(run_dir.path(), &args).await.unwrap();
+    join_run_dir(run_dir.path(), &config(&args)).await.unwrap();
     read_records(&requests).unwrap()
 }
 
@@ -271,13 +272,8 @@ async fn jaeger_polls_until_the_span_set_settles() {
         )
         .with_state(polls.clone());
     let addr = serve(app).await;
-    let client = JaegerClient::new(http_client().unwrap(), &format!("http://{addr}"));
-    let trace_id: [u8; 16] = [0x22; 14]
-        .into_iter()
-        .chain([0xaa, 0xaa])
-        .collect::<Vec<u8>>()
-        .try_into()
-        .unwrap();
+    let client = JaegerClient::new(backend_http_client().unwrap(), &format!("http://{addr}"));
+    let trace_id: TraceId = "2222222222222222222222222222aaaa".parse().unwrap();
     let found = tracebench::trace::backend::fetch_settled(
         || client.fetch(&trace_id),
         tokio::time::Instant::now() + Duration::from_secs(10),

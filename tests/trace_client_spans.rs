@@ -1,15 +1,16 @@
 //! Client spans exported with opentelemetry-otlp into our own receiver, over
-//! gRPC and HTTP: the ids are the ones sent in `traceparent`, so the server's
-//! span (parented on them) is the client span's child.
+//! gRPC and HTTP, fed one record at a time or all at once: the ids are the
+//! ones sent in `traceparent`, so the server's span (parented on them) is the
+//! client span's child.
 
 mod trace_support;
 
 use std::sync::{Arc, Mutex};
 use trace_support::{fixture_bytes, record, Timing};
-use tracebench::trace::export_client_spans;
-use tracebench::trace::join::SpanStore;
 use tracebench::trace::receiver::{Receiver, ReceiverConfig};
-use tracebench::trace::span::{decode_protobuf, read_spans_jsonl, SpanKind};
+use tracebench::trace::span::{decode_protobuf, for_each_span_in_jsonl, SpanKind};
+use tracebench::trace::store::SpanStore;
+use tracebench::trace::{export_client_spans, ClientSpanExporter, OtlpEndpoint};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_spans_parent_the_server_span() {
@@ -22,7 +23,7 @@ async fn client_spans_parent_the_server_span() {
             spans_path.clone(),
         );
         let store = Arc::new(Mutex::new(SpanStore::new()));
-        let receiver = Receiver::start(config, store.clone()).await.unwrap();
+        let receiver = Receiver::start(config, Some(store.clone())).await.unwrap();
 
         // The traced-chat capture: traceparent 00-00112233...-0123456789abcdef-01.
         let timing = Timing {
@@ -39,13 +40,26 @@ async fn client_spans_parent_the_server_span() {
             &timing,
         );
         let untraced = record("untraced", None, None, &timing);
-        let endpoint = match scheme {
+        let url = match scheme {
             "grpc" => format!("grpc://{}", receiver.grpc_addr()),
             _ => format!("http://{}", receiver.http_addr()),
         };
-        export_client_spans(&[traced, untraced], &endpoint)
-            .await
-            .unwrap();
+        let endpoint = OtlpEndpoint::parse(&url, "--export-client-spans").unwrap();
+        let exported = if scheme == "grpc" {
+            let mut exporter = ClientSpanExporter::new(&endpoint).unwrap();
+            for record in [&traced, &untraced] {
+                exporter.add(record).await.unwrap();
+            }
+            exporter.finish().await.unwrap()
+        } else {
+            export_client_spans(&[traced, untraced], &endpoint)
+                .await
+                .unwrap()
+        };
+        assert_eq!(
+            exported, 1,
+            "{scheme}: the untraced record has no client span"
+        );
         let server = decode_protobuf(&fixture_bytes("vllm/traced-chat.spans.pb")).unwrap();
         let mut client = opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient::connect(
             format!("http://{}", receiver.grpc_addr()),
@@ -59,7 +73,8 @@ async fn client_spans_parent_the_server_span() {
             "{scheme}: one client span (the untraced record has none) + one server span"
         );
 
-        let (spans, _) = read_spans_jsonl(&spans_path).unwrap();
+        let mut spans = Vec::new();
+        for_each_span_in_jsonl(&spans_path, |s| spans.push(s)).unwrap();
         let client_span = spans
             .iter()
             .find(|s| s.kind == SpanKind::Client)
@@ -69,7 +84,7 @@ async fn client_spans_parent_the_server_span() {
             .find(|s| s.name == "llm_request")
             .expect("server span");
         assert_eq!(
-            client_span.trace_id_hex(),
+            client_span.trace_id.to_string(),
             "00112233445566778899aabbccddeeff"
         );
         assert_eq!(client_span.span_id_hex(), "0123456789abcdef");
@@ -92,7 +107,7 @@ async fn client_spans_parent_the_server_span() {
         assert_eq!(client_span.attributes["tracebench.ttft_ms"], 31.0);
         assert_eq!(client_span.attributes["gen_ai.usage.output_tokens"], 64);
         let store = store.lock().unwrap();
-        assert_eq!(store.trace(&client_span.trace_id).len(), 2);
+        assert_eq!(store.trace_span_count(&client_span.trace_id), 2);
     }
 }
 
@@ -123,9 +138,7 @@ async fn client_span_events_mark_first_and_last_token() {
     assert_eq!(at("first_token"), Some(5_000_000_100));
     assert_eq!(at("last_token"), Some(5_000_000_800));
     assert_eq!(data.span_kind, opentelemetry::trace::SpanKind::Client);
-    let error = export_client_spans(&[traced], "ftp://nowhere")
-        .await
-        .unwrap_err();
+    let error = OtlpEndpoint::parse("ftp://nowhere", "--export-client-spans").unwrap_err();
     assert!(
         error.to_string().contains("--export-client-spans"),
         "{error}"

@@ -1,24 +1,48 @@
 //! The join end to end: the 12 concurrent vLLM requests sent to a running
 //! collector over gRPC and joined onto records built from the captured client
-//! timings; waiting and missing reasons; `join RUN_DIR`; and `show`.
+//! timings; waiting, what is said when no span can come, and missing reasons;
+//! `join RUN_DIR`; and `show`.
 
 mod trace_support;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use std::time::Duration;
-use trace_support::{concurrent12_records, fixture_bytes, record, trace_args, Timing};
-use tracebench::record::{read_records, rewrite_records, ErrorKind, RequestError};
+use trace_support::{concurrent12_records, config, fixture_bytes, record, trace_args, Timing};
+use tracebench::cli::Switch;
+use tracebench::record::{read_records, rewrite_records, ErrorKind, RequestError, RequestRecord};
 use tracebench::trace::span::{decode_protobuf, SpanLine};
 use tracebench::trace::{
-    join_run_dir, show_request, start_collector, Switch, TraceSource, WaitProgress,
+    join_run_dir, show_request, start_collector, SpanCollector, TraceSource, WaitProgress,
+    NO_EXPORT_WAIT,
 };
+
+/// What a run does at its end: observe (here all at once), wait, join each record.
+async fn finish(
+    mut collector: SpanCollector,
+    records: &mut [RequestRecord],
+    progress: &mut Vec<WaitProgress>,
+) -> (
+    tracebench::trace::WaitOutcome,
+    tracebench::trace::JoinReport,
+) {
+    for record in records.iter() {
+        collector.observe(record);
+    }
+    let outcome = collector.wait(|p| progress.push(p)).await.unwrap();
+    for record in records.iter_mut() {
+        collector.join(record);
+    }
+    (outcome, collector.report())
+}
 
 #[tokio::test]
 async fn concurrent_12_requests_join_through_the_collector() {
     let run_dir = tempfile::tempdir().unwrap();
     let mut args = trace_args(TraceSource::Otlp, Duration::from_secs(15));
     args.jaeger_ui = Some("http://localhost:16686".into());
-    let collector = start_collector(&args, run_dir.path()).await.unwrap();
+    let collector = start_collector(&config(&args), run_dir.path())
+        .await
+        .unwrap();
     let (grpc_addr, _) = collector.receiver_addrs().expect("the otlp source listens");
 
     let mut client = TraceServiceClient::connect(format!("http://{grpc_addr}"))
@@ -48,10 +72,9 @@ async fn concurrent_12_requests_join_through_the_collector() {
 
     let mut records = concurrent12_records();
     let mut progress = Vec::new();
-    let report = collector
-        .finish(&mut records, |p| progress.push(p))
-        .await
-        .unwrap();
+    let (outcome, report) = finish(collector, &mut records, &mut progress).await;
+    assert_eq!(outcome.notes, Vec::<String>::new());
+    assert_eq!(outcome.receiver, report.receiver);
     assert_eq!(
         (
             report.joined,
@@ -76,7 +99,7 @@ async fn concurrent_12_requests_join_through_the_collector() {
             r.trace_url,
             Some(format!(
                 "http://localhost:16686/trace/{}",
-                r.trace_id.as_deref().unwrap()
+                r.trace_id.unwrap()
             ))
         );
         let d = r.decomposition.as_ref().expect("decomposed");
@@ -107,8 +130,6 @@ async fn concurrent_12_requests_join_through_the_collector() {
         );
     }
 
-    let written = read_records(&run_dir.path().join("requests.jsonl")).unwrap();
-    assert_eq!(written, records);
     let lines = std::fs::read_to_string(run_dir.path().join("spans.jsonl")).unwrap();
     assert_eq!(
         lines.lines().count(),
@@ -127,11 +148,8 @@ fn now_timing() -> Timing {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn missing_spans_are_waited_for_then_explained() {
-    let run_dir = tempfile::tempdir().unwrap();
-    let args = trace_args(TraceSource::Otlp, Duration::from_secs(15));
-    let collector = start_collector(&args, run_dir.path()).await.unwrap();
+/// A lost request, one that failed, and one sent without a trace header.
+fn lost_failed_untraced() -> Vec<RequestRecord> {
     let timing = now_timing();
     let mut failed = record(
         "failed",
@@ -145,7 +163,7 @@ async fn missing_spans_are_waited_for_then_explained() {
         status: None,
         body_excerpt: None,
     });
-    let mut records = vec![
+    vec![
         record(
             "lost",
             Some("1112131415161718191a1b1c1d1e1f20"),
@@ -154,17 +172,10 @@ async fn missing_spans_are_waited_for_then_explained() {
         ),
         failed,
         record("untraced", None, None, &timing),
-    ];
-    let mut progress: Vec<WaitProgress> = Vec::new();
-    let report = collector
-        .finish(&mut records, |p| progress.push(p))
-        .await
-        .unwrap();
-    assert_eq!((report.joined, report.missing), (0, 3));
-    assert_eq!(
-        records[0].server_missing_reason.as_deref(),
-        Some("no span arrived within 15s")
-    );
+    ]
+}
+
+fn assert_other_reasons(records: &[RequestRecord]) {
     assert_eq!(
         records[1].server_missing_reason.as_deref(),
         Some("request failed before the server answered (connect)")
@@ -173,10 +184,46 @@ async fn missing_spans_are_waited_for_then_explained() {
         records[2].server_missing_reason.as_deref(),
         Some("tracing_off")
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_receiver_that_gets_no_export_stops_early_and_says_what_to_check() {
+    let run_dir = tempfile::tempdir().unwrap();
+    let args = trace_args(TraceSource::Otlp, Duration::from_secs(60));
+    let collector = start_collector(&config(&args), run_dir.path())
+        .await
+        .unwrap();
+    let (grpc, http) = collector.receiver_addrs().unwrap();
+    let mut records = lost_failed_untraced();
+    let mut progress: Vec<WaitProgress> = Vec::new();
+    let started = tokio::time::Instant::now();
+    let (outcome, report) = finish(collector, &mut records, &mut progress).await;
+    let waited = started.elapsed();
+    assert!(
+        waited <= NO_EXPORT_WAIT && waited > NO_EXPORT_WAIT - Duration::from_secs(1),
+        "stopped {NO_EXPORT_WAIT:?} after the last response, not after 60s: {waited:?}"
+    );
+    assert_eq!((report.joined, report.missing), (0, 3));
+    assert_eq!(
+        records[0].server_missing_reason.as_deref(),
+        Some("no span arrived: the receiver got no OTLP export")
+    );
+    assert_other_reasons(&records);
+    assert_eq!(outcome.notes.len(), 1, "{:?}", outcome.notes);
+    let note = &outcome.notes[0];
+    for needle in [
+        format!("grpc://{grpc}"),
+        format!("http://{http}/v1/traces"),
+        "--otlp-traces-endpoint".to_string(),
+        "--enable-trace".to_string(),
+        "--span-wait 1m".to_string(),
+    ] {
+        assert!(note.contains(&needle), "{needle:?} not in {note}");
+    }
     // Only the successful traced request is waited for; the countdown runs down to zero.
     assert!(progress.iter().all(|p| p.missing == 1));
     assert!(
-        progress.len() >= 100,
+        progress.len() >= 90,
         "polled about every 100 ms: {}",
         progress.len()
     );
@@ -184,6 +231,44 @@ async fn missing_spans_are_waited_for_then_explained() {
         .windows(2)
         .all(|w| w[1].remaining <= w[0].remaining));
     assert_eq!(progress.last().unwrap().remaining, Duration::ZERO);
+}
+
+#[tokio::test]
+async fn spans_of_other_traces_only_are_waited_for_in_full_then_named() {
+    let run_dir = tempfile::tempdir().unwrap();
+    let args = trace_args(TraceSource::Otlp, Duration::from_secs(1));
+    let collector = start_collector(&config(&args), run_dir.path())
+        .await
+        .unwrap();
+    let (grpc, _) = collector.receiver_addrs().unwrap();
+    // Someone else's span: a trace none of the requests sent.
+    TraceServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap()
+        .export(decode_protobuf(&fixture_bytes("vllm/untraced-chat.spans.pb")).unwrap())
+        .await
+        .unwrap();
+    let mut records = lost_failed_untraced();
+    let mut progress: Vec<WaitProgress> = Vec::new();
+    let (outcome, report) = finish(collector, &mut records, &mut progress).await;
+    assert_eq!(
+        (report.joined, report.missing, report.unrelated_spans),
+        (0, 3, 1)
+    );
+    assert_eq!(
+        records[0].server_missing_reason.as_deref(),
+        Some("no span arrived within 1s")
+    );
+    assert_other_reasons(&records);
+    assert_eq!(outcome.notes.len(), 1, "{:?}", outcome.notes);
+    let note = &outcome.notes[0];
+    assert!(note.contains("got 1 spans"), "{note}");
+    assert!(note.contains("traceparent"), "{note}");
+    assert_eq!(
+        progress.last().unwrap().remaining,
+        Duration::ZERO,
+        "the whole --span-wait"
+    );
 }
 
 #[tokio::test]
@@ -195,29 +280,21 @@ async fn tracing_off_is_inert() {
     ] {
         let mut args = trace_args(source, Duration::from_secs(15));
         args.trace_header = header;
-        let collector = start_collector(&args, run_dir.path()).await.unwrap();
-        assert!(collector.receiver_addrs().is_none());
-        let mut records = vec![record("a", None, None, &now_timing())];
-        let mut waited = false;
-        let report = collector
-            .finish(&mut records, |_| waited = true)
+        let collector = start_collector(&config(&args), run_dir.path())
             .await
             .unwrap();
-        assert!(!waited);
+        assert!(collector.receiver_addrs().is_none());
+        let mut records = vec![record("a", None, None, &now_timing())];
+        let mut progress = Vec::new();
+        let (outcome, report) = finish(collector, &mut records, &mut progress).await;
+        assert!(progress.is_empty());
+        assert_eq!(outcome, Default::default());
         assert_eq!(report, Default::default());
         assert_eq!(
             records[0].server_missing_reason.as_deref(),
             Some("tracing_off")
         );
     }
-    let error = start_collector(
-        &trace_args(TraceSource::Jaeger, Duration::from_secs(1)),
-        run_dir.path(),
-    )
-    .await
-    .err()
-    .unwrap();
-    assert!(error.to_string().contains("--jaeger-url"), "{error}");
 }
 
 #[tokio::test]
@@ -225,7 +302,7 @@ async fn join_run_dir_rejoins_from_spans_jsonl_and_show_renders_it() {
     let run_dir = tempfile::tempdir().unwrap();
     let mut records = concurrent12_records();
     // The fallback by request id: a proxy dropped the traceparent of request 5.
-    records[4].trace_id = Some("99999999999999999999999999999999".into());
+    records[4].trace_id = Some("99999999999999999999999999999999".parse().unwrap());
     rewrite_records(&run_dir.path().join("requests.jsonl"), &records).unwrap();
     let request = decode_protobuf(&fixture_bytes("vllm/concurrent-12.spans.pb")).unwrap();
     let lines: Vec<String> = SpanLine::all_of(&request.resource_spans)
@@ -241,7 +318,7 @@ async fn join_run_dir_rejoins_from_spans_jsonl_and_show_renders_it() {
 
     let mut args = trace_args(TraceSource::Otlp, Duration::from_secs(1));
     args.jaeger_ui = Some("http://localhost:16686/".into());
-    let report = join_run_dir(run_dir.path(), &args).await.unwrap();
+    let report = join_run_dir(run_dir.path(), &config(&args)).await.unwrap();
     assert_eq!(
         (report.joined, report.missing, report.unrelated_spans),
         (12, 0, 0)
@@ -265,7 +342,7 @@ async fn join_run_dir_rejoins_from_spans_jsonl_and_show_renders_it() {
         "TTFT decomposition".to_string(),
         format!(
             "http://localhost:16686/trace/{}",
-            joined[0].trace_id.as_deref().unwrap()
+            joined[0].trace_id.unwrap()
         ),
         "tracebench run --url http://127.0.0.1:8000 --concurrency 12".to_string(),
     ] {
@@ -274,6 +351,8 @@ async fn join_run_dir_rejoins_from_spans_jsonl_and_show_renders_it() {
     assert!(show_request(run_dir.path(), "no-such-request").is_err());
 
     std::fs::remove_file(run_dir.path().join("spans.jsonl")).unwrap();
-    let error = join_run_dir(run_dir.path(), &args).await.unwrap_err();
+    let error = join_run_dir(run_dir.path(), &config(&args))
+        .await
+        .unwrap_err();
     assert!(format!("{error:#}").contains("--trace-source"), "{error:#}");
 }

@@ -4,9 +4,7 @@
 
 mod trace_support;
 
-use std::sync::{Arc, Mutex};
 use trace_support::fixture_bytes;
-use tracebench::trace::join::SpanStore;
 use tracebench::trace::receiver::{Receiver, ReceiverConfig};
 
 fn validator() -> jsonschema::Validator {
@@ -26,9 +24,7 @@ async fn received_span_lines_validate() {
         "127.0.0.1:0".parse().unwrap(),
         spans_path.clone(),
     );
-    let receiver = Receiver::start(config, Arc::new(Mutex::new(SpanStore::new())))
-        .await
-        .unwrap();
+    let receiver = Receiver::start(config, None).await.unwrap();
     let client = reqwest::Client::new();
     for (file, content_type) in [
         ("vllm/concurrent-12.spans.pb", "application/x-protobuf"),

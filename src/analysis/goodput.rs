@@ -5,6 +5,7 @@
 //! Failed requests count against goodput.
 
 use crate::record::RequestRecord;
+use crate::units::BadValue;
 use serde::{Deserialize, Serialize};
 
 /// Service-level objectives in milliseconds; `None` means no limit.
@@ -39,13 +40,13 @@ impl Slo {
     }
 
     /// Parses `ttft:500ms,tpot:50ms` style specs (one `name:duration` per item).
-    pub fn parse(spec: &str) -> Result<Slo, String> {
+    pub fn parse(spec: &str) -> Result<Slo, BadValue> {
         let mut slo = Slo::default();
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let (name, value) = item
                 .split_once(':')
                 .or_else(|| item.split_once('='))
-                .ok_or_else(|| format!("SLO `{item}` must look like `ttft:500ms`"))?;
+                .ok_or_else(|| BadValue(format!("SLO `{item}` must look like `ttft:500ms`")))?;
             let ms = crate::units::as_ms(crate::units::parse_duration(value)?);
             let slot = match name.trim() {
                 "ttft" => &mut slo.ttft_ms,
@@ -54,9 +55,9 @@ impl Slo {
                 "e2e" | "e2el" => &mut slo.e2e_ms,
                 "queue" => &mut slo.queue_ms,
                 other => {
-                    return Err(format!(
+                    return Err(BadValue(format!(
                         "unknown SLO `{other}` (known: ttft, tpot, itl, e2e, queue)"
-                    ))
+                    )))
                 }
             };
             *slot = Some(ms);
@@ -148,6 +149,7 @@ mod tests {
         assert!(slo.itl_ms.is_none());
         assert!(Slo::parse("latency:1s")
             .unwrap_err()
+            .to_string()
             .contains("unknown SLO"));
         assert!(Slo::parse("ttft").is_err());
     }

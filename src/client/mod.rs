@@ -464,7 +464,7 @@ impl Client {
             endpoint: self.options.endpoint,
             model: self.options.model.clone(),
             stream: self.options.stream,
-            trace_id: trace.map(|t| hex(&t.trace_id)),
+            trace_id: trace.map(|t| t.trace_id),
             span_id: trace.map(|t| hex(&t.span_id)),
             max_tokens: request.max_tokens,
             input_tokens,

@@ -1185,7 +1185,8 @@ fn section_slowest(page: &mut String, records: &[RequestRecord]) {
         );
         for r in sorted.iter().take(SLOWEST) {
             let server = r.server.as_ref();
-            let trace = match (r.trace_url.as_deref().and_then(safe_url), &r.trace_id) {
+            let trace_id = r.trace_id.map(|t| t.to_string());
+            let trace = match (r.trace_url.as_deref().and_then(safe_url), &trace_id) {
                 (Some(url), id) => format!(
                     "<a href=\"{}\" rel=\"noreferrer\" title=\"{}\">open</a>",
                     esc(url),

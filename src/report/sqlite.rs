@@ -485,7 +485,7 @@ fn insert_request(tx: &Transaction, r: &RequestRecord) -> anyhow::Result<()> {
                 Box::new(serde_name(&r.endpoint)),
                 Box::new(r.model.clone()),
                 Box::new(r.stream),
-                Box::new(r.trace_id.clone()),
+                Box::new(r.trace_id.map(|t| t.to_string())),
                 Box::new(r.span_id.clone()),
                 Box::new(int(r.max_tokens)),
                 Box::new(int(r.input_tokens)),

@@ -19,13 +19,15 @@ pub struct Finishers<'a> {
     pub client_spans: Option<&'a mut ClientSpanExporter>,
 }
 
-/// Rewrites `requests.jsonl` with the joined records and summarises them.
+/// Rewrites `requests.jsonl` with the joined records and summarises them;
+/// `notes` gets what failed on the side (the client spans' export).
 pub async fn join_and_summarise(
     run_dir: &Path,
     run_id: &str,
     slo: &Slo,
     partial: bool,
     finishers: Finishers<'_>,
+    notes: &mut Vec<String>,
 ) -> anyhow::Result<Summary> {
     let path = run_dir.join("requests.jsonl");
     let mut summary = SummaryBuilder::new(slo);
@@ -43,7 +45,10 @@ pub async fn join_and_summarise(
         collector.join(&mut record);
         summary.observe(&record);
         if let Some(exporter) = client_spans.as_deref_mut() {
-            exporter.push(&record).await;
+            if let Err(e) = exporter.add(&record).await {
+                notes.push(format!("client spans were not all exported: {e:#}"));
+                client_spans = None;
+            }
         }
         out.write(&record)?;
     }

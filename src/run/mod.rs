@@ -233,22 +233,33 @@ async fn finish(
         .await;
     countdown.done();
     match waited {
-        Ok(outcome) => notes.extend(outcome.notes),
-        Err(e) => notes.push(format!("span collection failed: {e:#}")),
+        Ok(outcome) => {
+            for note in outcome.notes {
+                eprintln!("note: {note}");
+                notes.push(note);
+            }
+        }
+        Err(e) => notes.push(format!("waiting for spans failed: {e:#}")),
     }
-    let mut client_spans = config
-        .trace
-        .export_client_spans
-        .as_deref()
-        .map(ClientSpanExporter::new);
+    let mut client_spans = match &config.trace.export_client_spans {
+        Some(endpoint) => match ClientSpanExporter::new(endpoint) {
+            Ok(exporter) => Some(exporter),
+            Err(e) => {
+                notes.push(format!("client spans are not exported: {e:#}"));
+                None
+            }
+        },
+        None => None,
+    };
     let finishers = finish::Finishers {
         telemetry: telemetry.as_ref(),
         collector: &collector,
         client_spans: client_spans.as_mut(),
     };
     let (run_dir, run_id) = (&opened.run_dir, &opened.run_id);
+    let partial = driven.interrupted;
     let mut summary =
-        finish::join_and_summarise(run_dir, run_id, &config.slo, driven.interrupted, finishers)
+        finish::join_and_summarise(run_dir, run_id, &config.slo, partial, finishers, notes)
             .await?;
     let duplicates = collector.report().duplicates;
     if duplicates > 0 {
@@ -258,7 +269,7 @@ async fn finish(
     }
     if let Some(exporter) = client_spans {
         if let Err(e) = exporter.finish().await {
-            notes.push(format!("client spans were not exported: {e:#}"));
+            notes.push(format!("client spans were not all exported: {e:#}"));
         }
     }
     if let Some(report) = telemetry {

@@ -135,7 +135,7 @@ fn client_parent(request: &FinishedRequest, honors_sampling: bool) -> Option<Con
         TraceFlags::default()
     };
     let context = SpanContext::new(
-        TraceId::from_bytes(parent.trace_id),
+        TraceId::from_bytes(parent.trace_id.to_bytes()),
         SpanId::from_bytes(parent.span_id),
         flags,
         true,

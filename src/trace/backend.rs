@@ -1,17 +1,67 @@
-//! What the Jaeger and Tempo clients share: the HTTP client, error wording, and
-//! polling a trace until its span set stops changing or a deadline passes.
+//! What the Jaeger and Tempo clients share: the HTTP client, the errors,
+//! polling a trace until its span set stops changing or a deadline passes, and
+//! fetching many traces a few at a time.
 
-use super::span::spans_of;
+use super::config::BackendUrl;
+use super::jaeger::JaegerClient;
+use super::span::{spans_of, DecodeError};
+use super::tempo::TempoClient;
 use crate::client::error_chain;
+use crate::client::traceparent::TraceId;
+use futures::{Stream, StreamExt};
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// One fetch: the trace's spans, `None` when the backend does not have it (yet),
-/// or an error string fit for `server_missing_reason`.
-pub type Fetched = Result<Option<Vec<ResourceSpans>>, String>;
+/// Traces fetched from a backend at once.
+const BACKEND_CONCURRENCY: usize = 16;
+
+/// Why a trace could not be fetched; the text is fit for `server_missing_reason`.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("trace backend unreachable: {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("trace backend error: {url} answered {status}")]
+    Status {
+        url: String,
+        status: reqwest::StatusCode,
+    },
+    #[error("trace backend sent an unreadable answer: {url}: {reason}")]
+    Unreadable { url: String, reason: String },
+    #[error("trace backend sent an unreadable span: {0}")]
+    UnreadableSpan(#[from] DecodeError),
+}
+
+impl BackendError {
+    /// A request error on the way to a backend.
+    pub fn unreachable(url: &str, error: &reqwest::Error) -> Self {
+        Self::Unreachable {
+            url: url.to_string(),
+            reason: error_chain(error),
+        }
+    }
+
+    /// An HTTP status a backend should not answer.
+    pub fn status(url: &str, status: reqwest::StatusCode) -> Self {
+        Self::Status {
+            url: url.to_string(),
+            status,
+        }
+    }
+
+    /// A body that could not be read.
+    pub fn unreadable(url: &str, error: impl std::fmt::Display) -> Self {
+        Self::Unreadable {
+            url: url.to_string(),
+            reason: error.to_string(),
+        }
+    }
+}
+
+/// One fetch: the trace's spans, or `None` when the backend does not have it (yet).
+pub type Fetched = Result<Option<Vec<ResourceSpans>>, BackendError>;
 
 /// Delays between polls of one trace: `first`, doubling up to `max`.
 #[derive(Debug, Clone, Copy)]
@@ -30,55 +80,91 @@ impl Default for Backoff {
 }
 
 /// An HTTP client for trace backends (10 s per request, https allowed).
-pub fn http_client() -> Result<reqwest::Client, String> {
+pub fn backend_http_client() -> anyhow::Result<reqwest::Client> {
     crate::client::http_client_builder()
         .timeout(Duration::from_secs(10))
         .build()
-        .map_err(|e| format!("cannot build an HTTP client: {e}"))
+        .map_err(|e| anyhow::anyhow!("cannot build an HTTP client for the trace backend: {e}"))
 }
 
-/// GET `url`: its body, `None` for a 404 (not there yet), or the reason it failed.
+/// GET `url`: its body, or `None` for a 404 (not there yet).
 pub async fn get_found(
     http: &reqwest::Client,
     url: &str,
     accept: Option<&str>,
-) -> Result<Option<bytes::Bytes>, String> {
+) -> Result<Option<bytes::Bytes>, BackendError> {
     let mut request = http.get(url);
     if let Some(accept) = accept {
         request = request.header(reqwest::header::ACCEPT, accept);
     }
-    let response = request.send().await.map_err(|e| unreachable(url, &e))?;
+    let response = request
+        .send()
+        .await
+        .map_err(|e| BackendError::unreachable(url, &e))?;
     let status = response.status();
     if status == reqwest::StatusCode::NOT_FOUND {
         return Ok(None);
     }
     if !status.is_success() {
-        return Err(bad_status(url, status));
+        return Err(BackendError::status(url, status));
     }
     response
         .bytes()
         .await
         .map(Some)
-        .map_err(|e| unreachable(url, &e))
+        .map_err(|e| BackendError::unreachable(url, &e))
 }
 
-/// The reason for a request error on the way to a backend.
-pub fn unreachable(url: &str, error: &reqwest::Error) -> String {
-    format!("trace backend unreachable: {url}: {}", error_chain(error))
+/// A trace backend to query by trace id.
+pub enum Backend {
+    Jaeger(JaegerClient),
+    Tempo(TempoClient),
 }
 
-/// The reason for an HTTP status a backend should not answer.
-pub fn bad_status(url: &str, status: reqwest::StatusCode) -> String {
-    format!("trace backend error: {url} answered {status}")
-}
+impl Backend {
+    /// A client for the configured backend.
+    pub fn new(url: &BackendUrl) -> anyhow::Result<Self> {
+        let http = backend_http_client()?;
+        Ok(match url {
+            BackendUrl::Jaeger(url) => Backend::Jaeger(JaegerClient::new(http, url)),
+            BackendUrl::Tempo(url) => Backend::Tempo(TempoClient::new(http, url)),
+        })
+    }
 
-/// The reason for a body that could not be read.
-pub fn unreadable(url: &str, error: impl std::fmt::Display) -> String {
-    format!("trace backend sent an unreadable answer: {url}: {error}")
+    /// `Jaeger` or `Tempo`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Jaeger(_) => "Jaeger",
+            Backend::Tempo(_) => "Tempo",
+        }
+    }
+
+    async fn fetch(&self, trace_id: &TraceId) -> Fetched {
+        match self {
+            Backend::Jaeger(client) => client.fetch(trace_id).await,
+            Backend::Tempo(client) => client.fetch(trace_id).await,
+        }
+    }
+
+    /// Fetches each trace, a few at a time, each until its span set settles
+    /// or the deadline passes; yields each as it is done.
+    pub fn fetch_each(
+        &self,
+        trace_ids: Vec<TraceId>,
+        deadline: Instant,
+    ) -> impl Stream<Item = (TraceId, Fetched)> + '_ {
+        futures::stream::iter(trace_ids)
+            .map(move |trace_id| async move {
+                let fetched =
+                    fetch_settled(|| self.fetch(&trace_id), deadline, Backoff::default()).await;
+                (trace_id, fetched)
+            })
+            .buffer_unordered(BACKEND_CONCURRENCY)
+    }
 }
 
 /// The identity of a span set: (trace id, span id) of each span.
-type SpanIds = BTreeSet<([u8; 16], [u8; 8])>;
+type SpanIds = BTreeSet<(TraceId, [u8; 8])>;
 
 /// Polls `fetch` until two polls in a row give the same non-empty span set, or
 /// the deadline passes (then the last spans seen, if any). An error ends the
@@ -92,8 +178,7 @@ where
     let mut delay = backoff.first;
     loop {
         if let Some(found) = fetch().await? {
-            let ids: SpanIds = spans_of(&found)
-                .map_err(|e| format!("trace backend sent an unreadable span: {e}"))?
+            let ids: SpanIds = spans_of(&found)?
                 .iter()
                 .map(|s| (s.trace_id, s.span_id))
                 .collect();
@@ -189,12 +274,17 @@ mod tests {
         let polls = AtomicUsize::new(0);
         let failing = || {
             polls.fetch_add(1, Ordering::SeqCst);
-            async { Err("trace backend error: x answered 500".to_string()) }
+            async {
+                Err(BackendError::status(
+                    "http://x",
+                    reqwest::StatusCode::INTERNAL_SERVER_ERROR,
+                ))
+            }
         };
         let error = fetch_settled(failing, start + Duration::from_secs(60), Backoff::default())
             .await
             .unwrap_err();
-        assert!(error.contains("500"));
+        assert!(error.to_string().contains("500"), "{error}");
         assert_eq!(polls.load(Ordering::SeqCst), 1);
     }
 }

@@ -1,8 +1,9 @@
 //! The client's own span per request: kind CLIENT, with the trace and span ids
 //! that went out in `traceparent` (so the server's span is its child), client
-//! timings as attributes and `first_token`/`last_token` events, exported over OTLP.
+//! timings as attributes and `first_token`/`last_token` events, exported over
+//! OTLP by a [`ClientSpanExporter`] fed one record at a time.
 
-use super::receiver::otlp_http_traces_url;
+use super::config::OtlpEndpoint;
 use crate::client::traceparent::unhex;
 use crate::record::RequestRecord;
 use opentelemetry::trace::{
@@ -18,7 +19,7 @@ const EXPORT_BATCH: usize = 512;
 
 /// The client span of one record, or `None` when it sent no trace header.
 pub fn client_span_data(record: &RequestRecord) -> Option<SpanData> {
-    let trace_id: [u8; 16] = unhex(record.trace_id.as_deref()?)?.try_into().ok()?;
+    let trace_id = record.trace_id?.to_bytes();
     let span_id: [u8; 8] = unhex(record.span_id.as_deref()?)?.try_into().ok()?;
     let instants = &record.instants_ns;
     let wall = |run_ns: u64| {
@@ -108,38 +109,87 @@ pub fn client_span_data(record: &RequestRecord) -> Option<SpanData> {
     })
 }
 
-/// Exports the client span of every traced record to an OTLP endpoint:
-/// `grpc://host:port`, or `http(s)://host:port[/v1/traces]`.
-pub async fn export_client_spans(records: &[RequestRecord], endpoint: &str) -> anyhow::Result<()> {
-    let builder = opentelemetry_otlp::SpanExporter::builder();
-    let mut exporter = if let Some(rest) = endpoint.strip_prefix("grpc://") {
-        builder
-            .with_tonic()
-            .with_endpoint(format!("http://{}", rest.trim_end_matches('/')))
-            .with_timeout(Duration::from_secs(10))
-            .build()?
-    } else if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
-        crate::client::install_tls_provider();
-        builder
-            .with_http()
-            .with_http_client(reqwest::Client::new())
-            .with_endpoint(otlp_http_traces_url(endpoint))
-            .with_timeout(Duration::from_secs(10))
-            .build()?
-    } else {
-        anyhow::bail!("--export-client-spans {endpoint}: the URL must start with grpc://, http:// or https://");
-    };
-    exporter.set_resource(
-        &opentelemetry_sdk::Resource::builder_empty()
-            .with_service_name("tracebench")
-            .build(),
-    );
-    let spans: Vec<SpanData> = records.iter().filter_map(client_span_data).collect();
-    for batch in spans.chunks(EXPORT_BATCH) {
-        exporter
-            .export(batch.to_vec())
-            .await
-            .map_err(|e| anyhow::anyhow!("exporting client spans to {endpoint} failed: {e}"))?;
+/// Exports client spans in batches as records are fed to it: holds at most
+/// one batch, so a streaming pass over the records can use it.
+pub struct ClientSpanExporter {
+    exporter: opentelemetry_otlp::SpanExporter,
+    endpoint: String,
+    batch: Vec<SpanData>,
+    exported: u64,
+}
+
+impl ClientSpanExporter {
+    /// An exporter to `grpc://host:port` or `http(s)://host:port[/v1/traces]`.
+    pub fn new(endpoint: &OtlpEndpoint) -> anyhow::Result<Self> {
+        let builder = opentelemetry_otlp::SpanExporter::builder();
+        let mut exporter = match endpoint {
+            OtlpEndpoint::Grpc(url) => builder
+                .with_tonic()
+                .with_endpoint(url.clone())
+                .with_timeout(Duration::from_secs(10))
+                .build()?,
+            OtlpEndpoint::Http(url) => {
+                crate::client::install_tls_provider();
+                builder
+                    .with_http()
+                    .with_http_client(reqwest::Client::new())
+                    .with_endpoint(url.clone())
+                    .with_timeout(Duration::from_secs(10))
+                    .build()?
+            }
+        };
+        exporter.set_resource(
+            &opentelemetry_sdk::Resource::builder_empty()
+                .with_service_name("tracebench")
+                .build(),
+        );
+        Ok(Self {
+            exporter,
+            endpoint: endpoint.url().to_string(),
+            batch: Vec::with_capacity(EXPORT_BATCH),
+            exported: 0,
+        })
     }
-    Ok(())
+
+    /// Adds the client span of one record (none when it sent no trace
+    /// header); exports a batch when one is full.
+    pub async fn add(&mut self, record: &RequestRecord) -> anyhow::Result<()> {
+        if let Some(span) = client_span_data(record) {
+            self.batch.push(span);
+            if self.batch.len() >= EXPORT_BATCH {
+                self.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(EXPORT_BATCH));
+        let count = batch.len() as u64;
+        self.exporter.export(batch).await.map_err(|e| {
+            anyhow::anyhow!("exporting client spans to {} failed: {e}", self.endpoint)
+        })?;
+        self.exported += count;
+        Ok(())
+    }
+
+    /// Exports what is left; returns how many spans were exported in all.
+    pub async fn finish(mut self) -> anyhow::Result<u64> {
+        if !self.batch.is_empty() {
+            self.flush().await?;
+        }
+        Ok(self.exported)
+    }
+}
+
+/// Exports the client span of every traced record (see [`ClientSpanExporter`]).
+pub async fn export_client_spans(
+    records: &[RequestRecord],
+    endpoint: &OtlpEndpoint,
+) -> anyhow::Result<u64> {
+    let mut exporter = ClientSpanExporter::new(endpoint)?;
+    for record in records {
+        exporter.add(record).await?;
+    }
+    exporter.finish().await
 }

@@ -1,37 +1,56 @@
-//! The run-time side of tracing: start the receiver (or nothing), wait for the
-//! spans of finished requests, fetch from Jaeger/Tempo, join, write; plus the
-//! `join` and `collect` commands.
+//! The run-time side of tracing: start the receiver (or nothing), observe each
+//! finished record as it comes, wait for the spans still outstanding (or query
+//! Jaeger/Tempo), then join records one at a time. Nothing here holds a list
+//! of all records, so a run's finish can be one streaming pass:
+//!
+//! 1. [`start_collector`] before the load;
+//! 2. [`SpanCollector::observe`] for every finished record;
+//! 3. [`SpanCollector::wait`] once after the last response;
+//! 4. [`SpanCollector::join`] for every record while rewriting `requests.jsonl`;
+//! 5. [`SpanCollector::report`] for the counts.
 
-use super::backend::{fetch_settled, http_client, Backoff, Fetched};
-use super::jaeger::JaegerClient;
-use super::join::{join, record_trace_id, JoinOptions, SpanStore, TRACING_OFF};
+use super::backend::{Backend, BackendError};
+use super::config::{BackendUrl, TraceConfig};
+use super::join::{join_record, mark_tracing_off, JoinCounts, JoinOptions};
 use super::receiver::{Receiver, ReceiverConfig, ReceiverCounters};
-use super::span::{read_spans_jsonl, spans_of, SpanLine};
-use super::tempo::TempoClient;
-use super::{TraceArgs, TraceSource};
+use super::span::{for_each_span_in_jsonl, spans_of, SpanLine};
+use super::store::SpanStore;
 use crate::analysis::live::PhaseMeans;
-use crate::client::traceparent::hex;
-use crate::record::{read_records, rewrite_records, RequestRecord};
+use crate::client::traceparent::TraceId;
+use crate::record::RequestRecord;
 use anyhow::Context;
 use futures::StreamExt;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use std::collections::HashMap;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
 
 /// How often the store is checked while waiting for spans.
 const WAIT_POLL: Duration = Duration::from_millis(100);
-/// Traces fetched from a backend at once.
-const BACKEND_CONCURRENCY: usize = 16;
+/// How long after the last response a receiver that got no export at all stops
+/// waiting: twice OpenTelemetry's default batch export delay (5 s), so a server
+/// that exports at all has sent something by then.
+pub const NO_EXPORT_WAIT: Duration = Duration::from_secs(10);
 
 /// Shown while waiting for spans: requests still without one, and time left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WaitProgress {
     pub missing: usize,
     pub remaining: Duration,
+}
+
+/// What waiting found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WaitOutcome {
+    /// What the run should say about its spans (for `run.json` notes and stderr).
+    pub notes: Vec<String>,
+    /// The embedded receiver's counters, when it ran.
+    pub receiver: Option<ReceiverCounters>,
 }
 
 /// What the join found.
@@ -47,390 +66,397 @@ pub struct JoinReport {
     pub receiver: Option<ReceiverCounters>,
 }
 
-/// Collects spans during a run; [`SpanCollector::finish`] joins them.
+/// Collects spans during a run and joins them onto records one at a time.
 pub struct SpanCollector {
-    args: TraceArgs,
-    run_dir: PathBuf,
+    config: TraceConfig,
+    /// Nothing is collected: every record gets `tracing_off`.
+    off: bool,
+    spans_path: PathBuf,
     store: Arc<Mutex<SpanStore>>,
     receiver: Option<Receiver>,
+    /// The latest end of an observed response, wall clock ns (0: none yet).
+    last_end_unix_ns: AtomicU64,
+    /// With Jaeger/Tempo: the trace id of every successful traced record, 16
+    /// bytes each, since each is asked for after the run (nothing arrives by itself).
+    backend_traces: Mutex<Vec<TraceId>>,
+    options: JoinOptions,
+    counts: Mutex<JoinCounts>,
+    receiver_counters: Option<ReceiverCounters>,
 }
 
 /// Starts collecting for a run: the receiver listens for `otlp`; for `jaeger`
-/// and `tempo` nothing listens (they are queried in `finish`); for `none` or
-/// `--trace-header off` the collector is inert.
-pub async fn start_collector(args: &TraceArgs, run_dir: &Path) -> anyhow::Result<SpanCollector> {
-    check_backend_url(args)?;
-    let store = Arc::new(Mutex::new(SpanStore::new()));
-    let receiver = if args.trace_source == TraceSource::Otlp && args.sends_trace_header() {
-        Some(
-            Receiver::start(
-                receiver_config(args, run_dir.join("spans.jsonl")),
-                store.clone(),
-            )
-            .await?,
-        )
-    } else {
-        None
-    };
-    Ok(SpanCollector {
-        args: args.clone(),
-        run_dir: run_dir.to_path_buf(),
-        store,
-        receiver,
-    })
-}
-
-fn receiver_config(args: &TraceArgs, spans_path: PathBuf) -> ReceiverConfig {
-    let mut config = ReceiverConfig::new(args.otlp_grpc, args.otlp_http, spans_path);
-    config.forward = args.otlp_forward.clone();
-    config
-}
-
-fn check_backend_url(args: &TraceArgs) -> anyhow::Result<()> {
-    match args.trace_source {
-        TraceSource::Jaeger if args.jaeger_url.is_none() => {
-            anyhow::bail!("--trace-source jaeger needs --jaeger-url (e.g. http://localhost:16686)")
-        }
-        TraceSource::Tempo if args.tempo_url.is_none() => {
-            anyhow::bail!("--trace-source tempo needs --tempo-url (e.g. http://localhost:3200)")
-        }
-        _ => Ok(()),
+/// and `tempo` nothing listens (they are queried in [`SpanCollector::wait`]);
+/// for `none` or `--trace-header off` the collector is inert.
+pub async fn start_collector(
+    config: &TraceConfig,
+    run_dir: &Path,
+) -> anyhow::Result<SpanCollector> {
+    let mut collector = SpanCollector::new(config, run_dir.join("spans.jsonl"), config.is_off());
+    if collector.listens() {
+        let store = Arc::new(Mutex::new(SpanStore::with_live_phases()));
+        let receiver_config = receiver_config(config, collector.spans_path.clone());
+        collector.receiver = Some(Receiver::start(receiver_config, Some(store.clone())).await?);
+        collector.store = store;
     }
+    Ok(collector)
+}
+
+/// The receiver settings of a trace configuration.
+pub fn receiver_config(config: &TraceConfig, spans_path: PathBuf) -> ReceiverConfig {
+    let mut receiver = ReceiverConfig::new(config.otlp_grpc, config.otlp_http, spans_path);
+    receiver.forward = config.otlp_forward.clone();
+    receiver
+}
+
+/// Locks a mutex; one poisoned by a panic elsewhere is used as it is.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl SpanCollector {
+    /// A collector with no receiver; `off` makes it inert.
+    fn new(config: &TraceConfig, spans_path: PathBuf, off: bool) -> Self {
+        Self {
+            config: config.clone(),
+            off,
+            spans_path,
+            store: Arc::new(Mutex::new(SpanStore::new())),
+            receiver: None,
+            last_end_unix_ns: AtomicU64::new(0),
+            backend_traces: Mutex::new(Vec::new()),
+            options: JoinOptions {
+                jaeger_ui: config.jaeger_ui.clone(),
+                no_span_reason: format!("no span arrived within {}", human(config.span_wait)),
+                backend_errors: HashMap::new(),
+            },
+            counts: Mutex::new(JoinCounts::default()),
+            receiver_counters: None,
+        }
+    }
+
+    /// A collector for joining a finished run again (never inert, no receiver).
+    pub(super) fn for_rejoin(config: &TraceConfig) -> Self {
+        Self::new(config, PathBuf::new(), false)
+    }
+
+    fn listens(&self) -> bool {
+        !self.off && self.config.backend.is_none()
+    }
+
     /// Mean queue/prefill/decode of the request spans seen so far (cheap).
     pub fn live_phases(&self) -> Option<PhaseMeans> {
-        self.store.lock().ok()?.live_phases()
+        lock(&self.store).live_phases()
     }
 
     /// Spans received so far.
     pub fn spans_seen(&self) -> u64 {
         match &self.receiver {
             Some(receiver) => receiver.counters().accepted_spans,
-            None => self.store.lock().map(|s| s.span_count()).unwrap_or(0),
+            None => lock(&self.store).span_count(),
         }
     }
 
     /// The receiver's addresses (gRPC, HTTP) when it listens.
-    pub fn receiver_addrs(&self) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
+    pub fn receiver_addrs(&self) -> Option<(SocketAddr, SocketAddr)> {
         self.receiver
             .as_ref()
             .map(|r| (r.grpc_addr(), r.http_addr()))
     }
 
-    /// Waits up to `--span-wait` after the last response for the spans of the
-    /// successful traced records (calling `on_wait` about every 100 ms), or
-    /// queries Jaeger/Tempo; then joins, rewrites `requests.jsonl` in the run
-    /// folder, and stops the receiver.
-    pub async fn finish(
-        mut self,
-        records: &mut [RequestRecord],
-        mut on_wait: impl FnMut(WaitProgress),
-    ) -> anyhow::Result<JoinReport> {
-        let inert = !self.args.sends_trace_header() || self.args.trace_source == TraceSource::None;
-        let mut report = JoinReport::default();
-        if inert {
-            mark_tracing_off(records, self.args.jaeger_ui.as_deref());
+    /// Notes one finished record (call it for every record as it comes; cheap).
+    /// A successful traced record whose span has not come is waited for.
+    pub fn observe(&self, record: &RequestRecord) {
+        if self.off {
+            return;
+        }
+        let end = record.instants_ns.end.unwrap_or(record.instants_ns.sent);
+        let end_unix_ns = record
+            .sent_unix_ns
+            .saturating_add(end.saturating_sub(record.instants_ns.sent));
+        self.last_end_unix_ns
+            .fetch_max(end_unix_ns, Ordering::Relaxed);
+        if self.config.backend.is_some() {
+            if let Some(trace_id) = record.trace_id.filter(|_| record.ok()) {
+                lock(&self.backend_traces).push(trace_id);
+            }
         } else {
-            let wait = self.args.span_wait;
-            let remaining = wait_left_after_last_response(records, wait);
-            let mut options = JoinOptions {
-                jaeger_ui: self.args.jaeger_ui.clone(),
-                no_span_reason: format!(
-                    "no span arrived within {}",
-                    humantime::format_duration(wait)
-                ),
-                backend_errors: HashMap::new(),
-            };
-            match backend_of(&self.args)? {
-                Some(backend) => {
-                    let fetched =
-                        fetch_from_backend(&backend, records, remaining, &mut on_wait).await;
-                    write_span_lines(&self.run_dir.join("spans.jsonl"), &fetched.resource_spans)?;
-                    fetched.insert_into(&mut *lock(&self.store)?);
-                    options.no_span_reason = format!(
-                        "trace not found in {} within {}",
-                        backend.name(),
-                        humantime::format_duration(wait)
-                    );
-                    options.backend_errors = fetched.errors;
-                }
-                None => {
-                    self.wait_for_spans(records, remaining, &mut on_wait)
-                        .await?
-                }
-            }
+            lock(&self.store).await_span_of(record);
+        }
+    }
+
+    /// Waits up to `--span-wait` after the last response for the spans still
+    /// outstanding (calling `on_wait` about every 100 ms), or queries
+    /// Jaeger/Tempo for the observed traces; then stops the receiver. When the
+    /// receiver got no export at all it stops [`NO_EXPORT_WAIT`] after the last
+    /// response. The outcome's notes say what to check when no span came.
+    pub async fn wait(
+        &mut self,
+        mut on_wait: impl FnMut(WaitProgress),
+    ) -> anyhow::Result<WaitOutcome> {
+        let mut outcome = WaitOutcome::default();
+        if self.off {
+            return Ok(outcome);
+        }
+        let span_wait = self.config.span_wait;
+        if let Some(url) = self.config.backend.clone() {
+            let within = format!(" within {}", human(span_wait));
+            let spans_path = self.spans_path.clone();
+            let remaining = self.wait_left(span_wait);
+            self.query_backend(&url, remaining, Some(&spans_path), &within, &mut on_wait)
+                .await?;
+        } else if let Some(addrs) = self.receiver_addrs() {
+            self.wait_for_receiver(&mut on_wait).await;
             // Stopping the receiver first lets the writer put every queued span in the store.
-            report.receiver = self.stop_receiver().await?;
-            let counts = join(records, &*lock(&self.store)?, &options);
-            report.joined = counts.joined;
-            report.missing = counts.missing;
-            report.duplicates = counts.duplicates;
-            report.unrelated_spans = counts.unrelated_spans;
+            let counters = self.stop_receiver().await?;
+            outcome.notes = self.receiver_notes(&counters, addrs);
+            outcome.receiver = Some(counters);
         }
-        report.receiver = report.receiver.or(self.stop_receiver().await?);
-        let requests = self.run_dir.join("requests.jsonl");
-        rewrite_records(&requests, records)
-            .with_context(|| format!("cannot rewrite {}", requests.display()))?;
-        Ok(report)
+        lock(&self.store).stop_awaiting();
+        self.receiver_counters = outcome.receiver;
+        Ok(outcome)
     }
 
-    async fn stop_receiver(&mut self) -> anyhow::Result<Option<ReceiverCounters>> {
-        match self.receiver.take() {
-            Some(receiver) => Ok(Some(receiver.shutdown().await?)),
-            None => Ok(None),
-        }
-    }
-
-    async fn wait_for_spans(
-        &self,
-        records: &[RequestRecord],
-        remaining: Duration,
-        on_wait: &mut impl FnMut(WaitProgress),
-    ) -> anyhow::Result<()> {
-        let deadline = Instant::now() + remaining;
-        let mut pending: Vec<&RequestRecord> = records
-            .iter()
-            .filter(|r| r.ok() && r.trace_id.is_some())
-            .collect();
-        loop {
-            {
-                let store = lock(&self.store)?;
-                pending.retain(|r| !store.has_view_for(r));
+    /// `wait` minus the time since the last response ended, wall clock.
+    fn wait_left(&self, wait: Duration) -> Duration {
+        match self.last_end_unix_ns.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            end => {
+                let since = crate::units::unix_now_ns().saturating_sub(end);
+                wait.saturating_sub(Duration::from_nanos(since))
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+        }
+    }
+
+    async fn wait_for_receiver(&self, on_wait: &mut impl FnMut(WaitProgress)) {
+        let Some(receiver) = &self.receiver else {
+            return;
+        };
+        let now = Instant::now();
+        let deadline = now + self.wait_left(self.config.span_wait);
+        let quiet_deadline = now + self.wait_left(self.config.span_wait.min(NO_EXPORT_WAIT));
+        loop {
+            let missing = lock(&self.store).awaited();
+            let end = if got_nothing(&receiver.counters()) {
+                quiet_deadline
+            } else {
+                deadline
+            };
+            let left = end.saturating_duration_since(Instant::now());
             on_wait(WaitProgress {
-                missing: pending.len(),
+                missing,
                 remaining: left,
             });
-            if pending.is_empty() || left.is_zero() {
-                return Ok(());
+            if missing == 0 || left.is_zero() {
+                return;
             }
             tokio::time::sleep(left.min(WAIT_POLL)).await;
         }
     }
-}
 
-fn lock(store: &Mutex<SpanStore>) -> anyhow::Result<std::sync::MutexGuard<'_, SpanStore>> {
-    store
-        .lock()
-        .map_err(|_| anyhow::anyhow!("the span store was poisoned by a panic"))
-}
-
-/// Every record gets `tracing_off` (and the trace link, when one was sent).
-fn mark_tracing_off(records: &mut [RequestRecord], jaeger_ui: Option<&str>) {
-    for record in records {
-        record.server = None;
-        record.decomposition = None;
-        record.server_missing_reason = Some(TRACING_OFF.to_string());
-        record.trace_url = jaeger_ui
-            .zip(record.trace_id.as_deref())
-            .map(|(ui, id)| format!("{}/trace/{id}", ui.trim_end_matches('/')));
-    }
-}
-
-/// `wait` minus the time since the last response ended, wall clock.
-fn wait_left_after_last_response(records: &[RequestRecord], wait: Duration) -> Duration {
-    let last_end_unix_ns = records
-        .iter()
-        .map(|r| {
-            let end = r.instants_ns.end.unwrap_or(r.instants_ns.sent);
-            r.sent_unix_ns + end.saturating_sub(r.instants_ns.sent)
-        })
-        .max();
-    match last_end_unix_ns {
-        Some(end) => {
-            let since = Duration::from_nanos(crate::units::unix_now_ns().saturating_sub(end));
-            wait.saturating_sub(since)
-        }
-        None => Duration::ZERO,
-    }
-}
-
-/// A trace backend to query.
-enum Backend {
-    Jaeger(JaegerClient),
-    Tempo(TempoClient),
-}
-
-impl Backend {
-    fn name(&self) -> &'static str {
-        match self {
-            Backend::Jaeger(_) => "Jaeger",
-            Backend::Tempo(_) => "Tempo",
+    async fn stop_receiver(&mut self) -> anyhow::Result<ReceiverCounters> {
+        match self.receiver.take() {
+            Some(receiver) => receiver.shutdown().await,
+            None => Ok(ReceiverCounters::default()),
         }
     }
 
-    async fn fetch(&self, trace_id: &[u8; 16]) -> Fetched {
-        match self {
-            Backend::Jaeger(client) => client.fetch(trace_id).await,
-            Backend::Tempo(client) => client.fetch(trace_id).await,
+    /// What to say when none of the awaited spans came, and why no span came
+    /// for the records still missing one.
+    fn receiver_notes(
+        &mut self,
+        counters: &ReceiverCounters,
+        (grpc, http): (SocketAddr, SocketAddr),
+    ) -> Vec<String> {
+        let store = lock(&self.store);
+        if store.observed() == 0 {
+            return Vec::new();
         }
+        if got_nothing(counters) {
+            self.options.no_span_reason =
+                "no span arrived: the receiver got no OTLP export".to_string();
+            return vec![no_export_note(grpc, http, self.config.span_wait)];
+        }
+        if !store.saw_span_of_ours() {
+            return vec![foreign_spans_note(
+                counters.accepted_spans,
+                store.observed(),
+            )];
+        }
+        Vec::new()
     }
-}
 
-fn backend_of(args: &TraceArgs) -> anyhow::Result<Option<Backend>> {
-    check_backend_url(args)?;
-    let client = || http_client().map_err(anyhow::Error::msg);
-    Ok(
-        match (args.trace_source, &args.jaeger_url, &args.tempo_url) {
-            (TraceSource::Jaeger, Some(url), _) => {
-                Some(Backend::Jaeger(JaegerClient::new(client()?, url)))
+    /// Queries the backend for every observed trace id, writing what it gives
+    /// to `spans_path` (when given) and the store. `within` ends the reason of
+    /// a trace not found (e.g. ` within 15s`).
+    pub(super) async fn query_backend(
+        &mut self,
+        url: &BackendUrl,
+        remaining: Duration,
+        spans_path: Option<&Path>,
+        within: &str,
+        on_wait: &mut impl FnMut(WaitProgress),
+    ) -> anyhow::Result<()> {
+        let backend = Backend::new(url)?;
+        let mut trace_ids = std::mem::take(&mut *lock(&self.backend_traces));
+        trace_ids.sort_unstable();
+        trace_ids.dedup();
+        let mut out = spans_path.map(SpanLines::create).transpose()?;
+        let deadline = Instant::now() + remaining;
+        let mut missing = trace_ids.len();
+        let mut results = std::pin::pin!(backend.fetch_each(trace_ids, deadline));
+        while let Some((trace_id, fetched)) = results.next().await {
+            missing -= 1;
+            let stored = fetched.and_then(|found| self.keep(found.unwrap_or_default(), &mut out));
+            if let Err(error) = stored {
+                self.options
+                    .backend_errors
+                    .insert(trace_id, error.to_string());
             }
-            (TraceSource::Tempo, _, Some(url)) => {
-                Some(Backend::Tempo(TempoClient::new(client()?, url)))
-            }
-            _ => None,
-        },
+            on_wait(WaitProgress {
+                missing,
+                remaining: deadline.saturating_duration_since(Instant::now()),
+            });
+        }
+        if let Some(out) = out {
+            out.finish()?;
+        }
+        self.options.no_span_reason = format!("trace not found in {}{within}", backend.name());
+        Ok(())
+    }
+
+    /// Puts one fetched trace in the store (and `spans.jsonl`).
+    fn keep(
+        &self,
+        found: Vec<ResourceSpans>,
+        out: &mut Option<SpanLines>,
+    ) -> Result<(), BackendError> {
+        let spans = spans_of(&found)?;
+        if let Some(out) = out {
+            out.write(&found);
+        }
+        lock(&self.store).insert_all(spans);
+        Ok(())
+    }
+
+    /// Loads a run folder's `spans.jsonl` into the store.
+    pub(super) fn load_spans_jsonl(&mut self, path: &Path) -> anyhow::Result<()> {
+        let mut store = lock(&self.store);
+        for_each_span_in_jsonl(path, |span| store.insert(span))?;
+        drop(store);
+        self.options.no_span_reason = "no span in spans.jsonl".to_string();
+        Ok(())
+    }
+
+    /// Joins one record: its server view, span-derived fields and trace link,
+    /// or the reason it has none (`tracing_off` when the collector is inert).
+    /// Call it after [`SpanCollector::wait`], once per record.
+    pub fn join(&self, record: &mut RequestRecord) {
+        if self.off {
+            mark_tracing_off(record, self.config.jaeger_ui.as_deref());
+            return;
+        }
+        let counts = join_record(record, &mut lock(&self.store), &self.options);
+        lock(&self.counts).add(counts);
+    }
+
+    /// What the joins so far found.
+    pub fn report(&self) -> JoinReport {
+        let counts = *lock(&self.counts);
+        let unrelated_spans = if self.off {
+            0
+        } else {
+            lock(&self.store).unrelated_spans()
+        };
+        JoinReport {
+            joined: counts.joined,
+            missing: counts.missing,
+            duplicates: counts.duplicates,
+            unrelated_spans,
+            receiver: self.receiver_counters,
+        }
+    }
+}
+
+/// True when the receiver got no export at all: no span from anyone, and no
+/// refused or malformed request.
+fn got_nothing(counters: &ReceiverCounters) -> bool {
+    counters.accepted_spans == 0
+        && counters.refused_requests == 0
+        && counters.malformed_requests == 0
+}
+
+fn human(duration: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(duration)
+}
+
+/// The note for a run whose receiver got no OTLP export at all.
+fn no_export_note(grpc: SocketAddr, http: SocketAddr, span_wait: Duration) -> String {
+    let waited = span_wait.min(NO_EXPORT_WAIT);
+    let stopped = if span_wait > NO_EXPORT_WAIT {
+        format!(
+            " (so the wait stopped there, not after --span-wait {})",
+            human(span_wait)
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "no span came: the OTLP receiver (grpc://{grpc}, http://{http}/v1/traces) got no export \
+         at all within {} of the last response{stopped}. Check that the server exports traces to \
+         it (vLLM: --otlp-traces-endpoint grpc://{grpc}; SGLang: --enable-trace \
+         --otlp-traces-endpoint {grpc}; TGI: --otlp-endpoint http://{grpc}) and can reach that \
+         address: a server in a container or on another host needs --otlp-grpc/--otlp-http on an \
+         address it can reach (e.g. 0.0.0.0:4317)",
+        human(waited)
     )
 }
 
-/// What a round of backend queries gave.
-struct BackendSpans {
-    resource_spans: Vec<ResourceSpans>,
-    /// Trace id (hex) → why it could not be fetched.
-    errors: HashMap<String, String>,
+/// The note for a run whose receiver got spans, none in its requests' traces.
+fn foreign_spans_note(spans: u64, requests: u64) -> String {
+    format!(
+        "the OTLP receiver got {spans} spans, but none in the traces of the {requests} requests \
+         sent: something between tracebench and the server (a proxy, gateway or frontend) may \
+         drop the traceparent header, or the server starts traces of its own; requests are then \
+         matched by request id where the engine records one"
+    )
 }
 
-impl BackendSpans {
-    fn insert_into(&self, store: &mut SpanStore) {
-        for span in spans_of(&self.resource_spans).unwrap_or_default() {
-            store.insert(span);
-        }
-    }
+/// `spans.jsonl` written one fetched trace at a time.
+struct SpanLines {
+    path: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+    error: Option<std::io::Error>,
 }
 
-/// Fetches the trace of every successful traced record, `BACKEND_CONCURRENCY`
-/// at a time, each until its span set settles or `remaining` has passed.
-async fn fetch_from_backend(
-    backend: &Backend,
-    records: &[RequestRecord],
-    remaining: Duration,
-    on_wait: &mut impl FnMut(WaitProgress),
-) -> BackendSpans {
-    let deadline = Instant::now() + remaining;
-    let mut trace_ids: Vec<[u8; 16]> = records
-        .iter()
-        .filter(|r| r.ok())
-        .filter_map(record_trace_id)
-        .collect();
-    trace_ids.sort_unstable();
-    trace_ids.dedup();
-    let mut missing = trace_ids.len();
-    let mut results = futures::stream::iter(trace_ids)
-        .map(|trace_id| async move {
-            let fetched =
-                fetch_settled(|| backend.fetch(&trace_id), deadline, Backoff::default()).await;
-            (trace_id, fetched)
+impl SpanLines {
+    fn create(path: &Path) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            out: std::io::BufWriter::new(file),
+            error: None,
         })
-        .buffer_unordered(BACKEND_CONCURRENCY);
-    let mut out = BackendSpans {
-        resource_spans: Vec::new(),
-        errors: HashMap::new(),
-    };
-    while let Some((trace_id, fetched)) = results.next().await {
-        match fetched {
-            Ok(Some(found)) => {
-                // A span with a bad id would fail the whole set later: check here.
-                match spans_of(&found) {
-                    Ok(_) => out.resource_spans.extend(found),
-                    Err(e) => {
-                        out.errors.insert(
-                            hex(&trace_id),
-                            format!("trace backend sent an unreadable span: {e}"),
-                        );
-                    }
-                }
-                missing -= 1;
-            }
-            Ok(None) => missing -= 1,
-            Err(error) => {
-                out.errors.insert(hex(&trace_id), error);
-                missing -= 1;
+    }
+
+    fn write(&mut self, resource_spans: &[ResourceSpans]) {
+        for line in SpanLine::all_of(resource_spans) {
+            let written = serde_json::to_writer(&mut self.out, &line)
+                .map_err(std::io::Error::from)
+                .and_then(|()| self.out.write_all(b"\n"));
+            if let Err(error) = written {
+                self.error.get_or_insert(error);
             }
         }
-        on_wait(WaitProgress {
-            missing,
-            remaining: deadline.saturating_duration_since(Instant::now()),
-        });
     }
-    out
-}
 
-fn write_span_lines(path: &Path, resource_spans: &[ResourceSpans]) -> anyhow::Result<()> {
-    let file =
-        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut out = std::io::BufWriter::new(file);
-    for line in SpanLine::all_of(resource_spans) {
-        serde_json::to_writer(&mut out, &line)?;
-        out.write_all(b"\n")?;
-    }
-    out.flush()
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// `tracebench join RUN_DIR`: joins again from `requests.jsonl` and
-/// `spans.jsonl`, or from Jaeger/Tempo when that is the source, and rewrites
-/// `requests.jsonl` atomically.
-pub async fn join_run_dir(run_dir: &Path, args: &TraceArgs) -> anyhow::Result<JoinReport> {
-    let requests = run_dir.join("requests.jsonl");
-    let mut records = read_records(&requests)?;
-    let mut store = SpanStore::new();
-    let mut options = JoinOptions {
-        jaeger_ui: args.jaeger_ui.clone(),
-        ..JoinOptions::default()
-    };
-    match backend_of(args)? {
-        Some(backend) => {
-            let fetched = fetch_from_backend(&backend, &records, args.span_wait, &mut |_| {}).await;
-            fetched.insert_into(&mut store);
-            options.no_span_reason = format!("trace not found in {}", backend.name());
-            options.backend_errors = fetched.errors;
-        }
-        None => {
-            let spans_path = run_dir.join("spans.jsonl");
-            let (spans, _unreadable) = read_spans_jsonl(&spans_path).with_context(|| {
-                "nothing to join from: give --trace-source jaeger --jaeger-url URL (or tempo) to query a backend"
-            })?;
-            for span in spans {
-                store.insert(span);
-            }
-            options.no_span_reason = "no span in spans.jsonl".to_string();
+    fn finish(mut self) -> anyhow::Result<()> {
+        let flushed = self.out.flush();
+        match self.error.take().map_or(flushed, Err) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot write {}", self.path.display())),
         }
     }
-    let counts = join(&mut records, &store, &options);
-    rewrite_records(&requests, &records)
-        .with_context(|| format!("cannot rewrite {}", requests.display()))?;
-    Ok(JoinReport {
-        joined: counts.joined,
-        missing: counts.missing,
-        duplicates: counts.duplicates,
-        unrelated_spans: counts.unrelated_spans,
-        receiver: None,
-    })
-}
-
-/// `tracebench collect --out spans.jsonl`: the receiver alone, until Ctrl-C.
-pub async fn collect_until_ctrl_c(args: &TraceArgs, out: &Path) -> anyhow::Result<()> {
-    let store = Arc::new(Mutex::new(SpanStore::new()));
-    let receiver = Receiver::start(receiver_config(args, out.to_path_buf()), store).await?;
-    eprintln!(
-        "receiving OTLP on grpc://{} and http://{}/v1/traces, writing {}; Ctrl-C stops",
-        receiver.grpc_addr(),
-        receiver.http_addr(),
-        out.display()
-    );
-    tokio::signal::ctrl_c()
-        .await
-        .context("cannot wait for Ctrl-C")?;
-    let counters = receiver.shutdown().await?;
-    eprintln!(
-        "stopped: {} spans accepted, {} requests refused, {} malformed, {} forward failures",
-        counters.accepted_spans,
-        counters.refused_requests,
-        counters.malformed_requests,
-        counters.forward_failures
-    );
-    Ok(())
 }

@@ -1,76 +1,109 @@
 //! Engine detection and mapping: finds the request span(s) of vLLM, SGLang and
-//! TGI among the spans of one trace and maps each engine's own names onto the
-//! common `ServerView` fields (milliseconds; a field the engine lacks is None).
+//! TGI among the spans of one trace (in the store's compact form) and maps each
+//! engine's own names onto the common `ServerView` fields (milliseconds; a field
+//! the engine lacks is None).
 
-use super::span::Span;
+use super::node::{NodeName, SpanDetail, SpanNode};
+use super::span::{attr_f64, attr_str, attr_u64};
+use crate::client::traceparent::hex;
 pub use crate::record::Engine;
 use crate::record::ServerView;
+use serde_json::{Map, Value};
 use std::collections::HashMap;
 
-/// vLLM's per-request span name.
-const VLLM_REQUEST_SPAN: &str = "llm_request";
-/// The `module` attribute on SGLang's request root span.
-const SGLANG_REQUEST_MODULE: &str = "sglang::request";
+/// A request span found in a trace, with the engine that made it.
+struct RequestSpan<'a> {
+    engine: Engine,
+    node: &'a SpanNode,
+    detail: &'a SpanDetail,
+}
 
 /// Every request view found in the spans of one trace, earliest start first.
 /// Unrelated spans (start-up spans, batch traces, HTTP spans) are ignored.
-pub fn request_views(trace: &[Span]) -> Vec<ServerView> {
+pub fn request_views(trace: &[SpanNode]) -> Vec<ServerView> {
     let tree = Tree::new(trace);
-    let mut views: Vec<ServerView> = Vec::new();
-    for span in trace {
-        if span.name == VLLM_REQUEST_SPAN {
-            views.push(vllm_view(span));
-        } else if span.attr_str("module") == Some(SGLANG_REQUEST_MODULE)
-            && span.attributes.contains_key("rid")
-        {
-            views.push(sglang_view(span, &tree));
-        } else if span.name == "queued" {
-            if let Some(handler) = tgi_handler(span, &tree) {
-                views.push(tgi_view(handler, &tree));
+    let mut views: Vec<ServerView> = request_spans(trace, &tree)
+        .into_iter()
+        .map(|request| {
+            let attributes = request.detail.attributes();
+            match request.engine {
+                Engine::Vllm => vllm_view(&request, attributes),
+                Engine::Sglang => sglang_view(&request, attributes, &tree),
+                Engine::Tgi => tgi_view(&request, attributes, &tree),
             }
-        }
-    }
+        })
+        .collect();
     views.sort_by_key(|v| v.start_unix_ns);
     views
 }
 
-/// Which engine produced a trace, when any request span in it is recognized.
-pub fn detect_engine(trace: &[Span]) -> Option<Engine> {
-    request_views(trace)
-        .first()
-        .and_then(|v| match v.engine.as_str() {
-            "vllm" => Some(Engine::Vllm),
-            "sglang" => Some(Engine::Sglang),
-            "tgi" => Some(Engine::Tgi),
+/// True when the trace holds a request span (no attribute is parsed).
+pub fn has_request_span(trace: &[SpanNode]) -> bool {
+    let direct = trace.iter().any(|n| {
+        n.name == NodeName::LlmRequest || n.detail.as_ref().is_some_and(|d| d.sglang_request)
+    });
+    direct || !request_spans(trace, &Tree::new(trace)).is_empty()
+}
+
+/// The request spans of a trace: vLLM `llm_request`, SGLang request roots, and
+/// for each TGI `queued` span its handler.
+fn request_spans<'a>(trace: &'a [SpanNode], tree: &Tree<'a>) -> Vec<RequestSpan<'a>> {
+    let mut found = Vec::new();
+    for node in trace {
+        let detail = node.detail.as_deref();
+        let request = match (node.name, detail) {
+            (NodeName::LlmRequest, Some(detail)) => Some((Engine::Vllm, node, detail)),
+            (_, Some(detail)) if detail.sglang_request => Some((Engine::Sglang, node, detail)),
+            (NodeName::Queued, _) => {
+                tgi_handler(node, tree).and_then(|h| Some((Engine::Tgi, h, h.detail.as_deref()?)))
+            }
             _ => None,
-        })
+        };
+        if let Some((engine, node, detail)) = request {
+            found.push(RequestSpan {
+                engine,
+                node,
+                detail,
+            });
+        }
+    }
+    found
+}
+
+/// Which engine produced a trace, when any request span in it is recognized.
+pub fn detect_engine(trace: &[SpanNode]) -> Option<Engine> {
+    let tree = Tree::new(trace);
+    request_spans(trace, &tree)
+        .into_iter()
+        .min_by_key(|r| r.node.start_unix_ns)
+        .map(|r| r.engine)
 }
 
 /// Parent/child lookups within one trace.
 struct Tree<'a> {
-    by_id: HashMap<[u8; 8], &'a Span>,
-    children: HashMap<[u8; 8], Vec<&'a Span>>,
+    by_id: HashMap<[u8; 8], &'a SpanNode>,
+    children: HashMap<[u8; 8], Vec<&'a SpanNode>>,
 }
 
 impl<'a> Tree<'a> {
-    fn new(trace: &'a [Span]) -> Self {
+    fn new(trace: &'a [SpanNode]) -> Self {
         let mut by_id = HashMap::new();
-        let mut children: HashMap<[u8; 8], Vec<&Span>> = HashMap::new();
-        for span in trace {
-            by_id.insert(span.span_id, span);
-            if let Some(parent) = span.parent_span_id {
-                children.entry(parent).or_default().push(span);
+        let mut children: HashMap<[u8; 8], Vec<&SpanNode>> = HashMap::new();
+        for node in trace {
+            by_id.insert(node.span_id, node);
+            if let Some(parent) = node.parent_span_id {
+                children.entry(parent).or_default().push(node);
             }
         }
         Self { by_id, children }
     }
 
-    fn parent(&self, span: &Span) -> Option<&'a Span> {
-        self.by_id.get(&span.parent_span_id?).copied()
+    fn parent(&self, node: &SpanNode) -> Option<&'a SpanNode> {
+        self.by_id.get(&node.parent_span_id?).copied()
     }
 
     /// All descendants of `root` (not `root` itself), depth first.
-    fn descendants(&self, root: &Span) -> Vec<&'a Span> {
+    fn descendants(&self, root: &SpanNode) -> Vec<&'a SpanNode> {
         let mut out = Vec::new();
         let mut stack = vec![root.span_id];
         let mut guard = 0usize;
@@ -88,49 +121,52 @@ impl<'a> Tree<'a> {
     }
 }
 
-fn seconds_attr_ms(span: &Span, key: &str) -> Option<f64> {
-    span.attr_f64(key).map(|s| s * 1e3)
+fn seconds_attr_ms(attributes: &Map<String, Value>, key: &str) -> Option<f64> {
+    attr_f64(attributes, key).map(|s| s * 1e3)
 }
 
-fn base_view(engine: Engine, span: &Span) -> ServerView {
+fn base_view(request: &RequestSpan, attributes: Map<String, Value>) -> ServerView {
+    let node = request.node;
     ServerView {
-        engine: engine.as_str().to_string(),
-        span_name: span.name.clone(),
-        service_name: span.service_name.clone(),
-        span_id: span.span_id_hex(),
-        start_unix_ns: span.start_unix_ns,
-        end_unix_ns: span.end_unix_ns,
-        attributes: span.attributes.clone(),
-        request_id: span.attr_str("gen_ai.request.id").map(str::to_string),
-        prompt_tokens: span.attr_u64("gen_ai.usage.prompt_tokens"),
-        completion_tokens: span.attr_u64("gen_ai.usage.completion_tokens"),
+        engine: request.engine.as_str().to_string(),
+        span_name: request.detail.name.to_string(),
+        service_name: request.detail.service_name.as_deref().map(str::to_string),
+        span_id: hex(&node.span_id),
+        start_unix_ns: node.start_unix_ns,
+        end_unix_ns: node.end_unix_ns,
+        request_id: attr_str(&attributes, "gen_ai.request.id").map(str::to_string),
+        prompt_tokens: attr_u64(&attributes, "gen_ai.usage.prompt_tokens"),
+        completion_tokens: attr_u64(&attributes, "gen_ai.usage.completion_tokens"),
+        attributes,
         ..ServerView::default()
     }
 }
 
 /// vLLM `llm_request`: every latency is a float-seconds attribute.
-fn vllm_view(span: &Span) -> ServerView {
+fn vllm_view(request: &RequestSpan, attributes: Map<String, Value>) -> ServerView {
+    let a = &attributes;
     ServerView {
-        queue_ms: seconds_attr_ms(span, "gen_ai.latency.time_in_queue"),
-        prefill_ms: seconds_attr_ms(span, "gen_ai.latency.time_in_model_prefill"),
-        decode_ms: seconds_attr_ms(span, "gen_ai.latency.time_in_model_decode"),
-        inference_ms: seconds_attr_ms(span, "gen_ai.latency.time_in_model_inference"),
-        ttft_ms: seconds_attr_ms(span, "gen_ai.latency.time_to_first_token"),
-        e2e_ms: seconds_attr_ms(span, "gen_ai.latency.e2e"),
-        ..base_view(Engine::Vllm, span)
+        queue_ms: seconds_attr_ms(a, "gen_ai.latency.time_in_queue"),
+        prefill_ms: seconds_attr_ms(a, "gen_ai.latency.time_in_model_prefill"),
+        decode_ms: seconds_attr_ms(a, "gen_ai.latency.time_in_model_decode"),
+        inference_ms: seconds_attr_ms(a, "gen_ai.latency.time_in_model_inference"),
+        ttft_ms: seconds_attr_ms(a, "gen_ai.latency.time_to_first_token"),
+        e2e_ms: seconds_attr_ms(a, "gen_ai.latency.e2e"),
+        ..base_view(request, attributes)
     }
 }
 
 /// SGLang ` Req <rid>`: the queue is the `prefill_waiting` slice under it, and
 /// `time_in_model_prefill` includes that wait, so the wait is taken off.
-fn sglang_view(root: &Span, tree: &Tree) -> ServerView {
+fn sglang_view(request: &RequestSpan, attributes: Map<String, Value>, tree: &Tree) -> ServerView {
     let waiting = tree
-        .descendants(root)
+        .descendants(request.node)
         .into_iter()
-        .filter(|s| s.name == "prefill_waiting")
-        .min_by_key(|s| s.start_unix_ns);
-    let queue_ms = waiting.map(|s| s.duration_ns() as f64 / 1e6);
-    let prefill_with_wait = seconds_attr_ms(root, "gen_ai.latency.time_in_model_prefill");
+        .filter(|n| n.name == NodeName::PrefillWaiting)
+        .min_by_key(|n| n.start_unix_ns);
+    let queue_ms = waiting.map(|n| n.duration_ns() as f64 / 1e6);
+    let a = &attributes;
+    let prefill_with_wait = seconds_attr_ms(a, "gen_ai.latency.time_in_model_prefill");
     let prefill_ms = match (prefill_with_wait, queue_ms) {
         (Some(prefill), Some(queue)) => Some(prefill - queue),
         _ => None,
@@ -138,36 +174,30 @@ fn sglang_view(root: &Span, tree: &Tree) -> ServerView {
     ServerView {
         queue_ms,
         prefill_ms,
-        decode_ms: seconds_attr_ms(root, "gen_ai.latency.time_in_model_decode"),
-        inference_ms: seconds_attr_ms(root, "gen_ai.latency.time_in_model_inference"),
-        ttft_ms: seconds_attr_ms(root, "gen_ai.latency.time_to_first_token"),
-        e2e_ms: seconds_attr_ms(root, "gen_ai.latency.e2e"),
-        ..base_view(Engine::Sglang, root)
+        decode_ms: seconds_attr_ms(a, "gen_ai.latency.time_in_model_decode"),
+        inference_ms: seconds_attr_ms(a, "gen_ai.latency.time_in_model_inference"),
+        ttft_ms: seconds_attr_ms(a, "gen_ai.latency.time_to_first_token"),
+        e2e_ms: seconds_attr_ms(a, "gen_ai.latency.e2e"),
+        ..base_view(request, attributes)
     }
 }
-
-/// TGI's timing fields on its handler span (`chat_completions`, `generate`, ...).
-const TGI_TIMING_FIELDS: [&str; 3] = ["total_time", "queue_time", "inference_time"];
 
 /// The handler span of a TGI `queued` span: its highest ancestor in the trace
 /// that carries TGI's timing fields. `None` while the handler has not arrived
 /// (it closes last) or never recorded them.
-fn tgi_handler<'a>(queued: &Span, tree: &Tree<'a>) -> Option<&'a Span> {
+fn tgi_handler<'a>(queued: &SpanNode, tree: &Tree<'a>) -> Option<&'a SpanNode> {
     let mut handler = None;
     let mut current = tree.parent(queued);
     let mut steps = 0;
-    while let Some(span) = current {
+    while let Some(node) = current {
         steps += 1;
         if steps > tree.by_id.len() {
             break; // a cycle in malformed input
         }
-        if TGI_TIMING_FIELDS
-            .iter()
-            .any(|k| span.attributes.contains_key(*k))
-        {
-            handler = Some(span);
+        if node.detail.as_ref().is_some_and(|d| d.tgi_timed) {
+            handler = Some(node);
         }
-        current = tree.parent(span);
+        current = tree.parent(node);
     }
     handler
 }
@@ -175,26 +205,27 @@ fn tgi_handler<'a>(queued: &Span, tree: &Tree<'a>) -> Option<&'a Span> {
 /// TGI handler: durations are Rust `Duration` Debug strings; TTFT is the first
 /// `send_generation` start minus the handler start; prefill is the first
 /// `infer` step up to its token.
-fn tgi_view(handler: &Span, tree: &Tree) -> ServerView {
+fn tgi_view(request: &RequestSpan, attributes: Map<String, Value>, tree: &Tree) -> ServerView {
+    let handler = request.node;
     let below = tree.descendants(handler);
-    let earliest = |name: &str| {
+    let earliest = |name: NodeName| {
         below
             .iter()
-            .filter(|s| s.name == name)
-            .min_by_key(|s| s.start_unix_ns)
+            .filter(|n| n.name == name)
+            .min_by_key(|n| n.start_unix_ns)
             .copied()
     };
-    let sends: Vec<&Span> = below
+    let sends: Vec<&SpanNode> = below
         .iter()
-        .filter(|s| s.name == "send_generation")
+        .filter(|n| matches!(n.name, NodeName::SendGeneration { .. }))
         .copied()
         .collect();
-    let first_send = sends.iter().min_by_key(|s| s.start_unix_ns).copied();
-    let duration_field = |key: &str| handler.attr_str(key).and_then(parse_debug_duration_ms);
+    let first_send = sends.iter().min_by_key(|n| n.start_unix_ns).copied();
+    let duration_field = |key: &str| attr_str(&attributes, key).and_then(parse_debug_duration_ms);
 
     let queue_ms = duration_field("queue_time")
-        .or_else(|| earliest("queued").map(|s| s.duration_ns() as f64 / 1e6));
-    let prefill_ms = match (earliest("infer"), first_send) {
+        .or_else(|| earliest(NodeName::Queued).map(|n| n.duration_ns() as f64 / 1e6));
+    let prefill_ms = match (earliest(NodeName::Infer), first_send) {
         (Some(infer), Some(send)) if send.start_unix_ns >= infer.start_unix_ns => {
             Some((send.start_unix_ns - infer.start_unix_ns) as f64 / 1e6)
         }
@@ -206,31 +237,26 @@ fn tgi_view(handler: &Span, tree: &Tree) -> ServerView {
         _ => None,
     };
     let ttft_ms = first_send
-        .filter(|s| s.start_unix_ns >= handler.start_unix_ns)
-        .map(|s| (s.start_unix_ns - handler.start_unix_ns) as f64 / 1e6);
-    let generated_tokens = sends
-        .iter()
-        .find_map(|s| s.attr_str("generation").and_then(generated_tokens_of));
+        .filter(|n| n.start_unix_ns >= handler.start_unix_ns)
+        .map(|n| (n.start_unix_ns - handler.start_unix_ns) as f64 / 1e6);
+    let generated_tokens = sends.iter().find_map(|n| match n.name {
+        NodeName::SendGeneration { generated_tokens } => generated_tokens,
+        _ => None,
+    });
     let completion_tokens = generated_tokens.or((!sends.is_empty()).then_some(sends.len() as u64));
+    let e2e_ms = duration_field("total_time").or(Some(handler.duration_ns() as f64 / 1e6));
     ServerView {
         queue_ms,
         prefill_ms,
         decode_ms,
         inference_ms,
         ttft_ms,
-        e2e_ms: duration_field("total_time").or(Some(handler.duration_ns() as f64 / 1e6)),
+        e2e_ms,
         completion_tokens,
         prompt_tokens: None,
         request_id: None,
-        ..base_view(Engine::Tgi, handler)
+        ..base_view(request, attributes)
     }
-}
-
-/// `generated_tokens: N` inside the Debug text of TGI's final `Generation`.
-fn generated_tokens_of(generation: &str) -> Option<u64> {
-    let rest = generation.split("generated_tokens: ").nth(1)?;
-    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-    digits.parse().ok()
 }
 
 /// Parses Rust's `Duration` Debug format (`"30.504061ms"`, `"1.5s"`, `"850µs"`,
@@ -259,18 +285,11 @@ pub fn parse_debug_duration_ms(text: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::span::{decode_json, decode_protobuf, spans_of};
+    use crate::trace::span::Span;
+    use crate::trace::test_support::{fixture_spans, nodes_of};
 
-    fn fixture_spans(name: &str) -> Vec<Span> {
-        let path = format!("{}/../shared/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        let request = if name.ends_with(".pb") {
-            decode_protobuf(&bytes)
-        } else {
-            decode_json(&bytes)
-        }
-        .unwrap();
-        spans_of(&request.resource_spans).unwrap()
+    fn views(spans: &[Span]) -> Vec<ServerView> {
+        request_views(&nodes_of(spans))
     }
 
     fn close(a: Option<f64>, b: f64) -> bool {
@@ -280,7 +299,7 @@ mod tests {
     #[test]
     fn vllm_attributes_in_seconds_become_ms() {
         let spans = fixture_spans("vllm/traced-chat.spans.pb");
-        let views = request_views(&spans);
+        let views = views(&spans);
         assert_eq!(views.len(), 1);
         let v = &views[0];
         let span = &spans[0];
@@ -297,12 +316,12 @@ mod tests {
         assert_eq!(v.request_id.as_deref(), Some("chatcmpl-b667cda1694cf546"));
         assert_eq!(v.service_name.as_deref(), Some("vllm"));
         assert_eq!(v.attributes, span.attributes);
-        assert_eq!(detect_engine(&spans), Some(Engine::Vllm));
+        assert_eq!(detect_engine(&nodes_of(&spans)), Some(Engine::Vllm));
     }
 
     #[test]
     fn vllm_n2_gives_two_views_sorted_by_start() {
-        let views = request_views(&fixture_spans("vllm/traced-chat-n2.spans.pb"));
+        let views = views(&fixture_spans("vllm/traced-chat-n2.spans.pb"));
         assert_eq!(views.len(), 2);
         assert_ne!(views[0].span_id, views[1].span_id);
         assert!(views[0].start_unix_ns <= views[1].start_unix_ns);
@@ -323,7 +342,7 @@ mod tests {
             ),
         ] {
             let spans = fixture_spans(file);
-            let views = request_views(&spans);
+            let views = views(&spans);
             assert_eq!(views.len(), 1, "{file}");
             let v = &views[0];
             assert_eq!(v.engine, "sglang");
@@ -358,14 +377,14 @@ mod tests {
                 v.request_id.as_deref(),
                 Some("3f2a9c7e5b1d4e8fa0c6d2b4e6f8a1c3")
             );
-            assert_eq!(detect_engine(&spans), Some(Engine::Sglang));
+            assert_eq!(detect_engine(&nodes_of(&spans)), Some(Engine::Sglang));
         }
     }
 
     #[test]
     fn tgi_handler_and_children_map_to_phases() {
         let spans = fixture_spans("tgi/chat-stream.request-trace.otlp.json");
-        let views = request_views(&spans);
+        let views = views(&spans);
         assert_eq!(views.len(), 1);
         let v = &views[0];
         assert_eq!(v.engine, "tgi");
@@ -391,13 +410,13 @@ mod tests {
             .into_iter()
             .filter(|s| s.name != "chat_completions")
             .collect();
-        assert!(request_views(&spans).is_empty());
-        assert!(request_views(&fixture_spans(
+        assert!(views(&spans).is_empty());
+        assert!(views(&fixture_spans(
             "tgi/chat-stream.batch-traces.sample.otlp.json"
         ))
         .is_empty());
-        assert!(request_views(&fixture_spans("tgi/variant.otel-http-span.otlp.json")).is_empty());
-        assert!(request_views(&fixture_spans("otlp/trace.json")).is_empty());
+        assert!(views(&fixture_spans("tgi/variant.otel-http-span.otlp.json")).is_empty());
+        assert!(views(&fixture_spans("otlp/trace.json")).is_empty());
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //! JSON), falling back to the UI's `GET /api/traces/{id}` (µs times, tags,
 //! processes), converted to OTLP resource spans.
 
-use super::backend::{bad_status, get_found, unreachable, unreadable, Fetched};
+use super::backend::{get_found, BackendError, Fetched};
 use super::span::decode_json;
-use crate::client::traceparent::{hex, unhex};
+use crate::client::traceparent::{unhex, TraceId};
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
@@ -32,7 +32,7 @@ impl JaegerClient {
     }
 
     /// One look for a trace. `Ok(None)` while Jaeger does not have it.
-    pub async fn fetch(&self, trace_id: &[u8; 16]) -> Fetched {
+    pub async fn fetch(&self, trace_id: &TraceId) -> Fetched {
         if !self.ui_api_only.load(Ordering::Relaxed) {
             match self.fetch_v3(trace_id).await? {
                 V3::Found(spans) => return Ok(Some(spans)),
@@ -43,16 +43,19 @@ impl JaegerClient {
         self.fetch_ui(trace_id).await
     }
 
-    async fn fetch_v3(&self, trace_id: &[u8; 16]) -> Result<V3, String> {
-        let url = format!("{}/api/v3/traces/{}", self.base, hex(trace_id));
+    async fn fetch_v3(&self, trace_id: &TraceId) -> Result<V3, BackendError> {
+        let url = format!("{}/api/v3/traces/{trace_id}", self.base);
         let response = self
             .http
             .get(&url)
             .send()
             .await
-            .map_err(|e| unreachable(&url, &e))?;
+            .map_err(|e| BackendError::unreachable(&url, &e))?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| unreachable(&url, &e))?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| BackendError::unreachable(&url, &e))?;
         if status == reqwest::StatusCode::NOT_FOUND {
             // Jaeger's own "not found" is a JSON error; anything else means no such route.
             let is_jaeger_error = serde_json::from_slice::<Value>(&body)
@@ -65,15 +68,16 @@ impl JaegerClient {
             });
         }
         if !status.is_success() {
-            return Err(bad_status(&url, status));
+            return Err(BackendError::status(&url, status));
         }
         #[derive(Deserialize)]
         struct Envelope {
             result: Value,
         }
-        let envelope: Envelope = serde_json::from_slice(&body).map_err(|e| unreadable(&url, e))?;
-        let traces =
-            decode_json(envelope.result.to_string().as_bytes()).map_err(|e| unreadable(&url, e))?;
+        let envelope: Envelope =
+            serde_json::from_slice(&body).map_err(|e| BackendError::unreadable(&url, e))?;
+        let traces = decode_json(envelope.result.to_string().as_bytes())
+            .map_err(|e| BackendError::unreadable(&url, e))?;
         Ok(if traces.resource_spans.is_empty() {
             V3::NotYet
         } else {
@@ -81,16 +85,17 @@ impl JaegerClient {
         })
     }
 
-    async fn fetch_ui(&self, trace_id: &[u8; 16]) -> Fetched {
-        let url = format!("{}/api/traces/{}", self.base, hex(trace_id));
+    async fn fetch_ui(&self, trace_id: &TraceId) -> Fetched {
+        let url = format!("{}/api/traces/{trace_id}", self.base);
         let Some(body) = get_found(&self.http, &url, None).await? else {
             return Ok(None);
         };
         let envelope: UiEnvelope =
-            serde_json::from_slice(&body).map_err(|e| unreadable(&url, e))?;
+            serde_json::from_slice(&body).map_err(|e| BackendError::unreadable(&url, e))?;
         let mut resource_spans = Vec::new();
         for trace in &envelope.data {
-            resource_spans.extend(ui_trace_to_otlp(trace).map_err(|e| unreadable(&url, e))?);
+            resource_spans
+                .extend(ui_trace_to_otlp(trace).map_err(|e| BackendError::unreadable(&url, e))?);
         }
         Ok((!resource_spans.is_empty()).then_some(resource_spans))
     }
@@ -165,13 +170,22 @@ pub struct UiTag {
     pub value: Value,
 }
 
+/// An id in a Jaeger UI trace that is not a hex id of the right size.
+#[derive(Debug, thiserror::Error)]
+pub enum BadId {
+    #[error("id `{0}` does not fit {1} bytes")]
+    Size(String, usize),
+    #[error("id `{0}` is not hex")]
+    NotHex(String),
+}
+
 /// Hex id of `bytes` bytes; Jaeger drops leading zeros, so shorter ids are padded.
-fn padded_id(text: &str, bytes: usize) -> Result<Vec<u8>, String> {
+fn padded_id(text: &str, bytes: usize) -> Result<Vec<u8>, BadId> {
     let width = bytes * 2;
     if text.is_empty() || text.len() > width {
-        return Err(format!("id `{text}` does not fit {bytes} bytes"));
+        return Err(BadId::Size(text.to_string(), bytes));
     }
-    unhex(&format!("{text:0>width$}")).ok_or_else(|| format!("id `{text}` is not hex"))
+    unhex(&format!("{text:0>width$}")).ok_or_else(|| BadId::NotHex(text.to_string()))
 }
 
 fn tag_value(tag: &UiTag) -> AnyValue {
@@ -216,7 +230,7 @@ const SYNTHETIC_TAGS: [&str; 5] = [
 ];
 
 /// Converts one UI-model trace to OTLP resource spans (one per process and scope).
-pub fn ui_trace_to_otlp(trace: &UiTrace) -> Result<Vec<ResourceSpans>, String> {
+pub fn ui_trace_to_otlp(trace: &UiTrace) -> Result<Vec<ResourceSpans>, BadId> {
     let mut grouped: BTreeMap<(String, String, String), Vec<ProtoSpan>> = BTreeMap::new();
     for span in &trace.spans {
         let trace_id = padded_id(&span.trace_id, 16)?;
@@ -342,7 +356,7 @@ mod tests {
         assert_eq!(spans.len(), 5);
         assert!(spans
             .iter()
-            .all(|s| hex(&s.trace_id) == "00000000000000000000000000000001"));
+            .all(|s| s.trace_id.to_string() == "00000000000000000000000000000001"));
         let tagged = spans
             .iter()
             .find(|s| s.attributes.contains_key("peer.ipv4"))

@@ -1,86 +1,77 @@
 //! Trace correlation: receive the servers' OpenTelemetry spans (embedded OTLP
-//! receiver) or fetch them (Jaeger, Tempo), map each engine's request span onto
-//! the common server view, and join it onto the client's request records.
+//! receiver) or fetch them (Jaeger, Tempo), keep what the join needs of each
+//! (compact, per trace), map each engine's request span onto the common server
+//! view, and join it onto the client's request records one at a time.
 
 pub mod backend;
 pub mod client_span;
 pub mod collector;
+pub mod commands;
+pub mod config;
 pub mod engines;
 pub mod jaeger;
 pub mod join;
+pub mod node;
 pub mod receiver;
 pub mod show;
 pub mod span;
+pub mod store;
 pub mod tempo;
 
-pub use client_span::export_client_spans;
+pub use client_span::{export_client_spans, ClientSpanExporter};
 pub use collector::{
-    collect_until_ctrl_c, join_run_dir, start_collector, JoinReport, SpanCollector, WaitProgress,
+    start_collector, JoinReport, SpanCollector, WaitOutcome, WaitProgress, NO_EXPORT_WAIT,
 };
+pub use commands::{collect_until_ctrl_c, join_run_dir};
+pub use config::{BackendUrl, OtlpEndpoint, TraceConfig, TraceSource};
 pub use receiver::ReceiverCounters;
 pub use show::show_request;
 
-use std::net::SocketAddr;
-use std::time::Duration;
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! Records and fixture spans for the trace modules' unit tests.
 
-/// Where server spans come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum TraceSource {
-    /// The embedded OTLP receiver (point the server's exporter at it).
-    Otlp,
-    /// Query Jaeger by trace id after the run (`--jaeger-url`).
-    Jaeger,
-    /// Query Grafana Tempo by trace id after the run (`--tempo-url`).
-    Tempo,
-    /// Collect nothing.
-    None,
-}
+    use crate::record::RequestRecord;
+    use crate::trace::node::SpanNode;
+    use crate::trace::span::{decode_json, decode_protobuf, spans_of, Span};
+    use std::sync::Arc;
 
-/// `on` / `off` for a flag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Switch {
-    On,
-    Off,
-}
+    /// The compact form of some spans, each with its own service name.
+    pub fn nodes_of(spans: &[Span]) -> Vec<SpanNode> {
+        spans
+            .iter()
+            .map(|s| SpanNode::of(s, |name| Arc::from(name)))
+            .collect()
+    }
 
-/// The tracing flags of `run`, `join` and `collect`.
-#[derive(clap::Args, Debug, Clone)]
-pub struct TraceArgs {
-    /// Where server spans come from.
-    #[arg(long, value_enum, default_value = "otlp")]
-    pub trace_source: TraceSource,
-    /// Address of the embedded OTLP/gRPC receiver.
-    #[arg(long, default_value = "127.0.0.1:4317")]
-    pub otlp_grpc: SocketAddr,
-    /// Address of the embedded OTLP/HTTP receiver (`POST /v1/traces`).
-    #[arg(long, default_value = "127.0.0.1:4318")]
-    pub otlp_http: SocketAddr,
-    /// Send every received export on to this OTLP endpoint (`grpc://host:4317` or `http://host:4318`).
-    #[arg(long, value_name = "URL")]
-    pub otlp_forward: Option<String>,
-    /// Jaeger query service, e.g. `http://localhost:16686` (with `--trace-source jaeger`).
-    #[arg(long, value_name = "URL")]
-    pub jaeger_url: Option<String>,
-    /// Tempo query endpoint, e.g. `http://localhost:3200` (with `--trace-source tempo`).
-    #[arg(long, value_name = "URL")]
-    pub tempo_url: Option<String>,
-    /// Jaeger UI base for a per-request trace link, e.g. `http://localhost:16686`.
-    #[arg(long, value_name = "URL")]
-    pub jaeger_ui: Option<String>,
-    /// How long to wait for spans after the last response.
-    #[arg(long, default_value = "15s", value_parser = crate::units::parse_duration)]
-    pub span_wait: Duration,
-    /// After the run, export one client span per request to this OTLP endpoint.
-    #[arg(long, value_name = "URL")]
-    pub export_client_spans: Option<String>,
-    /// Send a W3C `traceparent` (and so ask for server spans) with every request.
-    #[arg(long, value_enum, default_value = "on")]
-    pub trace_header: Switch,
-}
+    /// The spans of a fixture file (`.pb` protobuf, else OTLP/JSON).
+    pub fn fixture_spans(name: &str) -> Vec<Span> {
+        let path = format!("{}/../shared/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let request = if name.ends_with(".pb") {
+            decode_protobuf(&bytes)
+        } else {
+            decode_json(&bytes)
+        }
+        .unwrap();
+        spans_of(&request.resource_spans).unwrap()
+    }
 
-impl TraceArgs {
-    /// True when requests carry a `traceparent`.
-    pub fn sends_trace_header(&self) -> bool {
-        self.trace_header == Switch::On
+    /// A successful streaming chat record (TTFT 40 ms) with these ids.
+    pub fn record(request_id: &str, trace_id: Option<&str>) -> RequestRecord {
+        serde_json::from_value(serde_json::json!({
+            "schema": "tracebench.request/1", "run_id": "r", "request_id": request_id, "index": 0,
+            "warmup": false, "endpoint": "chat", "model": "tiny", "stream": true,
+            "trace_id": trace_id, "span_id": trace_id.map(|_| "0123456789abcdef"),
+            "max_tokens": 16, "input_tokens": null, "input_tokens_source": null, "output_tokens": 16,
+            "output_tokens_source": "usage", "status": 200, "response_id": null, "finish_reason": "length",
+            "error": null, "sent_unix_ns": 0,
+            "instants_ns": {"intended": 0, "sent": 0, "headers": null, "first_byte": null,
+                            "first_token": 40_000_000u64, "last_token": 70_000_000u64, "end": 71_000_000u64},
+            "ttft_ms": 40.0, "e2e_ms": 70.0, "e2e_end_ms": 71.0, "tpot_ms": 2.0, "schedule_lag_ms": 0.0,
+            "chunks": 16, "itl_chunk_ms": [], "itl_token_ms": null, "server": null,
+            "server_missing_reason": "pending", "decomposition": null, "trace_url": null, "gpu": null
+        }))
+        .unwrap()
     }
 }

@@ -2,7 +2,7 @@
 //! paste into a bug report (request, client and server timings, the TTFT
 //! decomposition, the trace link and the command line of the run).
 
-use crate::record::{read_records, RequestRecord};
+use crate::record::{records_in, RequestRecord};
 use anyhow::Context;
 use std::fmt::Write;
 use std::path::Path;
@@ -17,21 +17,17 @@ fn count(value: Option<u64>) -> String {
 
 /// The markdown block for one request of a run folder.
 pub fn show_request(run_dir: &Path, request_id: &str) -> anyhow::Result<String> {
-    let records = read_records(&run_dir.join("requests.jsonl"))?;
-    let record = records
-        .iter()
-        .find(|r| r.request_id == request_id)
-        .with_context(|| {
-            format!(
-                "no request `{request_id}` in {}",
-                run_dir.join("requests.jsonl").display()
-            )
-        })?;
+    let path = run_dir.join("requests.jsonl");
+    // Read one record at a time up to the one asked for (or a bad line).
+    let record = records_in(&path)?
+        .find(|r| r.as_ref().map_or(true, |r| r.request_id == request_id))
+        .transpose()?
+        .with_context(|| format!("no request `{request_id}` in {}", path.display()))?;
     let command_line = std::fs::read(run_dir.join("run.json"))
         .ok()
         .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
         .and_then(|run| run.get("command_line")?.as_str().map(str::to_string));
-    Ok(render(record, command_line.as_deref()))
+    Ok(render(&record, command_line.as_deref()))
 }
 
 fn render(r: &RequestRecord, command_line: Option<&str>) -> String {

@@ -2,7 +2,7 @@
 //! OpenTelemetry protobuf types, plus decoding of OTLP export requests from
 //! protobuf bytes and OTLP/JSON and the `spans.jsonl` line format.
 
-use crate::client::traceparent::hex;
+use crate::client::traceparent::{hex, TraceId};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -18,7 +18,7 @@ pub use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 /// One span with ids as fixed-size arrays and attributes as JSON values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Span {
-    pub trace_id: [u8; 16],
+    pub trace_id: TraceId,
     pub span_id: [u8; 8],
     pub parent_span_id: Option<[u8; 8]>,
     pub name: String,
@@ -98,7 +98,7 @@ impl Span {
                 })
         });
         Ok(Self {
-            trace_id,
+            trace_id: TraceId::from_bytes(trace_id),
             span_id,
             parent_span_id,
             name: span.name.clone(),
@@ -109,10 +109,6 @@ impl Span {
             service_name,
             scope_name: scope.map(|s| s.name.clone()).unwrap_or_default(),
         })
-    }
-
-    pub fn trace_id_hex(&self) -> String {
-        hex(&self.trace_id)
     }
 
     pub fn span_id_hex(&self) -> String {
@@ -126,26 +122,41 @@ impl Span {
 
     /// A numeric attribute (an int, a double, or a string holding a number).
     pub fn attr_f64(&self, key: &str) -> Option<f64> {
-        match self.attributes.get(key)? {
-            Value::Number(n) => n.as_f64(),
-            Value::String(s) => s.trim().parse().ok(),
-            _ => None,
-        }
+        attr_f64(&self.attributes, key)
     }
 
     /// A non-negative integer attribute (an int, or a string holding one).
     pub fn attr_u64(&self, key: &str) -> Option<u64> {
-        match self.attributes.get(key)? {
-            Value::Number(n) => n.as_u64(),
-            Value::String(s) => s.trim().parse().ok(),
-            _ => None,
-        }
+        attr_u64(&self.attributes, key)
     }
 
     /// A string attribute.
     pub fn attr_str(&self, key: &str) -> Option<&str> {
-        self.attributes.get(key)?.as_str()
+        attr_str(&self.attributes, key)
     }
+}
+
+/// A numeric attribute (an int, a double, or a string holding a number).
+pub fn attr_f64(attributes: &Map<String, Value>, key: &str) -> Option<f64> {
+    match attributes.get(key)? {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// A non-negative integer attribute (an int, or a string holding one).
+pub fn attr_u64(attributes: &Map<String, Value>, key: &str) -> Option<u64> {
+    match attributes.get(key)? {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// A string attribute.
+pub fn attr_str<'a>(attributes: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+    attributes.get(key)?.as_str()
 }
 
 /// An OTLP attribute value as JSON. Bytes become lower-case hex; a double that
@@ -245,13 +256,13 @@ impl SpanLine {
     }
 }
 
-/// Reads a `spans.jsonl`: the spans it holds, and how many lines could not be
-/// read (each such line is reported on stderr, never fatal).
-pub fn read_spans_jsonl(path: &Path) -> anyhow::Result<(Vec<Span>, u64)> {
+/// Reads a `spans.jsonl` one line at a time, handing each span to `each`;
+/// returns how many lines could not be read (each such line is reported on
+/// stderr, never fatal).
+pub fn for_each_span_in_jsonl(path: &Path, mut each: impl FnMut(Span)) -> anyhow::Result<u64> {
     use anyhow::Context;
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut spans = Vec::new();
     let mut unreadable = 0;
     for (number, line) in BufReader::new(file).lines().enumerate() {
         let line = line.with_context(|| format!("cannot read {}", path.display()))?;
@@ -262,14 +273,14 @@ pub fn read_spans_jsonl(path: &Path) -> anyhow::Result<(Vec<Span>, u64)> {
             .map_err(DecodeError::from)
             .and_then(|l| l.to_span());
         match parsed {
-            Ok(span) => spans.push(span),
+            Ok(span) => each(span),
             Err(error) => {
                 unreadable += 1;
                 eprintln!("{}:{}: skipped: {error}", path.display(), number + 1);
             }
         }
     }
-    Ok((spans, unreadable))
+    Ok(unreadable)
 }
 
 #[cfg(test)]
@@ -305,7 +316,10 @@ mod tests {
         let spans = spans_of(&request.resource_spans).unwrap();
         assert_eq!(spans.len(), 1);
         let span = &spans[0];
-        assert_eq!(span.trace_id_hex(), "00112233445566778899aabbccddeeff");
+        assert_eq!(
+            span.trace_id.to_string(),
+            "00112233445566778899aabbccddeeff"
+        );
         assert_eq!(
             span.parent_span_id.map(|p| hex(&p)).as_deref(),
             Some("0123456789abcdef")
@@ -325,7 +339,10 @@ mod tests {
         let request = decode_protobuf(&fixture("vllm/untraced-chat.spans.pb")).unwrap();
         let spans = spans_of(&request.resource_spans).unwrap();
         assert_eq!(spans[0].parent_span_id, None);
-        assert_eq!(spans[0].trace_id_hex(), "89f9666c87f0be809ed01422084094fc");
+        assert_eq!(
+            spans[0].trace_id.to_string(),
+            "89f9666c87f0be809ed01422084094fc"
+        );
     }
 
     #[test]
@@ -335,7 +352,7 @@ mod tests {
         assert_eq!(spans.len(), 28);
         assert!(spans
             .iter()
-            .all(|s| s.trace_id_hex() == "4bf92f3577b34da6a3ce929d0e0e4736"));
+            .all(|s| s.trace_id.to_string() == "4bf92f3577b34da6a3ce929d0e0e4736"));
 
         let tgi = decode_json(&fixture("tgi/chat-stream.request-trace.otlp.json")).unwrap();
         let spans = spans_of(&tgi.resource_spans).unwrap();
@@ -349,7 +366,10 @@ mod tests {
         let spans = spans_of(&example.resource_spans).unwrap();
         assert_eq!(spans.len(), 1);
         // Upper-case hex ids in the file are read case-insensitively.
-        assert_eq!(spans[0].trace_id_hex(), "5b8efff798038103d269b633813fc60c");
+        assert_eq!(
+            spans[0].trace_id.to_string(),
+            "5b8efff798038103d269b633813fc60c"
+        );
         assert_eq!(spans[0].kind, SpanKind::Server);
     }
 

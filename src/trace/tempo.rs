@@ -1,8 +1,8 @@
 //! Fetching one trace from Grafana Tempo: `GET /api/v2/traces/{id}` asking for
 //! protobuf, whose `TraceByIDResponse.trace` is wire-identical to OTLP `TracesData`.
 
-use super::backend::{get_found, unreadable, Fetched};
-use crate::client::traceparent::hex;
+use super::backend::{get_found, BackendError, Fetched};
+use crate::client::traceparent::TraceId;
 use opentelemetry_proto::tonic::trace::v1::TracesData;
 use prost::Message;
 
@@ -28,12 +28,13 @@ impl TempoClient {
     }
 
     /// One look for a trace. `Ok(None)` while Tempo does not have it.
-    pub async fn fetch(&self, trace_id: &[u8; 16]) -> Fetched {
-        let url = format!("{}/api/v2/traces/{}", self.base, hex(trace_id));
+    pub async fn fetch(&self, trace_id: &TraceId) -> Fetched {
+        let url = format!("{}/api/v2/traces/{trace_id}", self.base);
         let Some(body) = get_found(&self.http, &url, Some("application/protobuf")).await? else {
             return Ok(None);
         };
-        let decoded = TraceByIdResponse::decode(body).map_err(|e| unreadable(&url, e))?;
+        let decoded =
+            TraceByIdResponse::decode(body).map_err(|e| BackendError::unreadable(&url, e))?;
         let resource_spans = decoded.trace.map(|t| t.resource_spans).unwrap_or_default();
         Ok((!resource_spans.is_empty()).then_some(resource_spans))
     }

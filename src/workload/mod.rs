@@ -9,6 +9,7 @@ pub mod tokens;
 
 use crate::client::PreparedRequest;
 use crate::record::{CountSource, Endpoint};
+use crate::units::BadValue;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -62,8 +63,8 @@ pub struct Lengths {
 }
 
 impl std::str::FromStr for Lengths {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
+    type Err = BadValue;
+    fn from_str(text: &str) -> Result<Self, BadValue> {
         let (mean, stddev) = match text.split_once(':') {
             Some((m, s)) => (m, Some(s)),
             None => (text, None),
@@ -71,16 +72,18 @@ impl std::str::FromStr for Lengths {
         let mean: u64 = mean
             .trim()
             .parse()
-            .map_err(|_| format!("`{text}` is not MEAN or MEAN:STDDEV tokens"))?;
+            .map_err(|_| BadValue(format!("`{text}` is not MEAN or MEAN:STDDEV tokens")))?;
         let stddev: f64 = match stddev {
             Some(s) => s
                 .trim()
                 .parse()
-                .map_err(|_| format!("`{text}`: STDDEV must be a number"))?,
+                .map_err(|_| BadValue(format!("`{text}`: STDDEV must be a number")))?,
             None => 0.0,
         };
         if mean == 0 || !(stddev >= 0.0 && stddev.is_finite()) {
-            return Err(format!("`{text}`: MEAN must be > 0 and STDDEV >= 0"));
+            return Err(BadValue(format!(
+                "`{text}`: MEAN must be > 0 and STDDEV >= 0"
+            )));
         }
         Ok(Lengths { mean, stddev })
     }

@@ -4,8 +4,9 @@
 
 use std::path::PathBuf;
 use std::time::Duration;
+use tracebench::cli::{Switch, TraceArgs};
 use tracebench::record::RequestRecord;
-use tracebench::trace::{Switch, TraceArgs, TraceSource};
+use tracebench::trace::{TraceConfig, TraceSource};
 
 pub fn fixture(path: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/")).join(path)
@@ -94,4 +95,9 @@ pub fn trace_args(source: TraceSource, span_wait: Duration) -> TraceArgs {
         export_client_spans: None,
         trace_header: Switch::On,
     }
+}
+
+/// The checked configuration of some trace flags.
+pub fn config(args: &TraceArgs) -> TraceConfig {
+    TraceConfig::from_args(args).expect("valid trace flags")
 }

@@ -98,7 +98,7 @@ pub fn synthetic_records(run: &SyntheticRun) -> Vec<RequestRecord> {
                 endpoint: Endpoint::Chat,
                 model: run.model.clone(),
                 stream: true,
-                trace_id: Some(trace_id.clone()),
+                trace_id: Some(trace_id.parse().expect("32 hex characters")),
                 span_id: Some(format!("{:016x}", i + 1)),
                 max_tokens: Some(64),
                 input_tokens: Some(input_tokens),
