@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Schema name written into every record.
@@ -275,21 +275,10 @@ impl RecordLog {
     }
 }
 
-/// Reads every record of a `requests.jsonl`. A bad line is an error naming the line.
+/// Reads every record of a `requests.jsonl`. A bad line is an error naming the
+/// line. To read one record at a time, see [`crate::report::run_folder::JsonLines`].
 pub fn read_records(path: &Path) -> anyhow::Result<Vec<RequestRecord>> {
-    use anyhow::Context;
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut records = Vec::new();
-    for (number, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let record = serde_json::from_str(&line)
-            .with_context(|| format!("{}:{}: not a request record", path.display(), number + 1))?;
-        records.push(record);
-    }
-    Ok(records)
+    Ok(crate::report::run_folder::JsonLines::open(path)?.collect::<Result<_, _>>()?)
 }
 
 /// Rewrites a records file atomically (temp file + rename), e.g. after the join.

@@ -301,7 +301,7 @@ pub async fn execute(config: RunConfig, command_line: String) -> anyhow::Result<
         let history = Arc::try_unwrap(history)
             .ok()
             .context("history writer still shared")?;
-        if let Err(e) = history.finish(&run_dir, &records, &summary) {
+        if let Err(e) = history.finish(&run_dir, &summary) {
             eprintln!("note: the run was not recorded in the history database: {e:#}");
         }
     }
