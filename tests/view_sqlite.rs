@@ -68,9 +68,7 @@ fn fill(db: &Path, root: &Path) -> Vec<Written> {
             for record in &records {
                 writer.record(record);
             }
-            writer
-                .finish(&dir, &records, &summary)
-                .expect("finish history");
+            writer.finish(&dir, &summary).expect("finish history");
         } else {
             import_run_dir(db, &dir).expect("import run folder");
         }
@@ -308,7 +306,7 @@ fn unreadable_lines_are_reported_once_and_the_rest_is_stored() {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("tracebench.db");
     let dir = tmp.path().join("run-torn");
-    let (records, summary) = write_run_folder(&dir, &SyntheticRun::new("run-torn", 30));
+    let (_, summary) = write_run_folder(&dir, &SyntheticRun::new("run-torn", 30));
     let mut spans = std::fs::read_to_string(dir.join("spans.jsonl")).unwrap();
     let good_spans = spans.lines().count() as i64;
     spans.push_str("{\"span\": {\"traceId\": \"tor");
@@ -316,10 +314,7 @@ fn unreadable_lines_are_reported_once_and_the_rest_is_stored() {
     let run_json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("run.json")).unwrap()).unwrap();
     let writer = HistoryWriter::open(&db, "run-torn", &run_json).unwrap();
-    let err = writer
-        .finish(&dir, &records, &summary)
-        .unwrap_err()
-        .to_string();
+    let err = writer.finish(&dir, &summary).unwrap_err().to_string();
     assert!(err.contains("spans.jsonl:"), "{err}");
     let conn = Connection::open(&db).unwrap();
     let stored: i64 = conn

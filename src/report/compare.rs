@@ -1,8 +1,10 @@
 //! `tracebench compare`: runs side by side, metric by metric, with deltas
 //! against the first run and the better run per metric. A run is a tracebench
-//! run folder (its `summary.json`) or a `vllm bench serve --save-result` JSON file;
-//! both are read through vLLM's key names, which our summary also carries.
+//! run folder (its `summary.json`, through [`RunFolder`]), a `summary.json`
+//! itself, or a `vllm bench serve --save-result` JSON file; all are read
+//! through vLLM's key names, which our summary also carries.
 
+use super::run_folder::RunFolder;
 use anyhow::{bail, Context};
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -45,24 +47,24 @@ struct ComparedRun {
     values: Value,
 }
 
-/// Reads one run: a folder holding `summary.json`, or a JSON result file.
+/// Reads one run: a run folder (its `summary.json`), or a JSON result file.
 fn read_run(path: &Path) -> anyhow::Result<ComparedRun> {
-    let file: PathBuf = if path.is_dir() {
-        path.join("summary.json")
-    } else {
-        path.to_path_buf()
-    };
-    let text = std::fs::read_to_string(&file).with_context(|| {
-        if path.is_dir() {
-            format!("{} has no readable summary.json", path.display())
-        } else {
-            format!("cannot read {}", file.display())
-        }
-    })?;
+    if path.is_dir() {
+        let summary = RunFolder::open(path)
+            .and_then(|folder| folder.summary())
+            .with_context(|| format!("{} has no readable summary.json", path.display()))?;
+        return Ok(ComparedRun {
+            name: summary.run_id.clone(),
+            origin: format!("tracebench run, {}", path.display()),
+            values: serde_json::to_value(&summary)?,
+        });
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut values: Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
     if !values.is_object() {
-        bail!("{} is not a result object", file.display());
+        bail!("{} is not a result object", path.display());
     }
     let is_tracebench = values["schema"]
         .as_str()
@@ -70,7 +72,7 @@ fn read_run(path: &Path) -> anyhow::Result<ComparedRun> {
     if !is_tracebench && values.get("mean_ttft_ms").is_none() && values.get("completed").is_none() {
         bail!(
             "{} is neither a tracebench summary nor a `vllm bench serve --save-result` file",
-            file.display()
+            path.display()
         );
     }
     if values.get("failed").is_none() {

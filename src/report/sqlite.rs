@@ -5,7 +5,7 @@
 //! [`HistoryWriter`] writes from its own thread in batched transactions, so the
 //! request path only sends on a channel and never waits on disk.
 
-use super::html::{for_each_jsonl, read_summary, RunFolder};
+use super::run_folder::{JsonLines, RunFolder};
 use crate::analysis::Summary;
 use crate::record::{GpuAttribution, RequestRecord};
 use anyhow::{bail, Context};
@@ -231,17 +231,13 @@ impl HistoryWriter {
     }
 
     /// Waits for queued records, then in one transaction replaces the run's
-    /// request rows with the final joined records, loads spans, telemetry and
-    /// server metrics from `run_dir`, and stores the summary. A failure of the
-    /// live writes is not reported when this final write succeeds (it rewrites
-    /// every request row); unreadable lines of the run files are reported as an
-    /// error after everything readable was stored.
-    pub fn finish(
-        self,
-        run_dir: &Path,
-        records: &[RequestRecord],
-        summary: &Summary,
-    ) -> anyhow::Result<()> {
+    /// request rows with the final joined records of `run_dir/requests.jsonl`
+    /// (read one at a time), loads spans, telemetry and server metrics from
+    /// `run_dir`, and stores the summary. A failure of the live writes is not
+    /// reported when this final write succeeds (it rewrites every request row);
+    /// unreadable lines of the run files are reported as an error after
+    /// everything readable was stored.
+    pub fn finish(self, run_dir: &Path, summary: &Summary) -> anyhow::Result<()> {
         let HistoryWriter {
             sender,
             thread,
@@ -251,9 +247,10 @@ impl HistoryWriter {
         let (mut conn, _live_error) = thread
             .join()
             .map_err(|_| anyhow::anyhow!("the history writer thread panicked"))?;
+        let folder = RunFolder::open(run_dir)?;
         let mut problems = Vec::new();
         let tx = conn.transaction()?;
-        write_final(&tx, &run_id, run_dir, records, summary, &mut problems)?;
+        write_final(&tx, &run_id, &folder, summary, &mut problems)?;
         tx.commit()
             .context("cannot commit the run to the history")?;
         problems_to_result(run_dir, problems)
@@ -297,36 +294,24 @@ fn write_live(
 /// Imports a finished run folder (run.json, requests.jsonl, summary.json and the
 /// sample files), replacing an earlier import of the same run.
 pub fn import_run_dir(db: &Path, run_dir: &Path) -> anyhow::Result<()> {
-    let folder = RunFolder::load(run_dir)?;
-    if folder.run.is_null() {
+    let folder = RunFolder::open(run_dir)?;
+    let Some(run) = folder.run_json().ok().flatten() else {
         bail!(
             "{} has no readable run.json; cannot import it",
             run_dir.display()
         );
-    }
-    let summary = match read_summary(&run_dir.join("summary.json")) {
-        Ok(summary) => summary,
-        Err(_) => folder.summary.clone(),
     };
-    let run_id = folder.run_id().to_string();
+    let (summary, _) = folder.summary_or_computed(&run)?;
+    let run_id = run["run_id"]
+        .as_str()
+        .unwrap_or(summary.run_id.as_str())
+        .to_string();
     let mut conn = open_db(db)?;
-    let mut problems = folder
-        .problems
-        .iter()
-        .filter(|p| p.starts_with("requests.jsonl"))
-        .cloned()
-        .collect::<Vec<_>>();
+    let mut problems = Vec::new();
     let tx = conn.transaction()?;
     delete_run(&tx, &run_id)?;
-    insert_run(&tx, &run_id, &folder.run)?;
-    write_final(
-        &tx,
-        &run_id,
-        run_dir,
-        &folder.records,
-        &summary,
-        &mut problems,
-    )?;
+    insert_run(&tx, &run_id, &run)?;
+    write_final(&tx, &run_id, &folder, &summary, &mut problems)?;
     tx.commit()
         .with_context(|| format!("cannot commit {} to {}", run_id, db.display()))?;
     problems_to_result(run_dir, problems)
@@ -399,31 +384,33 @@ fn insert_run(tx: &Transaction, run_id: &str, run: &Value) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Final rows of a run: request rows replaced, sample files loaded, summary stored.
+/// Final rows of a run: request rows replaced by the records of
+/// `requests.jsonl`, sample files loaded, summary stored.
 fn write_final(
     tx: &Transaction,
     run_id: &str,
-    run_dir: &Path,
-    records: &[RequestRecord],
+    folder: &RunFolder,
     summary: &Summary,
     problems: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     for table in ["requests", "spans", "telemetry", "server_metrics"] {
         tx.execute(&format!("DELETE FROM {table} WHERE run_id = ?1"), [run_id])?;
     }
-    for record in records {
-        insert_request(tx, record)?;
+    let mut first_model = None;
+    for record in folder.records()?.skip_unreadable(problems) {
+        let record = record?;
+        if first_model.is_none() && !record.model.is_empty() {
+            first_model = Some(record.model.clone());
+        }
+        insert_request(tx, &record)?;
     }
-    load_spans(tx, run_id, &run_dir.join("spans.jsonl"), problems)?;
-    load_telemetry(tx, run_id, &run_dir.join("telemetry.jsonl"), problems)?;
-    load_server_metrics(tx, run_id, &run_dir.join("server_metrics.jsonl"), problems)?;
-    let first_model = records
-        .iter()
-        .find(|r| !r.model.is_empty())
-        .map(|r| r.model.clone());
-    let ended = std::fs::read_to_string(run_dir.join("run.json"))
+    load_spans(tx, run_id, folder.spans()?, problems)?;
+    load_telemetry(tx, run_id, folder.telemetry()?, problems)?;
+    load_server_metrics(tx, run_id, folder.server_metrics()?, problems)?;
+    let ended = folder
+        .run_json()
         .ok()
-        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .flatten()
         .and_then(|run| run["ended_unix_ns"].as_u64())
         .and_then(|v| i64::try_from(v).ok());
     tx.execute(
@@ -575,14 +562,15 @@ fn otlp_nanos(v: &Value) -> Option<i64> {
 fn load_spans(
     tx: &Transaction,
     run_id: &str,
-    path: &Path,
+    lines: JsonLines<Value>,
     problems: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     let mut statement = tx.prepare(
         "INSERT INTO spans (run_id, trace_id, span_id, parent_span_id, name, service_name,
             start_unix_ns, end_unix_ns, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
-    for_each_jsonl(path, problems, |_, line: Value| {
+    for line in lines.skip_unreadable(problems) {
+        let line = line?;
         let span = &line["span"];
         let service = line["resource"]["attributes"]
             .as_array()
@@ -605,20 +593,21 @@ fn load_spans(
             otlp_nanos(&span["endTimeUnixNano"]),
             line.to_string(),
         ])?;
-        Ok(())
-    })
+    }
+    Ok(())
 }
 
 fn load_telemetry(
     tx: &Transaction,
     run_id: &str,
-    path: &Path,
+    lines: JsonLines<Value>,
     problems: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     let mut statement = tx.prepare(
         "INSERT INTO telemetry VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
     )?;
-    for_each_jsonl(path, problems, |_, s: Value| {
+    for s in lines.skip_unreadable(problems) {
+        let s = s?;
         let text = |k: &str| match &s[k] {
             Value::Null => None,
             Value::String(v) => Some(v.clone()),
@@ -643,20 +632,21 @@ fn load_telemetry(
             s["sm_clock_mhz"].as_f64(),
             text("gap"),
         ])?;
-        Ok(())
-    })
+    }
+    Ok(())
 }
 
 fn load_server_metrics(
     tx: &Transaction,
     run_id: &str,
-    path: &Path,
+    lines: JsonLines<Value>,
     problems: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     let mut statement = tx.prepare(
         "INSERT INTO server_metrics VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?;
-    for_each_jsonl(path, problems, |_, s: Value| {
+    for s in lines.skip_unreadable(problems) {
+        let s = s?;
         statement.execute(params![
             run_id,
             s["t_ns"].as_i64(),
@@ -672,8 +662,8 @@ fn load_server_metrics(
             (!s["raw"].is_null()).then(|| s["raw"].to_string()),
             s["gap"].as_str(),
         ])?;
-        Ok(())
-    })
+    }
+    Ok(())
 }
 
 #[cfg(test)]

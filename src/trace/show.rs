@@ -2,7 +2,8 @@
 //! paste into a bug report (request, client and server timings, the TTFT
 //! decomposition, the trace link and the command line of the run).
 
-use crate::record::{records_in, RequestRecord};
+use crate::record::RequestRecord;
+use crate::report::run_folder::{RunFolder, REQUESTS};
 use anyhow::Context;
 use std::fmt::Write;
 use std::path::Path;
@@ -15,17 +16,27 @@ fn count(value: Option<u64>) -> String {
     value.map_or_else(|| "–".to_string(), |v| v.to_string())
 }
 
-/// The markdown block for one request of a run folder.
+/// The markdown block for one request of a run folder (its records read one at a time).
 pub fn show_request(run_dir: &Path, request_id: &str) -> anyhow::Result<String> {
-    let path = run_dir.join("requests.jsonl");
-    // Read one record at a time up to the one asked for (or a bad line).
-    let record = records_in(&path)?
-        .find(|r| r.as_ref().map_or(true, |r| r.request_id == request_id))
-        .transpose()?
-        .with_context(|| format!("no request `{request_id}` in {}", path.display()))?;
-    let command_line = std::fs::read(run_dir.join("run.json"))
+    let folder = RunFolder::open(run_dir)?;
+    let mut found = None;
+    for record in folder.records()? {
+        let record = record?;
+        if record.request_id == request_id {
+            found = Some(record);
+            break;
+        }
+    }
+    let record = found.with_context(|| {
+        format!(
+            "no request `{request_id}` in {}",
+            folder.path(REQUESTS).display()
+        )
+    })?;
+    let command_line = folder
+        .run_json()
         .ok()
-        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .flatten()
         .and_then(|run| run.get("command_line")?.as_str().map(str::to_string));
     Ok(render(&record, command_line.as_deref()))
 }
