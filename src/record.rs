@@ -335,11 +335,13 @@ pub fn rewrite_records(path: &Path, records: &[RequestRecord]) -> std::io::Resul
 }
 
 /// Writes a new version of a records file beside it; [`RecordWriter::commit`]
-/// puts it in place (until then readers see the old one).
+/// puts it in place (until then readers see the old one). Dropped without a
+/// commit, it removes the unfinished version.
 pub struct RecordWriter {
     out: std::io::BufWriter<File>,
     tmp: PathBuf,
     path: PathBuf,
+    committed: bool,
 }
 
 impl RecordWriter {
@@ -349,6 +351,7 @@ impl RecordWriter {
             out: std::io::BufWriter::new(File::create(&tmp)?),
             tmp,
             path: path.to_path_buf(),
+            committed: false,
         })
     }
 
@@ -359,6 +362,77 @@ impl RecordWriter {
 
     pub fn commit(mut self) -> std::io::Result<()> {
         self.out.flush()?;
-        std::fs::rename(&self.tmp, &self.path)
+        std::fs::rename(&self.tmp, &self.path)?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for RecordWriter {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record_line(request_id: &str, trace_id: &str) -> String {
+        serde_json::json!({
+            "schema": REQUEST_SCHEMA, "run_id": "r", "request_id": request_id, "index": 0,
+            "warmup": false, "endpoint": "chat", "model": "m", "stream": true,
+            "trace_id": trace_id, "span_id": "0123456789abcdef", "max_tokens": 4,
+            "input_tokens": null, "input_tokens_source": null, "output_tokens": null,
+            "output_tokens_source": null, "status": 200, "response_id": null,
+            "finish_reason": null, "error": null, "sent_unix_ns": 0,
+            "instants_ns": {"intended": 0, "sent": 0, "headers": null, "first_byte": null,
+                            "first_token": null, "last_token": null, "end": null},
+            "ttft_ms": null, "e2e_ms": null, "e2e_end_ms": null, "tpot_ms": null,
+            "schedule_lag_ms": 0.0, "chunks": 0, "itl_chunk_ms": [], "itl_token_ms": null,
+            "server": null, "server_missing_reason": "pending", "decomposition": null,
+            "trace_url": null, "gpu": null
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn records_are_rewritten_one_at_a_time_and_bad_lines_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("requests.jsonl");
+        let trace = "00112233445566778899aabbccddeeff";
+        let text = format!(
+            "{}\n\n{}\n",
+            record_line("a", trace),
+            record_line("b", trace)
+        );
+        std::fs::write(&path, &text).unwrap();
+        let count = rewrite_each_record(&path, |r| r.server_missing_reason = None).unwrap();
+        assert_eq!(count, 2);
+        let rewritten = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(rewritten.lines().count(), 2, "the blank line is dropped");
+        assert!(rewritten.contains(&format!(r#""trace_id":"{trace}""#)));
+        let back = read_records(&path).unwrap();
+        assert!(back.iter().all(|r| r.server_missing_reason.is_none()));
+        assert!(!dir.path().join("requests.jsonl.tmp").exists());
+
+        let bad = record_line("c", "not-a-trace-id");
+        std::fs::write(&path, format!("{}\n{bad}\n", record_line("a", trace))).unwrap();
+        let error = format!("{:#}", read_records(&path).unwrap_err());
+        assert!(
+            error.contains("requests.jsonl:2: not a request record"),
+            "{error}"
+        );
+        assert!(error.contains("not a trace id"), "{error}");
+        let before = std::fs::read_to_string(&path).unwrap();
+        assert!(rewrite_each_record(&path, |_| {}).is_err());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            before,
+            "a failed rewrite leaves the file as it was"
+        );
+        assert!(!dir.path().join("requests.jsonl.tmp").exists());
     }
 }

@@ -399,7 +399,7 @@ async fn forward_loop(
             counters.forward_failures.fetch_add(1, Ordering::Relaxed);
             if !reported {
                 eprintln!(
-                    "warning: --otlp-forward failed (further failures are only counted): {error}"
+                    "warning: --otlp-forward failed (further failures are only counted): {error:#}"
                 );
                 reported = true;
             }
