@@ -8,8 +8,8 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tracebench::clock::RunClock;
 use tracebench::cli::TelemetryArgs;
+use tracebench::clock::RunClock;
 use tracebench::telemetry::{start, TelemetryConfig};
 
 /// CPU seconds (user + system) this process has used so far.

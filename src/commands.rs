@@ -118,8 +118,16 @@ async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
         concurrency: args.concurrency,
     };
     config.source = Source::Synthetic {
-        input_tokens: Lengths { mean: 256, stddev: 64.0 }.into(),
-        output_tokens: Lengths { mean: 64, stddev: 16.0 }.into(),
+        input_tokens: Lengths {
+            mean: 256,
+            stddev: 64.0,
+        }
+        .into(),
+        output_tokens: Lengths {
+            mean: 64,
+            stddev: 16.0,
+        }
+        .into(),
         shared_prefix_tokens: 0,
         tokenizer: None,
     };

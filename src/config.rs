@@ -5,14 +5,14 @@
 use crate::analysis::Slo;
 use crate::cli::RunArgs;
 use crate::client::ClientOptions;
+use crate::record::Endpoint;
+use crate::schedule::Schedule;
 use crate::telemetry::TelemetryConfig;
 use crate::workload::feed::WorkloadConfig;
 use crate::workload::BodyOptions;
-use clap::Parser;
-use crate::record::Endpoint;
-use crate::schedule::Schedule;
 use crate::workload::Source;
 use anyhow::{bail, Context};
+use clap::Parser;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -204,7 +204,8 @@ impl RunConfig {
 impl Default for RunConfig {
     /// What `tracebench run` does without flags (environment variables included).
     fn default() -> Self {
-        let cli = crate::cli::Cli::try_parse_from(["tracebench", "run"]).expect("the defaults parse");
+        let cli =
+            crate::cli::Cli::try_parse_from(["tracebench", "run"]).expect("the defaults parse");
         let crate::cli::Command::Run(args) = cli.command else {
             unreachable!("parsed as `run`")
         };

@@ -213,7 +213,12 @@ mod tests {
 
     impl RequestSender for Sleeper {
         type Record = Sent;
-        async fn send(&self, request: PreparedRequest, intended: Instant, _: CancellationToken) -> Sent {
+        async fn send(
+            &self,
+            request: PreparedRequest,
+            intended: Instant,
+            _: CancellationToken,
+        ) -> Sent {
             let started = Instant::now();
             let ms = self.durations[request.index as usize % self.durations.len()];
             tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -268,7 +273,9 @@ mod tests {
         // 0 runs 0-100 and 1 runs 0-30; 2 takes 1's slot at 30 (to 130), 3 takes
         // 0's at 100 (to 130), 4 the first slot free at 130.
         assert_eq!(starts(&out), [0, 0, 30, 100, 130]);
-        assert!(out.iter().all(|f| f.record.intended_ms == f.record.started_ms));
+        assert!(out
+            .iter()
+            .all(|f| f.record.intended_ms == f.record.started_ms));
         // Only the last ran with nothing else in flight.
         let alone: Vec<bool> = out.iter().map(|f| f.alone).collect();
         assert_eq!(alone, [false, false, false, false, true]);

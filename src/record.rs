@@ -5,9 +5,10 @@
 //! server's view. `schemas/request.schema.json` is the contract for this shape.
 
 use crate::client::traceparent::TraceId;
+use crate::jsonl::{JsonLines, JsonlError};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Schema name written into every record.
@@ -278,29 +279,13 @@ impl RecordLog {
 
 /// Reads every record of a `requests.jsonl` into memory (small runs, tests).
 pub fn read_records(path: &Path) -> anyhow::Result<Vec<RequestRecord>> {
-    records_in(path)?.collect()
+    Ok(records_in(path)?.collect::<Result<_, _>>()?)
 }
 
 /// The records of a `requests.jsonl`, one line at a time; a bad line is an
 /// error naming the file and line.
-pub fn records_in(
-    path: &Path,
-) -> anyhow::Result<impl Iterator<Item = anyhow::Result<RequestRecord>>> {
-    use anyhow::Context;
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let path = path.to_path_buf();
-    let lines = BufReader::new(file).lines().enumerate();
-    Ok(lines.filter_map(move |(number, line)| {
-        let line = match line {
-            Ok(line) if line.trim().is_empty() => return None,
-            Ok(line) => line,
-            Err(e) => return Some(Err(e).with_context(|| format!("cannot read {}", path.display()))),
-        };
-        Some(
-            serde_json::from_str(&line)
-                .with_context(|| format!("{}:{}: not a request record", path.display(), number + 1)),
-        )
-    }))
+pub fn records_in(path: &Path) -> Result<JsonLines<RequestRecord>, JsonlError> {
+    JsonLines::open(path)
 }
 
 /// Rewrites a records file one record at a time: each is read, changed by
@@ -422,7 +407,7 @@ mod tests {
         std::fs::write(&path, format!("{}\n{bad}\n", record_line("a", trace))).unwrap();
         let error = format!("{:#}", read_records(&path).unwrap_err());
         assert!(
-            error.contains("requests.jsonl:2: not a request record"),
+            error.contains("requests.jsonl:2: unreadable line"),
             "{error}"
         );
         assert!(error.contains("not a trace id"), "{error}");

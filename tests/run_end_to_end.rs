@@ -269,10 +269,22 @@ fn bad_configuration_fails_before_any_request_with_one_line() {
         (vec!["run", "--arrival", "sometimes"], "sometimes"),
         (vec!["run", "--trace-source", "jaeger"], "--jaeger-url"),
         (vec!["run", "--trace-source", "tempo"], "--tempo-url"),
-        (vec!["run", "--jaeger-url", "localhost:16686", "--trace-source", "jaeger"], "--jaeger-url"),
+        (
+            vec![
+                "run",
+                "--jaeger-url",
+                "localhost:16686",
+                "--trace-source",
+                "jaeger",
+            ],
+            "--jaeger-url",
+        ),
         (vec!["run", "--gpu", "ftp://x/metrics"], "--gpu"),
         (vec!["run", "--gpu-interval", "0s"], "--gpu-interval"),
-        (vec!["run", "--server-metrics", "gopher://x"], "--server-metrics"),
+        (
+            vec!["run", "--server-metrics", "gopher://x"],
+            "--server-metrics",
+        ),
     ] {
         let out = tracebench(tmp.path(), &args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -281,7 +293,10 @@ fn bad_configuration_fails_before_any_request_with_one_line() {
         let first = stderr.lines().next().unwrap_or_default();
         assert!(first.contains(needle), "{args:?}: {stderr}");
         // Nothing was made: not the results folder, not a run folder.
-        assert!(!tmp.path().join("results").exists(), "{args:?} left a folder");
+        assert!(
+            !tmp.path().join("results").exists(),
+            "{args:?} left a folder"
+        );
     }
 }
 
@@ -301,7 +316,10 @@ fn help_shows_the_environment_variables_of_per_environment_flags() {
         "TRACEBENCH_DB",
         "TRACEBENCH_OUT",
     ] {
-        assert!(help.contains(&format!("[env: {var}")), "{var} missing:\n{help}");
+        assert!(
+            help.contains(&format!("[env: {var}")),
+            "{var} missing:\n{help}"
+        );
     }
 }
 

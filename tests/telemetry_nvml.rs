@@ -4,9 +4,9 @@
 
 use serde_json::Value;
 use std::time::Duration;
+use tracebench::cli::TelemetryArgs;
 use tracebench::clock::RunClock;
 use tracebench::telemetry::nvml::NvmlSource;
-use tracebench::cli::TelemetryArgs;
 use tracebench::telemetry::{start, TelemetryConfig};
 
 fn args(gpu: &str) -> TelemetryConfig {

@@ -11,8 +11,8 @@ use serde_json::Value;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tracebench::clock::RunClock;
 use tracebench::cli::TelemetryArgs;
+use tracebench::clock::RunClock;
 use tracebench::telemetry::{start, TelemetryConfig};
 
 /// What the test server answers on `/metrics`: a status and a body, changeable mid-run.

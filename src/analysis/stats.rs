@@ -139,7 +139,9 @@ fn new_histogram() -> Histogram<u64> {
 
 fn record(histograms: &mut [Histogram<u64>; 2], value: f64) {
     let side = usize::from(value < 0.0);
-    let steps = (value.abs() * HISTOGRAM_SCALE).round().min(u64::MAX as f64 / 4.0) as u64;
+    let steps = (value.abs() * HISTOGRAM_SCALE)
+        .round()
+        .min(u64::MAX as f64 / 4.0) as u64;
     histograms[side]
         .record(steps)
         .expect("auto-resizing histograms take any value");
@@ -217,7 +219,11 @@ mod tests {
         let streamed = distribution.stats().unwrap();
         let mut sorted = values.clone();
         sorted.sort_by(|a, b| a.total_cmp(b));
-        for (p, got) in [(50.0, streamed.p50), (90.0, streamed.p90), (99.0, streamed.p99)] {
+        for (p, got) in [
+            (50.0, streamed.p50),
+            (90.0, streamed.p90),
+            (99.0, streamed.p99),
+        ] {
             let exact = percentile_of_sorted(&sorted, p);
             assert!(
                 (got - exact).abs() <= exact.abs() * 1e-3 + 1e-3,
@@ -225,7 +231,10 @@ mod tests {
             );
         }
         assert_eq!(streamed.count, values.len() as u64);
-        assert_eq!((streamed.min, streamed.max), (sorted[0], sorted[sorted.len() - 1]));
+        assert_eq!(
+            (streamed.min, streamed.max),
+            (sorted[0], sorted[sorted.len() - 1])
+        );
         let mean = values.iter().sum::<f64>() / values.len() as f64;
         assert!((streamed.mean - mean).abs() < 1e-9);
     }

@@ -207,7 +207,10 @@ impl SummaryBuilder {
         }
         self.observe_join(record);
         if let Some(error) = &record.error {
-            *self.errors.entry(error.kind.as_str().to_string()).or_insert(0) += 1;
+            *self
+                .errors
+                .entry(error.kind.as_str().to_string())
+                .or_insert(0) += 1;
         }
         let ok = record.ok();
         if ok {

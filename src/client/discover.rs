@@ -56,4 +56,3 @@ impl ServerInfo {
             .map(str::to_string)
     }
 }
-

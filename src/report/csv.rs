@@ -2,8 +2,8 @@
 //! columns (nested objects joined with `.`, lists as JSON text), in send order.
 
 use crate::record::{records_in, RequestRecord};
-use std::collections::BTreeMap;
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Flattens a JSON value into `prefix.key` columns.

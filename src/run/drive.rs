@@ -86,7 +86,9 @@ pub async fn drive(
         StopAfter::Requests(_) => None,
     };
     let load = async move {
-        dispatcher.run_phase(&mut feed, Some(config.warmup), None).await;
+        dispatcher
+            .run_phase(&mut feed, Some(config.warmup), None)
+            .await;
         let deadline = deadline.map(|d| tokio::time::Instant::now() + d);
         dispatcher.run_phase(&mut feed, total, deadline).await;
         feed.failure()

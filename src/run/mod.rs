@@ -20,11 +20,11 @@ use crate::client::{http_client, Client};
 use crate::clock::RunClock;
 use crate::config::RunConfig;
 use crate::report::sqlite::HistoryWriter;
+use crate::trace::ClientSpanExporter;
 use crate::workload::feed::Feed;
 use crate::workload::tokens::TokenCounter;
 use crate::workload::Source;
 use anyhow::{bail, Context};
-use crate::trace::ClientSpanExporter;
 use drive::{Driven, Observers};
 use live::Countdown;
 use std::path::{Path, PathBuf};
@@ -79,8 +79,8 @@ pub async fn execute(config: RunConfig, command_line: String) -> anyhow::Result<
     let mut notes = prepared.notes;
     notes.extend(driven.notes.iter().cloned());
     let (summary, history) = finish(&config, &opened, observers, &driven, &mut notes).await?;
-    let too_many_errors = summary.requests.failed as f64
-        > summary.requests.total as f64 * config.max_error_rate;
+    let too_many_errors =
+        summary.requests.failed as f64 > summary.requests.total as f64 * config.max_error_rate;
     let run_dir = write(opened, &summary, history, driven.interrupted, notes)?;
     Ok(RunOutcome {
         run_dir,
@@ -119,7 +119,10 @@ async fn prepare(config: &RunConfig) -> anyhow::Result<Prepared> {
         (None, Some(model)) => model,
         (None, None) => bail!(
             "no --model given and the server's model list is unavailable ({}); pass --model",
-            server.models_error.as_deref().unwrap_or("it lists no model")
+            server
+                .models_error
+                .as_deref()
+                .unwrap_or("it lists no model")
         ),
     };
     let mut notes = Vec::new();
@@ -208,7 +211,10 @@ async fn finish(
         history,
         ..
     } = observers;
-    let telemetry = match telemetry.finish(driven.window.ns(), driven.output_tokens).await {
+    let telemetry = match telemetry
+        .finish(driven.window.ns(), driven.output_tokens)
+        .await
+    {
         Ok(report) => {
             notes.extend(report.notes.iter().cloned());
             Some(report)
@@ -259,8 +265,7 @@ async fn finish(
     let (run_dir, run_id) = (&opened.run_dir, &opened.run_id);
     let partial = driven.interrupted;
     let mut summary =
-        finish::join_and_summarise(run_dir, run_id, &config.slo, partial, finishers, notes)
-            .await?;
+        finish::join_and_summarise(run_dir, run_id, &config.slo, partial, finishers, notes).await?;
     let duplicates = collector.report().duplicates;
     if duplicates > 0 {
         notes.push(format!(

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::engine::{EngineHandle, PacedTokens, TokenSource};
-use super::request::{Api, RequestInfo};
 use super::request::TOKEN_TEXT;
+use super::request::{Api, RequestInfo};
 use super::stream::{Generation, ResponseContext, SseStream, SYSTEM_FINGERPRINT};
 use crate::client::traceparent::TraceParent;
 

@@ -10,9 +10,9 @@ pub mod server;
 mod sink;
 
 use crate::analysis::live::Gauge;
+use crate::cli::TelemetryArgs;
 use crate::clock::RunClock;
 use crate::record::RequestRecord;
-use crate::cli::TelemetryArgs;
 use anyhow::{bail, Context};
 use std::path::Path;
 use std::time::Duration;

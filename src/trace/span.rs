@@ -10,7 +10,6 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span as ProtoSpan};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 pub use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
@@ -260,23 +259,18 @@ impl SpanLine {
 /// returns how many lines could not be read (each such line is reported on
 /// stderr, never fatal).
 pub fn for_each_span_in_jsonl(path: &Path, mut each: impl FnMut(Span)) -> anyhow::Result<u64> {
-    use anyhow::Context;
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut unreadable = 0;
-    for (number, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let parsed = serde_json::from_str::<SpanLine>(&line)
-            .map_err(DecodeError::from)
-            .and_then(|l| l.to_span());
-        match parsed {
-            Ok(span) => each(span),
+    for line in crate::jsonl::JsonLines::<SpanLine>::open(path)? {
+        match line.map(|l| l.to_span()) {
+            Ok(Ok(span)) => each(span),
+            Err(error @ crate::jsonl::JsonlError::Io { .. }) => return Err(error.into()),
             Err(error) => {
                 unreadable += 1;
-                eprintln!("{}:{}: skipped: {error}", path.display(), number + 1);
+                eprintln!("skipped: {error:#}");
+            }
+            Ok(Err(error)) => {
+                unreadable += 1;
+                eprintln!("{}: skipped a span: {error}", path.display());
             }
         }
     }

@@ -167,8 +167,16 @@ mod tests {
     fn config(requests: Option<u64>, warmup: u64) -> WorkloadConfig {
         WorkloadConfig {
             source: Source::Synthetic {
-                input_tokens: Lengths { mean: 16, stddev: 0.0 }.into(),
-                output_tokens: Lengths { mean: 4, stddev: 0.0 }.into(),
+                input_tokens: Lengths {
+                    mean: 16,
+                    stddev: 0.0,
+                }
+                .into(),
+                output_tokens: Lengths {
+                    mean: 4,
+                    stddev: 0.0,
+                }
+                .into(),
                 shared_prefix_tokens: 0,
                 tokenizer: None,
             },

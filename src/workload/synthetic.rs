@@ -9,8 +9,8 @@
 //! across words) falls back to counting every prompt.
 
 use super::tokens::TokenCounter;
-use futures::future::try_join_all;
 use super::{Item, Lengths, Prompt};
+use futures::future::try_join_all;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
@@ -191,9 +191,11 @@ impl WordCosts {
     /// prompts; `None` when the costs do not add up.
     async fn calibrate(counter: &TokenCounter) -> anyhow::Result<Option<Self>> {
         let first = try_join_all(WORDS.iter().map(|w| counter.count(w))).await?;
-        let pairs = try_join_all(WORDS.iter().map(|w| async move {
-            counter.count(&format!("{w} {w}")).await
-        }))
+        let pairs = try_join_all(
+            WORDS
+                .iter()
+                .map(|w| async move { counter.count(&format!("{w} {w}")).await }),
+        )
         .await?;
         let next = pairs
             .iter()
@@ -206,7 +208,9 @@ impl WordCosts {
         }
         let mut rng = StdRng::seed_from_u64(0xca11_b7a7e);
         for words in CALIBRATION_CHECKS {
-            let picks: Vec<usize> = (0..words).map(|_| rng.random_range(0..WORDS.len())).collect();
+            let picks: Vec<usize> = (0..words)
+                .map(|_| rng.random_range(0..WORDS.len()))
+                .collect();
             let text = join_words(&picks);
             if counter.count(&text).await? != costs.cost(&picks) {
                 return Ok(None);
@@ -220,7 +224,13 @@ impl WordCosts {
         picks
             .iter()
             .enumerate()
-            .map(|(i, w)| if i == 0 { self.first[*w] } else { self.next[*w] })
+            .map(|(i, w)| {
+                if i == 0 {
+                    self.first[*w]
+                } else {
+                    self.next[*w]
+                }
+            })
             .sum()
     }
 
@@ -244,7 +254,9 @@ impl WordCosts {
                     .collect();
                 match fitting.len() {
                     // Nothing fits: a prompt still has one word (and its true count).
-                    0 if picks.is_empty() => (0..WORDS.len()).min_by_key(|w| costs[*w]).unwrap_or(0),
+                    0 if picks.is_empty() => {
+                        (0..WORDS.len()).min_by_key(|w| costs[*w]).unwrap_or(0)
+                    }
                     0 => break,
                     n => fitting[rng.random_range(0..n)],
                 }
@@ -371,16 +383,25 @@ mod tests {
         let Prompt::Text(text) = &item.prompt else {
             panic!()
         };
-        (item.input_tokens.unwrap(), counter.count(text).await.unwrap())
+        (
+            item.input_tokens.unwrap(),
+            counter.count(text).await.unwrap(),
+        )
     }
 
     #[tokio::test]
     async fn calibrated_prompts_have_the_exact_count_of_a_real_tokenizer() {
         // Words cost several tokens each and "an" merges inside words only.
         let counter = char_tokenizer(r#"[["a", "n"]]"#);
-        let synthetic = Synthetic::new("100:30".parse().unwrap(), "8".parse().unwrap(), 12, 3, &counter)
-            .await
-            .unwrap();
+        let synthetic = Synthetic::new(
+            "100:30".parse().unwrap(),
+            "8".parse().unwrap(),
+            12,
+            3,
+            &counter,
+        )
+        .await
+        .unwrap();
         assert!(synthetic.is_calibrated());
         for index in 0..40 {
             let (claimed, actual) = counted(&synthetic, index, &counter).await;
