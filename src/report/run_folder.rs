@@ -1,7 +1,8 @@
-//! The typed reader of a run folder (`results/<run_id>/`): `run.json`,
+//! The typed reader of a run folder (`results/<run_id>/`), through which the
+//! report, the history, compare and `show` read a run back: `run.json`,
 //! `summary.json`, and the JSONL files (`requests.jsonl`, `spans.jsonl`,
-//! `telemetry.jsonl`, `server_metrics.jsonl`) read one line at a time, so the
-//! report, the history and compare never hold a whole file of a run in memory.
+//! `telemetry.jsonl`, `server_metrics.jsonl`) one line at a time, so that no
+//! reader needs every record of a run in memory.
 
 use crate::analysis::{summarize, Slo, Summary};
 use crate::record::RequestRecord;
@@ -59,7 +60,7 @@ pub enum ReadError {
 }
 
 /// The lines of a JSONL file parsed one at a time. Blank lines are skipped; an
-/// unparsable line is an [`ReadError::Line`] item and reading goes on after it;
+/// unparsable line is a [`ReadError::Line`] item and reading goes on after it;
 /// after an I/O error the iterator ends.
 pub struct JsonLines<T> {
     path: PathBuf,
@@ -172,13 +173,12 @@ impl<T: DeserializeOwned> Iterator for SkipUnreadable<'_, T> {
                     self.skipped += 1;
                 }
                 None => {
-                    if self.skipped > 1 {
+                    let skipped = std::mem::take(&mut self.skipped);
+                    if skipped > 1 {
                         self.problems.push(format!(
-                            "{}: {} unreadable lines skipped in all",
-                            file_name(&self.lines.path),
-                            self.skipped
+                            "{}: {skipped} unreadable lines skipped in all",
+                            file_name(&self.lines.path)
                         ));
-                        self.skipped = 1;
                     }
                     return None;
                 }
@@ -223,10 +223,6 @@ impl RunFolder {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The path of one of the folder's files ([`REQUESTS`], [`RUN`], ...).
     pub fn path(&self, file: &str) -> PathBuf {
         self.dir.join(file)
@@ -245,9 +241,20 @@ impl RunFolder {
             .map_err(|source| ReadError::NotJson { path, source })
     }
 
-    /// The run's `summary.json`.
+    /// The run's `summary.json`. It is parsed as a JSON value first because the
+    /// flattened vLLM-spelled keys repeat some field names (`request_throughput`,
+    /// `output_throughput`, ...), which a direct typed parse refuses as duplicates.
     pub fn summary(&self) -> Result<Summary, ReadError> {
-        read_summary(&self.path(SUMMARY))
+        let path = self.path(SUMMARY);
+        let text = std::fs::read_to_string(&path).map_err(|source| ReadError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let value: Value = serde_json::from_str(&text).map_err(|source| ReadError::NotJson {
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_value(value).map_err(|source| ReadError::NotASummary { path, source })
     }
 
     /// The stored summary or, when `summary.json` is missing or unreadable, one
@@ -291,24 +298,6 @@ impl RunFolder {
     pub fn server_metrics(&self) -> Result<JsonLines<Value>, ReadError> {
         JsonLines::open_if_present(&self.path(SERVER_METRICS))
     }
-}
-
-/// Reads a `summary.json`. It goes through a JSON value first because the
-/// flattened vLLM-spelled keys repeat some field names (`request_throughput`,
-/// `output_throughput`, ...), which a direct typed parse refuses as duplicates.
-pub fn read_summary(path: &Path) -> Result<Summary, ReadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ReadError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let value: Value = serde_json::from_str(&text).map_err(|source| ReadError::NotJson {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_value(value).map_err(|source| ReadError::NotASummary {
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
 #[cfg(test)]
