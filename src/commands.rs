@@ -2,12 +2,11 @@
 //! and maps the returned exit code. Every handler returns the process exit
 //! code (see [`crate::cli::EXIT_CODES`]); errors bubble up as exit code 2.
 
-use crate::analysis::summary::{diagnose_from, SummaryBuilder};
 use crate::analysis::{Slo, Summary};
 use crate::cli::{Cli, Command, CompareArgs, DemoArgs, JoinArgs, ReportArgs, RunArgs, ShowArgs};
 use crate::config::{RunConfig, StopAfter};
-use crate::record::records_in;
 use crate::report::console::print;
+use crate::report::run_folder::RunFolder;
 use crate::run::{execute, write_summary, RunOutcome};
 use crate::schedule::Schedule;
 use crate::workload::{Lengths, Source};
@@ -176,17 +175,8 @@ fn resummarize(run_dir: &Path) -> anyhow::Result<Summary> {
         .and_then(|o| o.goodput.as_ref())
         .map(|g| g.slo.clone())
         .unwrap_or_default();
-    let requests = run_dir.join("requests.jsonl");
-    let mut builder = SummaryBuilder::new(&slo);
-    let mut run_id = None;
-    for record in records_in(&requests)? {
-        let record = record?;
-        run_id.get_or_insert_with(|| record.run_id.clone());
-        builder.observe(&record);
-    }
     let partial = old.as_ref().is_some_and(|o| o.partial);
-    let mut summary = builder.finish(&run_id.unwrap_or_default(), partial);
-    diagnose_from(&mut summary, records_in(&requests)?.filter_map(Result::ok));
+    let mut summary = RunFolder::open(run_dir)?.summarize(None, &slo, partial)?;
     if let Some(old) = old {
         summary.gpu = old.gpu;
         summary.server_metrics = old.server_metrics;

@@ -141,13 +141,12 @@ impl<T: DeserializeOwned> Iterator for SkipUnreadable<'_, T> {
                     self.skipped += 1;
                 }
                 None => {
-                    if self.skipped > 1 {
+                    let skipped = std::mem::take(&mut self.skipped);
+                    if skipped > 1 {
                         self.problems.push(format!(
-                            "{}: {} unreadable lines skipped in all",
-                            file_name(&self.lines.path),
-                            self.skipped
+                            "{}: {skipped} unreadable lines skipped in all",
+                            file_name(&self.lines.path)
                         ));
-                        self.skipped = 1;
                     }
                     return None;
                 }

@@ -100,6 +100,27 @@ impl Distribution {
         }
     }
 
+    /// Values seen so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The values of these 0-based ranks (ascending by value): exact while
+    /// every value is kept, from the histogram past that.
+    pub fn at_ranks(&self, ranks: &[u64]) -> Vec<f64> {
+        match &self.histograms {
+            Some(histograms) => ranks
+                .iter()
+                .map(|r| value_at_rank(histograms, *r))
+                .collect(),
+            None => {
+                let mut sorted = self.exact.clone();
+                sorted.sort_by(|a, b| a.total_cmp(b));
+                ranks.iter().map(|r| sorted[*r as usize]).collect()
+            }
+        }
+    }
+
     /// True while every value is kept (percentiles are exact).
     pub fn is_exact(&self) -> bool {
         self.histograms.is_none()

@@ -1,9 +1,11 @@
-//! The typed reader of a run folder (`results/<run_id>/`): `run.json`,
+//! The typed reader of a run folder (`results/<run_id>/`), through which the
+//! report, the history, compare and `show` read a run back: `run.json`,
 //! `summary.json`, and the JSONL files (`requests.jsonl`, `spans.jsonl`,
-//! `telemetry.jsonl`, `server_metrics.jsonl`) read one line at a time, so the
-//! report, the history and compare never hold a whole file of a run in memory.
+//! `telemetry.jsonl`, `server_metrics.jsonl`) one line at a time, so that no
+//! reader needs every record of a run in memory.
 
-use crate::analysis::{summarize, Slo, Summary};
+use crate::analysis::summary::{diagnose_from, SummaryBuilder};
+use crate::analysis::{Slo, Summary};
 pub use crate::jsonl::{JsonLines, JsonlError, SkipUnreadable};
 use crate::record::RequestRecord;
 use serde_json::Value;
@@ -78,10 +80,6 @@ impl RunFolder {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The path of one of the folder's files ([`REQUESTS`], [`RUN`], ...).
     pub fn path(&self, file: &str) -> PathBuf {
         self.dir.join(file)
@@ -100,31 +98,57 @@ impl RunFolder {
             .map_err(|source| ReadError::NotJson { path, source })
     }
 
-    /// The run's `summary.json`.
+    /// The run's `summary.json`. It is parsed as a JSON value first because the
+    /// flattened vLLM-spelled keys repeat some field names (`request_throughput`,
+    /// `output_throughput`, ...), which a direct typed parse refuses as duplicates.
     pub fn summary(&self) -> Result<Summary, ReadError> {
-        read_summary(&self.path(SUMMARY))
+        let path = self.path(SUMMARY);
+        let text = std::fs::read_to_string(&path).map_err(|source| ReadError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let value: Value = serde_json::from_str(&text).map_err(|source| ReadError::NotJson {
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_value(value).map_err(|source| ReadError::NotASummary { path, source })
     }
 
     /// The stored summary or, when `summary.json` is missing or unreadable, one
-    /// computed from `requests.jsonl` without SLOs (which only the run knew);
-    /// only that fallback holds every record in memory. `run` is `run.json`
-    /// (or `Value::Null`), for the run id and whether the run was partial.
+    /// computed from `requests.jsonl` without SLOs (which only the run knew).
+    /// `run` is `run.json` (or `Value::Null`), for the run id and whether the
+    /// run was partial.
     pub fn summary_or_computed(&self, run: &Value) -> Result<(Summary, SummaryOrigin), ReadError> {
         if let Ok(summary) = self.summary() {
             return Ok((summary, SummaryOrigin::Stored));
         }
-        let mut unused = Vec::new();
-        let records = self
-            .records()?
-            .skip_unreadable(&mut unused)
-            .collect::<Result<Vec<_>, _>>()?;
-        let run_id = run["run_id"]
-            .as_str()
-            .or_else(|| records.first().map(|r| r.run_id.as_str()))
-            .unwrap_or("unknown");
         let partial = run["partial"].as_bool().unwrap_or(false);
-        let summary = summarize(run_id, &records, &Slo::default(), partial);
+        let summary = self.summarize(run["run_id"].as_str(), &Slo::default(), partial)?;
         Ok((summary, SummaryOrigin::Computed))
+    }
+
+    /// The summary of `requests.jsonl` in two streaming passes (the second for
+    /// the diagnosis), unreadable lines left out; the run id is the first
+    /// record's when `run_id` is `None`.
+    pub fn summarize(
+        &self,
+        run_id: Option<&str>,
+        slo: &Slo,
+        partial: bool,
+    ) -> Result<Summary, ReadError> {
+        let mut unused = Vec::new();
+        let mut builder = SummaryBuilder::new(slo);
+        let mut first_run_id = None;
+        for record in self.records()?.skip_unreadable(&mut unused) {
+            let record = record?;
+            first_run_id.get_or_insert_with(|| record.run_id.clone());
+            builder.observe(&record);
+        }
+        let run_id = run_id.map(str::to_string).or(first_run_id);
+        let mut summary = builder.finish(run_id.as_deref().unwrap_or("unknown"), partial);
+        let records = self.records()?.skip_unreadable(&mut unused);
+        diagnose_from(&mut summary, records.filter_map(Result::ok));
+        Ok(summary)
     }
 
     /// The records of `requests.jsonl`, one at a time, in file order.
@@ -146,24 +170,6 @@ impl RunFolder {
     pub fn server_metrics(&self) -> Result<JsonLines<Value>, JsonlError> {
         JsonLines::open_if_present(&self.path(SERVER_METRICS))
     }
-}
-
-/// Reads a `summary.json`. It goes through a JSON value first because the
-/// flattened vLLM-spelled keys repeat some field names (`request_throughput`,
-/// `output_throughput`, ...), which a direct typed parse refuses as duplicates.
-pub fn read_summary(path: &Path) -> Result<Summary, ReadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ReadError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let value: Value = serde_json::from_str(&text).map_err(|source| ReadError::NotJson {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_value(value).map_err(|source| ReadError::NotASummary {
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
 #[cfg(test)]

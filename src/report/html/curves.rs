@@ -1,83 +1,46 @@
 //! The line-chart sections of the report: latency CDFs, throughput and
 //! requests in flight over time, server metrics and GPU telemetry. Each is
 //! gathered as its file streams by, into aggregates whose size does not grow
-//! with the run: CDFs are exact up to [`EXACT_VALUES`] values a curve and come
-//! from an HDR histogram beyond, time charts are buckets, telemetry lines are
-//! thinned by [`LinePoints`].
+//! with the run: CDFs come from the summary's [`Distribution`] (exact up to
+//! its bound, an HDR histogram beyond), time charts are buckets, telemetry
+//! lines are thinned by [`LinePoints`].
 
 use super::chart::{line_chart, LineChart, LinePoints, Points, Series, SERIES_COLORS};
 use super::{esc, num};
+use crate::analysis::stats::Distribution;
 use crate::record::RequestRecord;
-use hdrhistogram::Histogram;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 /// Quantile points of a CDF curve.
 const CDF_POINTS: usize = 400;
-/// Values of one CDF curve kept exactly; a curve with more is drawn from a histogram.
-const EXACT_VALUES: usize = 100_000;
 /// At most this many buckets in the throughput / in-flight charts.
 const MAX_TIME_BUCKETS: usize = 600;
-/// Histogram values are nanoseconds (the curves are in ms).
-const NS_PER_MS: f64 = 1e6;
-/// The largest value a histogram tells apart: a week, in ns.
-const HIGHEST_NS: u64 = 7 * 86_400 * 1_000_000_000;
 
 // ---------------------------------------------------------------- CDFs
 
-/// The values of one CDF curve as they stream in: every value while there are
-/// at most [`EXACT_VALUES`], then an HDR histogram of three significant digits
-/// (where a negative value counts as zero and one above a week as a week).
-enum Distribution {
-    Exact(Vec<f64>),
-    Histogram(Histogram<u64>),
+/// The points of a CDF curve (see [`cdf_points`]): exact while the
+/// distribution keeps every value, from its histogram past that.
+fn curve_points(curve: &Distribution) -> Points {
+    let n = curve.count() as usize;
+    let ranks = cdf_ranks(n);
+    let values = curve.at_ranks(&ranks);
+    cdf_points(n, |i| {
+        values[ranks.binary_search(&(i as u64)).expect("a rank asked for")]
+    })
 }
 
-impl Distribution {
-    fn add(&mut self, value: f64) {
-        if !value.is_finite() {
-            return;
-        }
-        let to_ns = |v: f64| (v * NS_PER_MS).round() as u64;
-        match self {
-            Distribution::Exact(values) => {
-                values.push(value);
-                if values.len() > EXACT_VALUES {
-                    let mut histogram = Histogram::new_with_bounds(1, HIGHEST_NS, 3)
-                        .expect("valid histogram bounds");
-                    for v in values.drain(..) {
-                        histogram.saturating_record(to_ns(v));
-                    }
-                    *self = Distribution::Histogram(histogram);
-                }
-            }
-            Distribution::Histogram(histogram) => histogram.saturating_record(to_ns(value)),
-        }
+/// The 0-based ranks [`cdf_points`] reads.
+fn cdf_ranks(n: usize) -> Vec<u64> {
+    if n <= CDF_POINTS {
+        return (0..n as u64).collect();
     }
-
-    fn len(&self) -> usize {
-        match self {
-            Distribution::Exact(values) => values.len(),
-            Distribution::Histogram(histogram) => histogram.len() as usize,
-        }
-    }
-
-    /// The points of the curve (see [`cdf_points`]).
-    fn into_points(self) -> Points {
-        let n = self.len();
-        match self {
-            Distribution::Exact(mut values) => {
-                values.sort_by(|a, b| a.total_cmp(b));
-                cdf_points(n, |i| values[i])
-            }
-            Distribution::Histogram(histogram) => cdf_points(n, |i| {
-                // The middle of rank i's share, so that rounding never lands on a neighbour.
-                let quantile = (i as f64 + 0.5) / n as f64;
-                histogram.value_at_quantile(quantile) as f64 / NS_PER_MS
-            }),
-        }
-    }
+    let mut ranks: Vec<u64> = (0..=CDF_POINTS)
+        .map(|k| ((k as f64 / CDF_POINTS as f64) * (n - 1) as f64).round() as u64)
+        .collect();
+    ranks.dedup();
+    ranks
 }
 
 /// Up to [`CDF_POINTS`] + 1 (value, fraction ≤ value) points of `n` values,
@@ -147,12 +110,7 @@ impl Default for Distributions {
     fn default() -> Self {
         let curves = CDF_CHARTS
             .iter()
-            .map(|(_, _, picks)| {
-                picks
-                    .iter()
-                    .map(|_| Distribution::Exact(Vec::new()))
-                    .collect()
-            })
+            .map(|(_, _, picks)| picks.iter().map(|_| Distribution::default()).collect())
             .collect();
         Distributions { curves }
     }
@@ -166,7 +124,7 @@ impl Distributions {
         for ((_, _, picks), curves) in CDF_CHARTS.iter().zip(&mut self.curves) {
             for ((_, pick), curve) in picks.iter().zip(curves.iter_mut()) {
                 for value in pick(record) {
-                    curve.add(*value);
+                    curve.observe(*value);
                 }
             }
         }
@@ -177,14 +135,14 @@ impl Distributions {
         for ((id, name, picks), curves) in CDF_CHARTS.iter().zip(self.curves) {
             let mut series = Vec::new();
             for (i, ((label, _), curve)) in picks.iter().zip(curves).enumerate() {
-                let n = curve.len();
+                let n = curve.count();
                 if n == 0 {
                     continue;
                 }
                 series.push(Series {
                     name: format!("{label} (n={n})"),
                     color: SERIES_COLORS[i],
-                    points: curve.into_points(),
+                    points: curve_points(&curve),
                 });
             }
             let _ = write!(page, "<div class=\"chart\"><h3>{name}</h3>");
@@ -513,6 +471,7 @@ impl GpuCharts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analysis::stats::EXACT_VALUES;
 
     #[test]
     fn cdf_ends_at_one_and_is_monotone() {
@@ -531,13 +490,13 @@ mod tests {
     fn a_large_curve_comes_from_a_histogram_close_to_the_exact_one() {
         let n = EXACT_VALUES * 3;
         let value = |i: usize| 1.0 + (i * 7919 % n) as f64 / 1000.0;
-        let mut curve = Distribution::Exact(Vec::new());
+        let mut curve = Distribution::default();
         for i in 0..n {
-            curve.add(value(i));
+            curve.observe(value(i));
         }
-        assert!(matches!(curve, Distribution::Histogram(_)));
-        assert_eq!(curve.len(), n);
-        let points = curve.into_points();
+        assert!(!curve.is_exact());
+        assert_eq!(curve.count(), n as u64);
+        let points = curve_points(&curve);
         assert_eq!(points.len(), CDF_POINTS + 1);
         assert_eq!(points.last().map(|p| p.1), Some(1.0));
         for (v, fraction) in points {
