@@ -23,6 +23,7 @@ pub mod schedule;
 pub mod selfcheck;
 pub mod sim;
 pub mod telemetry;
+pub mod testing;
 pub mod trace;
 pub mod tui;
 pub mod units;

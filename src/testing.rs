@@ -1,0 +1,41 @@
+//! What the tests, benchmarks and examples share: the folder of real
+//! payloads beside the checkout (`../shared/fixtures`), and a quiet run (no
+//! dashboard, no database, no telemetry, no spans) to call from code.
+
+use crate::config::RunConfig;
+use std::path::{Path, PathBuf};
+
+/// The fixtures folder: real payloads captured from vLLM, SGLang, TGI, Jaeger,
+/// Tempo and DCGM (its README is the index).
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
+
+/// The path of a fixture, e.g. `vllm/chat-stream.sse`.
+pub fn fixture(relative: &str) -> PathBuf {
+    Path::new(FIXTURES).join(relative)
+}
+
+/// A fixture's bytes; panics with the path when it cannot be read.
+pub fn fixture_bytes(relative: &str) -> Vec<u8> {
+    let path = fixture(relative);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A fixture's text; panics with the path when it cannot be read.
+pub fn fixture_text(relative: &str) -> String {
+    let path = fixture(relative);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A run of `url` writing under `out` that shows and records nothing else:
+/// no dashboard, no history database, no GPU or `/metrics` sampling, no
+/// `traceparent` and so no span wait. Change its fields to shape the run.
+pub fn quiet_run(url: &str, out: &Path) -> RunConfig {
+    let mut config = RunConfig::default();
+    config.url = url.trim_end_matches('/').to_string();
+    config.out = out.to_path_buf();
+    config.tui = false;
+    config.db = None;
+    config.telemetry = crate::telemetry::TelemetryConfig::off();
+    config.trace.trace_header = false;
+    config
+}

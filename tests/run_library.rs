@@ -1,0 +1,64 @@
+//! A run as a library call: `run::execute` with a `RunConfig` built in code,
+//! twice in one process (as the experiment runner and the proxy will), against
+//! the simulator served in-process.
+
+use tracebench::config::StopAfter;
+use tracebench::record::read_records;
+use tracebench::schedule::Schedule;
+use tracebench::testing::quiet_run;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_built_in_code_run_one_after_another_in_one_process() {
+    let sim = tracebench::sim::spawn(tracebench::sim::SimArgs {
+        port: 0,
+        ttft_ms: Some(5.0),
+        itl_ms: Some(1.0),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    for (name, concurrency, requests) in [("first", 4, 30), ("second", 2, 12)] {
+        let mut config = quiet_run(&sim.url(), out.path());
+        config.run_id = Some(name.to_string());
+        config.stop = StopAfter::Requests(requests);
+        config.warmup = 2;
+        config.schedule = Schedule::Closed { concurrency };
+        let outcome = tracebench::run::execute(config, format!("library {name}"))
+            .await
+            .unwrap();
+        assert_eq!(outcome.exit_code(), 0);
+        assert_eq!(outcome.summary.requests.ok, requests);
+        assert_eq!(outcome.summary.requests.warmup, 2);
+        assert!(outcome.summary.join.is_none(), "tracing is off");
+        let records = read_records(&outcome.run_dir.join("requests.jsonl")).unwrap();
+        assert_eq!(records.len() as u64, requests + 2);
+        assert!(records.iter().all(|r| r.trace_id.is_none() && r.ok()));
+        let manifest: tracebench::run::RunManifest =
+            serde_json::from_slice(&std::fs::read(outcome.run_dir.join("run.json")).unwrap())
+                .unwrap();
+        assert_eq!(manifest.command_line, format!("library {name}"));
+        assert!(!manifest.partial && manifest.ended_unix_ns.is_some());
+        assert!(outcome.run_dir.join("report.html").is_file());
+    }
+    // Quiet: no history database anywhere under the output folder.
+    let db_files = walk(out.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "db"))
+        .count();
+    assert_eq!(db_files, 0);
+    sim.shutdown().await.unwrap();
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            paths.extend(walk(&path));
+        } else {
+            paths.push(path);
+        }
+    }
+    paths
+}
