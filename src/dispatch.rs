@@ -108,7 +108,7 @@ impl Dispatcher {
             let in_flight = self.in_flight.clone();
             tasks.spawn(async move {
                 in_flight.fetch_add(1, Ordering::Relaxed);
-                let record = client.execute(&request, intended, &cancel).await;
+                let record = client.send(&request, intended, &cancel).await;
                 in_flight.fetch_sub(1, Ordering::Relaxed);
                 drop(slot);
                 let _ = records.send(record);

@@ -178,6 +178,14 @@ pub async fn execute(config: RunConfig, command_line: String) -> anyhow::Result<
         },
         clock,
     )?;
+    if config.preconnect {
+        let note = match client.preconnect(config.preconnect_connections()).await {
+            Ok(done) => done.to_string(),
+            Err(e) => format!("preconnect: {e:#}"),
+        };
+        eprintln!("note: {note}");
+        notes.push(note);
+    }
 
     let total = match config.stop {
         StopAfter::Requests(n) => Some(n),
