@@ -495,9 +495,32 @@ fn selfcheck_measures_each_level_against_the_simulators_truth() {
         assert!((0.0..=1.05).contains(&busy), "{figure}");
         // Linux always has the steal column; a machine that is not virtual reads 0.
         assert!(number("stolen_cpu_s") >= 0.0, "{figure}");
+        // The measured first wave found the preconnected connections; the cold
+        // one opened a connection per request.
+        let (warm, cold) = (&figure["first_wave"], &figure["first_wave_no_preconnect"]);
+        assert_eq!(
+            (&warm["requests"], &warm["reused"]),
+            (&level.into(), &level.into())
+        );
+        assert!(warm["connect_p99_ms"].is_null(), "{figure}");
+        assert_eq!(
+            (&cold["requests"], &cold["reused"]),
+            (&level.into(), &0.into())
+        );
+        assert_eq!(cold["failed"], 0, "{figure}");
+        assert!(cold["connect_p99_ms"].as_f64().unwrap() > 0.0, "{figure}");
+        assert!(
+            cold["ttft_error_p99_ms"].as_f64().unwrap() > -1.0,
+            "{figure}"
+        );
     }
     assert!(
         stdout.contains("     1 ") && stdout.contains("    20 "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("first wave, preconnect: 20 reused, 0 new")
+            && stdout.contains("first wave, no preconnect: 0 reused, 20 new, connect p99"),
         "{stdout}"
     );
 }
