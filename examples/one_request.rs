@@ -33,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
         RunClock::start(),
     )?;
     let record = client
-        .execute(&request, Instant::now(), &CancellationToken::new())
+        .send(&request, Instant::now(), &CancellationToken::new())
         .await;
     println!(
         "request {} (traceparent trace id {:?})",

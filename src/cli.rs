@@ -128,6 +128,14 @@ pub struct RunArgs {
     /// Requests sent first and not counted.
     #[arg(long, default_value_t = 0)]
     pub warmup: u64,
+    /// Open the connections the load keeps busy before the first request
+    /// (the default), so no measured TTFT holds a TCP connect or TLS handshake.
+    #[arg(long, overrides_with = "no_preconnect")]
+    pub preconnect: bool,
+    /// Open each connection when a request first needs one: the first wave's
+    /// TTFT then holds its connection setup, as a client with a cold pool sees it.
+    #[arg(long, overrides_with = "preconnect")]
+    pub no_preconnect: bool,
     /// Seed for prompts, lengths and arrivals.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

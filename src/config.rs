@@ -45,6 +45,8 @@ pub struct RunConfig {
     pub schedule: Schedule,
     pub stop: StopAfter,
     pub warmup: u64,
+    /// Open connections before the first request (`--preconnect`).
+    pub preconnect: bool,
     pub seed: u64,
     pub source: Source,
     pub out: PathBuf,
@@ -64,6 +66,10 @@ pub struct RunConfig {
     #[serde(skip)]
     pub telemetry: TelemetryConfig,
 }
+
+/// Most connections `--preconnect` opens; an open loop without
+/// `--max-concurrency` gets this many.
+pub const MAX_PRECONNECT: usize = 1024;
 
 fn as_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
@@ -146,6 +152,7 @@ impl RunConfig {
             schedule,
             stop,
             warmup: args.warmup,
+            preconnect: !args.no_preconnect,
             seed: args.seed,
             source,
             out: args.out.clone(),
@@ -160,6 +167,20 @@ impl RunConfig {
             trace: crate::trace::TraceConfig::from_args(&args.trace)?,
             telemetry: TelemetryConfig::from_args(&args.telemetry)?,
         })
+    }
+
+    /// The connections `--preconnect` opens: as many as requests may be in
+    /// flight at once, but no more than the run sends, nor than [`MAX_PRECONNECT`].
+    pub fn preconnect_connections(&self) -> usize {
+        let sends = match self.stop {
+            StopAfter::Requests(n) => n.saturating_add(self.warmup),
+            StopAfter::Duration(_) => u64::MAX,
+        };
+        let sends = usize::try_from(sends).unwrap_or(usize::MAX);
+        self.schedule
+            .in_flight_limit()
+            .min(sends)
+            .min(MAX_PRECONNECT)
     }
 
     /// What the workload needs of this run.
@@ -327,6 +348,35 @@ mod tests {
         );
         let timed = config(&["--duration", "90s"]).unwrap();
         assert_eq!(timed.stop, StopAfter::Duration(Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn preconnect_is_on_and_opens_what_the_load_keeps_busy() {
+        let c = config(&["--concurrency", "500", "--requests", "2000"]).unwrap();
+        assert!(c.preconnect);
+        assert_eq!(c.preconnect_connections(), 500);
+        let few = config(&["--concurrency", "500", "--requests", "10", "--warmup", "5"]).unwrap();
+        assert_eq!(
+            few.preconnect_connections(),
+            15,
+            "no more than the run sends"
+        );
+        let uncapped = config(&["--rate", "50", "--duration", "1m"]).unwrap();
+        assert_eq!(uncapped.preconnect_connections(), MAX_PRECONNECT);
+        let capped = config(&["--rate", "50", "--max-concurrency", "64"]).unwrap();
+        assert_eq!(capped.preconnect_connections(), 64);
+        assert_eq!(
+            config(&["--batch-size", "8"])
+                .unwrap()
+                .preconnect_connections(),
+            8
+        );
+        assert!(!config(&["--no-preconnect"]).unwrap().preconnect);
+        assert!(
+            config(&["--no-preconnect", "--preconnect"])
+                .unwrap()
+                .preconnect
+        );
     }
 
     #[test]

@@ -35,7 +35,7 @@ impl RequestSender for Client {
         intended: Instant,
         cancel: CancellationToken,
     ) -> RequestRecord {
-        self.execute(&request, intended.into_std(), &cancel).await
+        Client::send(self, &request, intended.into_std(), &cancel).await
     }
 }
 

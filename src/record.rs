@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Schema name written into every record.
 pub const REQUEST_SCHEMA: &str = "tracebench.request/1";
@@ -131,7 +132,10 @@ pub struct RequestError {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Instants {
     pub intended: u64,
+    /// Before the request took a connection (and before a new one's connect).
     pub sent: u64,
+    /// The request's last byte handed to the kernel (`None` when it never was).
+    pub written: Option<u64>,
     pub headers: Option<u64>,
     pub first_byte: Option<u64>,
     pub first_token: Option<u64>,
@@ -165,9 +169,31 @@ pub struct ServerView {
     pub attributes: serde_json::Map<String, serde_json::Value>,
 }
 
-/// The TTFT decomposition: `network + frontend + queue + prefill = ttft`.
+/// How a request got its connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionInfo {
+    /// An idle kept-alive connection carried the request.
+    pub reused: bool,
+    /// A new connection's TCP connect; `None` when reused.
+    pub connect_ms: Option<f64>,
+    /// A new `https://` connection's TLS handshake, after the connect; `None`
+    /// when reused or over `http://`.
+    pub tls_ms: Option<f64>,
+}
+
+impl ConnectionInfo {
+    /// Connection setup inside the request's TTFT: connect plus TLS (0 when reused).
+    pub fn setup_ms(&self) -> f64 {
+        self.connect_ms.unwrap_or(0.0) + self.tls_ms.unwrap_or(0.0)
+    }
+}
+
+/// The TTFT decomposition: `connect + network + frontend + queue + prefill = ttft`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Decomposition {
+    /// Connection setup ([`ConnectionInfo::setup_ms`]); `None` for records
+    /// that do not say how they got their connection.
+    pub connect_ms: Option<f64>,
     pub network_ms: Option<f64>,
     pub frontend_ms: Option<f64>,
     pub queue_ms: Option<f64>,
@@ -216,6 +242,8 @@ pub struct RequestRecord {
     pub response_id: Option<String>,
     pub finish_reason: Option<String>,
     pub error: Option<RequestError>,
+    /// How the request got its connection; `None` when it never had one.
+    pub connection: Option<ConnectionInfo>,
     /// Wall clock at `sent`, ns since the Unix epoch.
     pub sent_unix_ns: u64,
     pub instants_ns: Instants,
@@ -241,6 +269,77 @@ impl RequestRecord {
     /// True when the request finished without error.
     pub fn ok(&self) -> bool {
         self.error.is_none()
+    }
+}
+
+/// What the client saw of one request, on the run's clock: the material
+/// every derived metric of its record is computed from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Timeline {
+    pub instants: Instants,
+    /// Arrival of every token-bearing chunk, ns since the run's start.
+    pub chunk_arrivals_ns: Vec<u64>,
+    /// Tokens each token-bearing chunk carried, when every chunk's count is known.
+    pub tokens_per_chunk: Option<Vec<u64>>,
+    pub output_tokens: Option<u64>,
+    /// The request finished without error.
+    pub ok: bool,
+}
+
+/// A request's derived metrics, as `docs/metrics.md` defines them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Derived {
+    pub ttft_ms: Option<f64>,
+    pub e2e_ms: Option<f64>,
+    pub e2e_end_ms: Option<f64>,
+    pub tpot_ms: Option<f64>,
+    pub schedule_lag_ms: f64,
+    pub itl_chunk_ms: Vec<f64>,
+    pub itl_token_ms: Option<Vec<f64>>,
+}
+
+/// Milliseconds from `from_ns` to `to_ns` (0 when `to_ns` is earlier).
+fn ms_between(from_ns: u64, to_ns: u64) -> f64 {
+    Duration::from_nanos(to_ns.saturating_sub(from_ns)).as_secs_f64() * 1e3
+}
+
+impl Timeline {
+    /// TTFT, E2E, TPOT, the ITL lists and the schedule lag of this request.
+    /// Latencies that need a whole answer (E2E, TPOT) are only given when it
+    /// finished without error.
+    pub fn derive(&self) -> Derived {
+        let i = &self.instants;
+        let since_sent = |at: Option<u64>| at.map(|t| ms_between(i.sent, t));
+        let tpot_ms = match (i.first_token, i.last_token, self.output_tokens) {
+            (Some(first), Some(last), Some(n)) if n > 1 && self.ok => {
+                Some(ms_between(first, last) / (n - 1) as f64)
+            }
+            _ => None,
+        };
+        let itl_chunk_ms: Vec<f64> = self
+            .chunk_arrivals_ns
+            .windows(2)
+            .map(|w| ms_between(w[0], w[1]))
+            .collect();
+        let itl_token_ms = self.tokens_per_chunk.as_ref().map(|counts| {
+            itl_chunk_ms
+                .iter()
+                .zip(counts.iter().skip(1))
+                .flat_map(|(gap, tokens)| {
+                    let tokens = (*tokens).max(1);
+                    std::iter::repeat_n(gap / tokens as f64, tokens as usize)
+                })
+                .collect()
+        });
+        Derived {
+            ttft_ms: since_sent(i.first_token),
+            e2e_ms: since_sent(i.last_token.filter(|_| self.ok)),
+            e2e_end_ms: since_sent(i.end.filter(|_| self.ok)),
+            tpot_ms,
+            schedule_lag_ms: ms_between(i.intended, i.sent),
+            itl_chunk_ms,
+            itl_token_ms,
+        }
     }
 }
 
@@ -419,5 +518,106 @@ mod tests {
             "a failed rewrite leaves the file as it was"
         );
         assert!(!dir.path().join("requests.jsonl.tmp").exists());
+    }
+
+    const MS: u64 = 1_000_000;
+
+    /// Sent at 10 ms, three token chunks at 60, 70 and 90 ms, ended at 91 ms.
+    fn timeline(ok: bool) -> Timeline {
+        Timeline {
+            instants: Instants {
+                intended: 8 * MS,
+                sent: 10 * MS,
+                written: Some(11 * MS),
+                headers: Some(20 * MS),
+                first_byte: Some(20 * MS),
+                first_token: Some(60 * MS),
+                last_token: Some(90 * MS),
+                end: Some(91 * MS),
+            },
+            chunk_arrivals_ns: vec![60 * MS, 70 * MS, 90 * MS],
+            tokens_per_chunk: Some(vec![1, 1, 2]),
+            output_tokens: Some(4),
+            ok,
+        }
+    }
+
+    #[test]
+    fn metrics_come_from_the_timeline() {
+        let d = timeline(true).derive();
+        assert_eq!(d.ttft_ms, Some(50.0));
+        assert_eq!(d.e2e_ms, Some(80.0));
+        assert_eq!(d.e2e_end_ms, Some(81.0));
+        assert_eq!(d.tpot_ms, Some(10.0));
+        assert_eq!(d.schedule_lag_ms, 2.0);
+        assert_eq!(d.itl_chunk_ms, [10.0, 20.0]);
+        assert_eq!(d.itl_token_ms, Some(vec![10.0, 10.0, 10.0]));
+        let unknown_counts = Timeline {
+            tokens_per_chunk: None,
+            ..timeline(true)
+        };
+        assert_eq!(unknown_counts.derive().itl_token_ms, None);
+    }
+
+    #[test]
+    fn a_failed_request_keeps_ttft_and_gaps_but_no_whole_answer_latencies() {
+        let d = timeline(false).derive();
+        assert_eq!(d.ttft_ms, Some(50.0));
+        assert_eq!((d.e2e_ms, d.e2e_end_ms, d.tpot_ms), (None, None, None));
+        assert_eq!(d.itl_chunk_ms, [10.0, 20.0]);
+    }
+
+    /// A record with a joined span whose own TTFT is 40 ms, over `connection`.
+    fn joined(connection: Option<ConnectionInfo>) -> RequestRecord {
+        let mut record: RequestRecord = serde_json::from_value(serde_json::json!({
+            "schema": REQUEST_SCHEMA, "run_id": "r", "request_id": "r-1", "index": 0,
+            "warmup": false, "endpoint": "chat", "model": "m", "stream": true,
+            "trace_id": null, "span_id": null, "max_tokens": 4, "input_tokens": null,
+            "input_tokens_source": null, "output_tokens": 4, "output_tokens_source": "usage",
+            "status": 200, "response_id": null, "finish_reason": "length", "error": null,
+            "sent_unix_ns": 0, "instants_ns": {"intended": 0, "sent": 0},
+            "ttft_ms": 50.0, "e2e_ms": 80.0, "e2e_end_ms": 81.0, "tpot_ms": 10.0,
+            "schedule_lag_ms": 0.0, "chunks": 4, "itl_chunk_ms": [], "itl_token_ms": null,
+            "server": null, "server_missing_reason": null, "decomposition": null,
+            "trace_url": null, "gpu": null
+        }))
+        .expect("a record without the connection fields still reads");
+        record.connection = connection;
+        record.server = Some(ServerView {
+            ttft_ms: Some(40.0),
+            queue_ms: Some(25.0),
+            prefill_ms: Some(10.0),
+            ..ServerView::default()
+        });
+        record
+    }
+
+    #[test]
+    fn a_new_connections_setup_is_its_own_ttft_phase() {
+        let new = ConnectionInfo {
+            reused: false,
+            connect_ms: Some(3.0),
+            tls_ms: Some(4.0),
+        };
+        assert_eq!(new.setup_ms(), 7.0);
+        let d = crate::analysis::decompose(&joined(Some(new))).expect("joined");
+        assert_eq!((d.connect_ms, d.network_ms), (Some(7.0), Some(3.0)));
+        let parts = [
+            d.connect_ms,
+            d.network_ms,
+            d.frontend_ms,
+            d.queue_ms,
+            d.prefill_ms,
+        ];
+        assert_eq!(parts.iter().map(|p| p.unwrap()).sum::<f64>(), 50.0);
+        let reused = ConnectionInfo {
+            reused: true,
+            ..ConnectionInfo::default()
+        };
+        let d = crate::analysis::decompose(&joined(Some(reused))).expect("joined");
+        assert_eq!((d.connect_ms, d.network_ms), (Some(0.0), Some(10.0)));
+        // Records from before connections were recorded: network holds any setup.
+        let d = crate::analysis::decompose(&joined(None)).expect("joined");
+        assert_eq!((d.connect_ms, d.network_ms), (None, Some(10.0)));
     }
 }

@@ -3,10 +3,12 @@
 //! the instant it wrote every chunk), drives it at rising concurrency through
 //! the real client and dispatch loop, and reports per level the client's TTFT
 //! and per-chunk ITL error against those write instants, the streams really in
-//! flight, client CPU seconds and peak RSS, against the targets. The client
-//! has the workers `run` would give it and the simulator half the cores; each
-//! level reports how busy the machine was, since errors on a saturated machine
-//! measure the machine.
+//! flight, client CPU seconds and peak RSS, against the targets. Each level
+//! is measured from its first request, after `run`'s preconnect, and its first
+//! wave is shown on its own, beside a first wave sent with no connection open
+//! (the connection storm of a cold pool). The client has the workers `run`
+//! would give it and the simulator half the cores; each level reports how busy
+//! the machine was, since errors on a saturated machine measure the machine.
 
 use crate::analysis::stats::percentile_of_sorted;
 use crate::cli::SelfcheckArgs;
@@ -34,12 +36,29 @@ struct Truth {
     chunk_write_unix_ns: Vec<u64>,
 }
 
+/// The TTFT figures of one level's first wave: its first `concurrency`
+/// requests, all sent at once.
+#[derive(Debug, Clone, Serialize)]
+pub struct WaveFigures {
+    pub requests: u64,
+    pub failed: u64,
+    /// Requests that found an idle connection.
+    pub reused: u64,
+    pub ttft_error_p50_ms: f64,
+    pub ttft_error_p99_ms: f64,
+    /// TCP connect of the requests that opened a connection (p99); `None` when none did.
+    pub connect_p99_ms: Option<f64>,
+}
+
 /// The figures of one concurrency level.
 #[derive(Debug, Clone, Serialize)]
 pub struct LevelFigures {
     pub concurrency: usize,
     pub requests: u64,
     pub failed: u64,
+    /// TTFT error: the client's TTFT minus the simulator's, counted from the
+    /// instant the request was written, so it holds the client's late reads and
+    /// anything between `sent` and the write (a new connection's setup).
     pub ttft_error_p50_ms: f64,
     pub ttft_error_p99_ms: f64,
     pub itl_error_p99_ms: f64,
@@ -60,31 +79,29 @@ pub struct LevelFigures {
     /// CPU time the hypervisor took from this machine's cores while this level
     /// ran (`steal` in `/proc/stat`, all cores); `None` where the kernel does not say.
     pub stolen_cpu_s: Option<f64>,
+    /// The first wave of the measured rounds, sent after the client preconnected.
+    pub first_wave: WaveFigures,
+    /// A first wave sent by a client with no connection open (`--no-preconnect`).
+    pub first_wave_no_preconnect: WaveFigures,
 }
 
 impl LevelFigures {
     /// The targets this level misses (empty when it meets them all).
     pub fn missed_targets(&self) -> Vec<String> {
         let mut missed = Vec::new();
-        let ttft_p50_target = match self.concurrency {
-            c if c <= 200 => 2.0,
-            c if c <= 500 => 3.0,
-            _ => 5.0,
-        };
         if self.failed > 0 {
             missed.push(format!("{} requests failed", self.failed));
         }
-        if self.ttft_error_p50_ms.abs() >= ttft_p50_target {
-            missed.push(format!(
-                "TTFT p50 error {:.2} ms >= {ttft_p50_target} ms",
-                self.ttft_error_p50_ms
-            ));
-        }
-        if self.ttft_error_p99_ms.abs() >= 15.0 {
-            missed.push(format!(
-                "TTFT p99 error {:.2} ms >= 15 ms",
-                self.ttft_error_p99_ms
-            ));
+        let ttft = [
+            ("", self.ttft_error_p50_ms, self.ttft_error_p99_ms),
+            (
+                "first-wave ",
+                self.first_wave.ttft_error_p50_ms,
+                self.first_wave.ttft_error_p99_ms,
+            ),
+        ];
+        for (which, p50, p99) in ttft {
+            missed.extend(self.missed_ttft_targets(which, p50, p99));
         }
         if self.itl_error_p99_ms >= 3.0 {
             missed.push(format!(
@@ -103,6 +120,25 @@ impl LevelFigures {
                 "client RSS {:.0} MB >= 100 MB",
                 self.client_peak_rss_mb
             ));
+        }
+        missed
+    }
+
+    /// The TTFT targets that `which` errors (p50, p99) miss.
+    fn missed_ttft_targets(&self, which: &str, p50: f64, p99: f64) -> Vec<String> {
+        let p50_target = match self.concurrency {
+            c if c <= 200 => 2.0,
+            c if c <= 500 => 3.0,
+            _ => 5.0,
+        };
+        let mut missed = Vec::new();
+        if p50.abs() >= p50_target {
+            missed.push(format!(
+                "{which}TTFT p50 error {p50:.2} ms >= {p50_target} ms"
+            ));
+        }
+        if p99.abs() >= 15.0 {
+            missed.push(format!("{which}TTFT p99 error {p99:.2} ms >= 15 ms"));
         }
         missed
     }
@@ -163,29 +199,7 @@ pub async fn selfcheck(
         let level_figures = measure_level(&args, &sim, level, &truth_path, cores).await?;
         let missed = level_figures.missed_targets();
         all_met &= missed.is_empty();
-        print(&format!(
-            "{:>6} {:>7} {:>11.2} ms {:>11.2} ms {:>11.2} ms {:>6.2}% {:>10} {:>9.2} {:>8.0}% {:>8.1} {:>9.2} {:>5.0}% {:>9}  {}\n",
-            level_figures.concurrency,
-            level_figures.requests,
-            level_figures.ttft_error_p50_ms,
-            level_figures.ttft_error_p99_ms,
-            level_figures.itl_error_p99_ms,
-            100.0 * level_figures.merged_chunk_share,
-            level_figures.streams_in_flight,
-            level_figures.client_cpu_s,
-            100.0 * level_figures.client_cpu_s / level_figures.wall_s.max(1e-9),
-            level_figures.client_peak_rss_mb,
-            level_figures.sim_cpu_s,
-            100.0 * level_figures.machine_busy,
-            level_figures
-                .stolen_cpu_s
-                .map_or("-".to_string(), |s| format!("{:.0}", s * 1e3)),
-            if missed.is_empty() {
-                "ok".to_string()
-            } else {
-                format!("MISSED: {}", missed.join("; "))
-            }
-        ));
+        print_level(&level_figures, &missed);
         figures.push(level_figures);
     }
     sim.stop();
@@ -193,9 +207,12 @@ pub async fn selfcheck(
         crate::run::write_json(path, &figures)?;
     }
     print(
-        "errors are client arrival minus simulator write instant (same host, wall clock); \
-         CPU/core is client CPU seconds per wall second; busy is client plus simulator CPU \
-         over all cores\n",
+        "errors are client arrival minus simulator write instant (same host, wall clock); the \
+         TTFT error also holds the time from sent to the request's write (a new connection's \
+         setup). Each level is measured from its first request, after preconnect; the first-wave \
+         rows are its first requests, and those of a client that sent them with no connection \
+         open (no preconnect). CPU/core is client CPU seconds per wall second; busy is client \
+         plus simulator CPU over all cores\n",
     );
     if let Some(level) = figures.iter().find(|f| f.machine_busy >= SATURATED) {
         print(&format!(
@@ -233,6 +250,53 @@ pub async fn selfcheck(
         ));
     }
     Ok(if all_met { 0 } else { 1 })
+}
+
+/// One level's row, and below it the rows of its two first waves.
+fn print_level(f: &LevelFigures, missed: &[String]) {
+    print(&format!(
+        "{:>6} {:>7} {:>11.2} ms {:>11.2} ms {:>11.2} ms {:>6.2}% {:>10} {:>9.2} {:>8.0}% {:>8.1} {:>9.2} {:>5.0}% {:>9}  {}\n",
+        f.concurrency,
+        f.requests,
+        f.ttft_error_p50_ms,
+        f.ttft_error_p99_ms,
+        f.itl_error_p99_ms,
+        100.0 * f.merged_chunk_share,
+        f.streams_in_flight,
+        f.client_cpu_s,
+        100.0 * f.client_cpu_s / f.wall_s.max(1e-9),
+        f.client_peak_rss_mb,
+        f.sim_cpu_s,
+        100.0 * f.machine_busy,
+        f.stolen_cpu_s
+            .map_or("-".to_string(), |s| format!("{:.0}", s * 1e3)),
+        if missed.is_empty() {
+            "ok".to_string()
+        } else {
+            format!("MISSED: {}", missed.join("; "))
+        }
+    ));
+    print_wave(f.concurrency, "first wave, preconnect", &f.first_wave);
+    print_wave(
+        f.concurrency,
+        "first wave, no preconnect",
+        &f.first_wave_no_preconnect,
+    );
+}
+
+fn print_wave(concurrency: usize, label: &str, wave: &WaveFigures) {
+    let new = wave.requests - wave.reused;
+    let connect = wave
+        .connect_p99_ms
+        .map_or(String::new(), |ms| format!(", connect p99 {ms:.2} ms"));
+    let failed = match wave.failed {
+        0 => String::new(),
+        n => format!(", {n} failed"),
+    };
+    print(&format!(
+        "{:>6} {:>7} {:>11.2} ms {:>11.2} ms  {label}: {} reused, {new} new{connect}{failed}\n",
+        concurrency, wave.requests, wave.ttft_error_p50_ms, wave.ttft_error_p99_ms, wave.reused,
+    ));
 }
 
 /// The simulator as a child process.
@@ -313,47 +377,29 @@ async fn measure_level(
     truth_path: &Path,
     cores: usize,
 ) -> anyhow::Result<LevelFigures> {
-    let url = sim.url.as_str();
+    // A first wave from a client with no connection open: each request opens its own.
+    let cold_id = format!("selfcheck-cold-c{level}");
+    let cold_client = level_client(&sim.url, &cold_id)?;
+    let cold = send_all(
+        &cold_client,
+        level,
+        level_requests(args, level, 1, &cold_id),
+    )
+    .await;
+    drop(cold_client);
+    // Let the simulator close those connections before the measured rounds.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The measured rounds, from the first request, after preconnecting as `run` does.
     let run_id = format!("selfcheck-c{level}");
-    let clock = RunClock::start();
-    let client = Client::new(
-        ClientOptions {
-            trace_header: false,
-            first_byte_timeout: Duration::from_secs(60),
-            request_timeout: Duration::from_secs(300),
-            ..ClientOptions::new(url, Endpoint::Chat, "tracebench-sim", &run_id)
-        },
-        clock,
-    )?;
-    let body = BodyOptions {
-        ignore_eos: true,
-        ..BodyOptions::new(Endpoint::Chat, "tracebench-sim")
-    };
-    // One unmeasured round first, as `--warmup` does in a run: connections are
-    // open before the measured rounds, so a cold-start connect storm is not counted.
-    let warmup = level as u64;
-    let count = level as u64 * args.rounds;
-    let requests: Vec<PreparedRequest> = (0..warmup + count)
-        .map(|index| {
-            let item = Item {
-                prompt: Prompt::Text(format!("selfcheck request {index} of level {level}")),
-                input_tokens: None,
-                input_tokens_source: crate::record::CountSource::Estimate,
-                max_tokens: Some(args.tokens),
-            };
-            body.prepare(index, &run_id, index < warmup, &item)
-        })
-        .collect();
-    let mut feed = Feed::from_requests(requests);
-    let schedule = Schedule::Closed { concurrency: level };
-    let (dispatcher, mut rx) = Dispatcher::new(client, schedule, 0, Stops::default());
-    dispatcher.run_phase(&mut feed, Some(warmup), None).await;
+    let client = level_client(&sim.url, &run_id)?;
+    let requests = level_requests(args, level, args.rounds, &run_id);
+    client.preconnect(level).await?;
     reset_peak_rss();
     let stolen_before = stolen_cpu_seconds();
     let cpu_before = cpu_seconds();
     let sim_cpu_before = sim.cpu_seconds()?;
     let wall = Instant::now();
-    dispatcher.run_phase(&mut feed, Some(count), None).await;
+    let records = send_all(&client, level, requests).await;
     let wall_s = wall.elapsed().as_secs_f64();
     let client_cpu_s = cpu_seconds() - cpu_before;
     let sim_cpu_s = sim.cpu_seconds()? - sim_cpu_before;
@@ -361,16 +407,10 @@ async fn measure_level(
         .zip(stolen_cpu_seconds())
         .map(|(before, after)| after - before);
     let client_peak_rss_mb = peak_rss_mb();
-    drop(dispatcher);
-    let mut records = Vec::new();
-    while let Some(Finished { record, .. }) = rx.recv().await {
-        if !record.warmup {
-            records.push(record);
-        }
-    }
     // The simulator flushes its truth log at least every 100 ms.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let truth = read_truth(truth_path, &run_id)?;
+    let cold_truth = read_truth(truth_path, &cold_id)?;
     Ok(compare_with_truth(
         level,
         &records,
@@ -384,15 +424,76 @@ async fn measure_level(
             stolen_cpu_s,
         },
         client_peak_rss_mb,
+        wave_figures(&cold, &cold_truth),
     ))
+}
+
+/// A client of the simulator at `url` for one run of the self-check.
+fn level_client(url: &str, run_id: &str) -> anyhow::Result<Client> {
+    let options = ClientOptions {
+        trace_header: false,
+        first_byte_timeout: Duration::from_secs(60),
+        request_timeout: Duration::from_secs(300),
+        ..ClientOptions::new(url, Endpoint::Chat, "tracebench-sim", run_id)
+    };
+    Client::new(options, RunClock::start())
+}
+
+/// `rounds` requests per stream of a level, in send order.
+fn level_requests(
+    args: &SelfcheckArgs,
+    level: usize,
+    rounds: u64,
+    run_id: &str,
+) -> Vec<PreparedRequest> {
+    let body = BodyOptions {
+        ignore_eos: true,
+        ..BodyOptions::new(Endpoint::Chat, "tracebench-sim")
+    };
+    (0..level as u64 * rounds)
+        .map(|index| {
+            let item = Item {
+                prompt: Prompt::Text(format!("selfcheck request {index} of {run_id}")),
+                input_tokens: None,
+                input_tokens_source: crate::record::CountSource::Estimate,
+                max_tokens: Some(args.tokens),
+            };
+            body.prepare(index, run_id, false, &item)
+        })
+        .collect()
+}
+
+/// Sends `requests` through the dispatch loop, `level` at a time; their records.
+async fn send_all(
+    client: &Client,
+    level: usize,
+    requests: Vec<PreparedRequest>,
+) -> Vec<RequestRecord> {
+    let schedule = Schedule::Closed { concurrency: level };
+    let (dispatcher, mut finished) =
+        Dispatcher::new(client.clone(), schedule, 0, Stops::default());
+    dispatcher
+        .run_phase(&mut Feed::from_requests(requests), None, None)
+        .await;
+    drop(dispatcher);
+    let mut records = Vec::new();
+    while let Some(Finished { record, .. }) = finished.recv().await {
+        records.push(record);
+    }
+    records
 }
 
 fn read_truth(path: &Path, run_id: &str) -> anyhow::Result<HashMap<String, Truth>> {
     let file = std::fs::File::open(path).context("the simulator wrote no truth log")?;
+    let prefix = format!("{run_id}-");
     let mut truth = HashMap::new();
     for line in BufReader::new(file).lines() {
         let entry: Truth = serde_json::from_str(&line?).context("bad truth-log line")?;
-        if let Some(id) = entry.request_id.clone().filter(|id| id.starts_with(run_id)) {
+        if let Some(id) = entry
+            .request_id
+            .clone()
+            .filter(|id| id.starts_with(&prefix))
+        {
             truth.insert(id, entry);
         }
     }
@@ -408,6 +509,48 @@ struct CpuFigures {
     stolen_cpu_s: Option<f64>,
 }
 
+/// A successful request's TTFT error, ms: its first token's arrival minus the
+/// simulator's first write, plus the time from `sent` to the request's write.
+fn ttft_error_ms(record: &RequestRecord, truth: &Truth) -> Option<f64> {
+    let i = &record.instants_ns;
+    let (first_token, written) = (i.first_token?, i.written?);
+    let first_write = *truth.chunk_write_unix_ns.first()?;
+    let client_first = record.sent_unix_ns as f64 + (first_token - i.sent) as f64;
+    let before_write = (written - i.sent) as f64;
+    Some((client_first - first_write as f64 + before_write) / 1e6)
+}
+
+fn sorted(mut values: Vec<f64>) -> Vec<f64> {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values
+}
+
+/// The TTFT figures of the first wave of `records` (those sent before any
+/// other finished: the first `concurrency` of them).
+fn wave_figures(records: &[RequestRecord], truth: &HashMap<String, Truth>) -> WaveFigures {
+    let ok = records.iter().filter(|r| r.ok());
+    let errors = ok
+        .filter_map(|r| ttft_error_ms(r, truth.get(&r.request_id)?))
+        .collect();
+    let connects = records
+        .iter()
+        .filter_map(|r| r.connection.and_then(|c| c.connect_ms))
+        .collect::<Vec<f64>>();
+    let errors = sorted(errors);
+    WaveFigures {
+        requests: records.len() as u64,
+        failed: records.iter().filter(|r| !r.ok()).count() as u64,
+        reused: records
+            .iter()
+            .filter(|r| r.connection.is_some_and(|c| c.reused))
+            .count() as u64,
+        ttft_error_p50_ms: percentile_of_sorted(&errors, 50.0),
+        ttft_error_p99_ms: percentile_of_sorted(&errors, 99.0),
+        connect_p99_ms: (!connects.is_empty())
+            .then(|| percentile_of_sorted(&sorted(connects), 99.0)),
+    }
+}
+
 fn compare_with_truth(
     level: usize,
     records: &[RequestRecord],
@@ -415,23 +558,19 @@ fn compare_with_truth(
     itl: Duration,
     cpu: CpuFigures,
     client_peak_rss_mb: f64,
+    first_wave_no_preconnect: WaveFigures,
 ) -> LevelFigures {
     let mut ttft_errors = Vec::new();
     let mut itl_errors = Vec::new();
     let mut merged = 0;
     for record in records.iter().filter(|r| r.ok()) {
-        let (Some(truth), Some(first_token)) = (
-            truth.get(&record.request_id),
-            record.instants_ns.first_token,
-        ) else {
+        let Some(truth) = truth.get(&record.request_id) else {
             continue;
         };
-        let Some(&first_write) = truth.chunk_write_unix_ns.first() else {
+        let Some(error) = ttft_error_ms(record, truth) else {
             continue;
         };
-        let client_first =
-            record.sent_unix_ns as f64 + (first_token - record.instants_ns.sent) as f64;
-        ttft_errors.push((client_first - first_write as f64) / 1e6);
+        ttft_errors.push(error);
         merged += compare_gaps(
             &record.itl_chunk_ms,
             &truth.chunk_write_unix_ns,
@@ -439,10 +578,11 @@ fn compare_with_truth(
             &mut itl_errors,
         );
     }
-    let sorted = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v
-    };
+    let first_wave: Vec<RequestRecord> = records
+        .iter()
+        .filter(|r| r.index < level as u64)
+        .cloned()
+        .collect();
     let merged_chunk_share = merged as f64 / itl_errors.len().max(1) as f64;
     let ttft_errors = sorted(ttft_errors);
     let itl_errors = sorted(itl_errors);
@@ -462,6 +602,8 @@ fn compare_with_truth(
         machine_busy: (cpu.client_cpu_s + cpu.sim_cpu_s)
             / (cpu.wall_s * cpu.cores as f64).max(1e-9),
         stolen_cpu_s: cpu.stolen_cpu_s,
+        first_wave: wave_figures(&first_wave, truth),
+        first_wave_no_preconnect,
     }
 }
 
@@ -604,6 +746,17 @@ mod tests {
         assert!((errors[1] - 0.1).abs() < 1e-9);
     }
 
+    fn wave(p50: f64, p99: f64) -> WaveFigures {
+        WaveFigures {
+            requests: 10,
+            failed: 0,
+            reused: 10,
+            ttft_error_p50_ms: p50,
+            ttft_error_p99_ms: p99,
+            connect_p99_ms: None,
+        }
+    }
+
     #[test]
     fn targets_depend_on_the_level() {
         let figures = |concurrency, p50| LevelFigures {
@@ -621,6 +774,8 @@ mod tests {
             client_peak_rss_mb: 40.0,
             machine_busy: 0.25,
             stolen_cpu_s: Some(0.0),
+            first_wave: wave(0.1, 1.0),
+            first_wave_no_preconnect: wave(20.0, 1000.0),
         };
         assert!(figures(200, 1.5).missed_targets().is_empty());
         assert_eq!(figures(200, 2.5).missed_targets().len(), 1);
@@ -628,5 +783,41 @@ mod tests {
         let mut short = figures(500, 1.0);
         short.streams_in_flight = 300;
         assert!(short.missed_targets()[0].contains("300 of 500"));
+        // The first wave after preconnect has the level's targets; without it, none.
+        let mut slow_start = figures(500, 1.0);
+        slow_start.first_wave = wave(0.1, 39.0);
+        assert_eq!(
+            slow_start.missed_targets(),
+            ["first-wave TTFT p99 error 39.00 ms >= 15 ms"]
+        );
+    }
+
+    #[test]
+    fn the_ttft_error_holds_the_time_before_the_write() {
+        let ms = 1_000_000;
+        let mut record: RequestRecord = serde_json::from_value(serde_json::json!({
+            "schema": "tracebench.request/1", "run_id": "r", "request_id": "r-1", "index": 0,
+            "warmup": false, "endpoint": "chat", "model": "m", "stream": true,
+            "trace_id": null, "span_id": null, "max_tokens": 4, "input_tokens": null,
+            "input_tokens_source": null, "output_tokens": 4, "output_tokens_source": "usage",
+            "status": 200, "response_id": null, "finish_reason": "length", "error": null,
+            "sent_unix_ns": 1_000 * ms,
+            "instants_ns": {"intended": 0, "sent": 10 * ms, "written": 11 * ms, "first_token": 62 * ms},
+            "ttft_ms": 52.0, "e2e_ms": null, "e2e_end_ms": null, "tpot_ms": null,
+            "schedule_lag_ms": 0.0, "chunks": 4, "itl_chunk_ms": [], "itl_token_ms": null,
+            "server": null, "server_missing_reason": null, "decomposition": null,
+            "trace_url": null, "gpu": null
+        }))
+        .unwrap();
+        // Written 1 ms after sent; the first token arrived 0.5 ms after its write.
+        let truth = Truth {
+            request_id: Some("r-1".into()),
+            arrival_unix_ns: 1_001 * ms,
+            chunk_write_unix_ns: vec![1_051 * ms + ms / 2],
+        };
+        let error = ttft_error_ms(&record, &truth).unwrap();
+        assert!((error - 1.5).abs() < 1e-9, "{error}");
+        record.instants_ns.written = None;
+        assert_eq!(ttft_error_ms(&record, &truth), None, "never written");
     }
 }

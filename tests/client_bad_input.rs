@@ -127,7 +127,7 @@ async fn run_script(script: Script) -> RequestRecord {
     let url = serve(script).await;
     let client = client(&url, Duration::from_secs(5), Duration::from_secs(10));
     client
-        .execute(&request(), Instant::now(), &CancellationToken::new())
+        .send(&request(), Instant::now(), &CancellationToken::new())
         .await
 }
 
@@ -272,7 +272,7 @@ async fn an_enormous_line_is_refused() {
 async fn stalls_hit_the_first_byte_and_request_timeouts() {
     let url = serve(Script::WriteThenStall(Vec::new())).await;
     let record = client(&url, Duration::from_millis(300), Duration::from_secs(10))
-        .execute(&request(), Instant::now(), &CancellationToken::new())
+        .send(&request(), Instant::now(), &CancellationToken::new())
         .await;
     assert_eq!(kind(&record), ErrorKind::FirstByteTimeout);
 
@@ -280,7 +280,7 @@ async fn stalls_hit_the_first_byte_and_request_timeouts() {
     bytes.extend(chunk(TOKEN));
     let url = serve(Script::WriteThenStall(bytes)).await;
     let record = client(&url, Duration::from_secs(5), Duration::from_millis(500))
-        .execute(&request(), Instant::now(), &CancellationToken::new())
+        .send(&request(), Instant::now(), &CancellationToken::new())
         .await;
     assert_eq!(kind(&record), ErrorKind::Timeout);
     assert_eq!(record.chunks, 1);
@@ -296,7 +296,7 @@ async fn cancel_and_connect_errors() {
         stopper.cancel();
     });
     let record = client(&url, Duration::from_secs(5), Duration::from_secs(10))
-        .execute(&request(), Instant::now(), &cancel)
+        .send(&request(), Instant::now(), &cancel)
         .await;
     assert_eq!(kind(&record), ErrorKind::Cancelled);
     assert!(record.instants_ns.headers.is_some());
@@ -311,7 +311,7 @@ async fn cancel_and_connect_errors() {
         Duration::from_secs(5),
         Duration::from_secs(10),
     )
-    .execute(&request(), Instant::now(), &CancellationToken::new())
+    .send(&request(), Instant::now(), &CancellationToken::new())
     .await;
     assert_eq!(kind(&record), ErrorKind::Connect);
     assert!(record.error.unwrap().message.contains("onnect"));

@@ -83,6 +83,10 @@ fn a_run_writes_every_file_and_they_follow_their_schemas() {
         // Exact prompt lengths: the simulator's /tokenize counted them, usage agrees.
         assert_eq!(record["input_tokens_source"], "usage");
         assert_eq!(record["output_tokens"], record["max_tokens"]);
+        // Preconnect opened the 8 connections before the first request.
+        assert_eq!(record["connection"]["reused"], true, "{record}");
+        let sent = record["instants_ns"]["sent"].as_u64().unwrap();
+        assert!(record["instants_ns"]["written"].as_u64().unwrap() >= sent);
     }
     assert_eq!(records.iter().filter(|r| r["warmup"] == true).count(), 4);
 
@@ -108,14 +112,69 @@ fn a_run_writes_every_file_and_they_follow_their_schemas() {
         .as_str()
         .unwrap()
         .contains("--concurrency 8"));
+    assert!(
+        run["notes"]
+            .to_string()
+            .contains("preconnect: 8/8 connections opened"),
+        "{run}"
+    );
 
     let csv = std::fs::read_to_string(run_dir.join("requests.csv")).unwrap();
     assert_eq!(csv.lines().count(), 45);
-    assert!(csv
-        .lines()
-        .next()
-        .unwrap()
-        .contains("instants_ns.first_token"));
+    let header = csv.lines().next().unwrap();
+    for column in [
+        "instants_ns.first_token",
+        "instants_ns.written",
+        "connection.reused",
+        "connection.connect_ms",
+        "connection.tls_ms",
+    ] {
+        assert!(header.contains(column), "{column} in {header}");
+    }
+}
+
+#[test]
+fn without_preconnect_the_first_wave_opens_its_connections() {
+    let sim = Sim::start(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_expecting(
+        tmp.path(),
+        0,
+        &[
+            "--url",
+            &sim.url,
+            "--concurrency",
+            "4",
+            "--requests",
+            "8",
+            "--output-tokens",
+            "4",
+            "--no-preconnect",
+            "--no-tui",
+            "--trace-source",
+            "none",
+            "--no-db",
+        ],
+    );
+    let request_schema = validator("request.schema.json");
+    let mut new = 0;
+    for record in &run.records {
+        assert_valid(&request_schema, record, "request record");
+        let connection = &record["connection"];
+        if connection["reused"] == false {
+            new += 1;
+            assert!(connection["connect_ms"].as_f64().unwrap() > 0.0, "{record}");
+        } else {
+            assert!(connection["connect_ms"].is_null(), "{record}");
+        }
+        assert!(
+            connection["tls_ms"].is_null(),
+            "no TLS over http://: {record}"
+        );
+    }
+    assert_eq!(new, 4, "one new connection per request of the first wave");
+    let run_json: Value = json(&run.dir.join("run.json"));
+    assert!(!run_json["notes"].to_string().contains("preconnect"));
 }
 
 #[test]
@@ -145,6 +204,14 @@ fn an_unreachable_server_gives_failed_records_and_exit_1() {
     );
     assert_eq!(run.records.len(), 5);
     assert!(run.records.iter().all(|r| r["error"]["kind"] == "connect"));
+    assert!(run.records.iter().all(|r| r["connection"].is_null()));
+    let run_json: Value = json(&run.dir.join("run.json"));
+    assert!(
+        run_json["notes"]
+            .to_string()
+            .contains("preconnect: no connection opened (1 asked for)"),
+        "{run_json}"
+    );
     let summary: Value = json(&run.dir.join("summary.json"));
     assert_eq!(summary["errors"]["connect"], 5);
     assert!(String::from_utf8_lossy(&run.out.stdout).contains("connect 5"));
@@ -485,9 +552,32 @@ fn selfcheck_measures_each_level_against_the_simulators_truth() {
         assert!((0.0..=1.05).contains(&busy), "{figure}");
         // Linux always has the steal column; a machine that is not virtual reads 0.
         assert!(number("stolen_cpu_s") >= 0.0, "{figure}");
+        // The measured first wave found the preconnected connections; the cold
+        // one opened a connection per request.
+        let (warm, cold) = (&figure["first_wave"], &figure["first_wave_no_preconnect"]);
+        assert_eq!(
+            (&warm["requests"], &warm["reused"]),
+            (&level.into(), &level.into())
+        );
+        assert!(warm["connect_p99_ms"].is_null(), "{figure}");
+        assert_eq!(
+            (&cold["requests"], &cold["reused"]),
+            (&level.into(), &0.into())
+        );
+        assert_eq!(cold["failed"], 0, "{figure}");
+        assert!(cold["connect_p99_ms"].as_f64().unwrap() > 0.0, "{figure}");
+        assert!(
+            cold["ttft_error_p99_ms"].as_f64().unwrap() > -1.0,
+            "{figure}"
+        );
     }
     assert!(
         stdout.contains("     1 ") && stdout.contains("    20 "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("first wave, preconnect: 20 reused, 0 new")
+            && stdout.contains("first wave, no preconnect: 0 reused, 20 new, connect p99"),
         "{stdout}"
     );
 }

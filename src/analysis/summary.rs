@@ -84,7 +84,7 @@ pub const CLIENT_METRICS: [&str; 8] = [
 ];
 
 /// Server and decomposition metrics, by name, in display order.
-pub const SERVER_METRICS: [&str; 14] = [
+pub const SERVER_METRICS: [&str; 15] = [
     "server.queue_ms",
     "server.prefill_ms",
     "server.decode_ms",
@@ -93,6 +93,7 @@ pub const SERVER_METRICS: [&str; 14] = [
     "server.e2e_ms",
     "server.prompt_tokens",
     "server.completion_tokens",
+    "decomposition.connect_ms",
     "decomposition.network_ms",
     "decomposition.frontend_ms",
     "decomposition.queue_ms",
@@ -125,6 +126,7 @@ fn push_metric_values(record: &RequestRecord, name: &str, out: &mut Vec<f64>) {
         "server.completion_tokens" => {
             one(server.and_then(|s| s.completion_tokens.map(|v| v as f64)))
         }
+        "decomposition.connect_ms" => one(decomposition.and_then(|d| d.connect_ms)),
         "decomposition.network_ms" => one(decomposition.and_then(|d| d.network_ms)),
         "decomposition.frontend_ms" => one(decomposition.and_then(|d| d.frontend_ms)),
         "decomposition.queue_ms" => one(decomposition.and_then(|d| d.queue_ms)),
@@ -352,6 +354,9 @@ fn vllm_keys(summary: &Summary) -> BTreeMap<String, serde_json::Value> {
 pub fn decompose(record: &RequestRecord) -> Option<crate::record::Decomposition> {
     let server = record.server.as_ref()?;
     let ttft = record.ttft_ms;
+    let connect = record.connection.as_ref().map(|c| c.setup_ms());
+    // Network is what is left of TTFT once the connection was set up.
+    let ttft = ttft.map(|t| t - connect.unwrap_or(0.0));
     let sub = |a: Option<f64>, b: Option<f64>| Some(a? - b?);
     let frontend = match (server.ttft_ms, server.queue_ms, server.prefill_ms) {
         (Some(t), Some(q), Some(p)) => Some(t - q - p),
@@ -365,6 +370,7 @@ pub fn decompose(record: &RequestRecord) -> Option<crate::record::Decomposition>
         _ => None,
     };
     Some(crate::record::Decomposition {
+        connect_ms: connect,
         network_ms: sub(ttft, server.ttft_ms),
         frontend_ms: frontend,
         queue_ms: server.queue_ms,

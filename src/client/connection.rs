@@ -1,82 +1,183 @@
-//! One TCP connection of the plain-HTTP transport, read with the kernel's
-//! receive timestamps (`SO_TIMESTAMPNS` on Linux): every read says when its
-//! bytes reached this machine, not only when a busy task got round to reading
-//! them, so the client's own delays stay out of the instants it stamps.
+//! One connection of the HTTP/1.1 transport. Plain TCP is read with the
+//! kernel's receive timestamps (`SO_TIMESTAMPNS` on Linux): every read says
+//! when its bytes reached this machine, not only when a busy task got round to
+//! reading them, so the client's own delays stay out of the instants it stamps.
+//! Over TLS (rustls) a read's instant is the moment it returned.
 
 use std::io::{self, Write as _};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt as _;
 use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
 
 /// A receive timestamp older than this is not believed (the wall clock was
 /// stepped between the kernel's stamp and the read).
 const MAX_BELIEVED_AGE: Duration = Duration::from_secs(10);
 
-/// A connected, non-blocking TCP socket registered with the runtime.
+/// An open connection, registered with the runtime.
 #[derive(Debug)]
 pub(crate) struct Connection {
-    socket: AsyncFd<std::net::TcpStream>,
+    link: Link,
+}
+
+#[derive(Debug)]
+enum Link {
+    /// Plain TCP, non-blocking, read with `recvmsg` for the receive timestamps.
+    Plain(AsyncFd<std::net::TcpStream>),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// Where `https://` connections go: the TLS settings and the name the
+/// server's certificate must carry.
+#[derive(Clone)]
+pub(crate) struct TlsTarget {
+    connector: TlsConnector,
+    server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsTarget")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsTarget {
+    /// TLS to `host` (a name or an IP address, IPv6 in brackets or not),
+    /// trusting what the platform trusts (with `SSL_CERT_FILE` honoured),
+    /// offering HTTP/1.1 only.
+    pub fn new(host: &str) -> anyhow::Result<Self> {
+        use rustls_platform_verifier::ConfigVerifierExt as _;
+        super::install_tls_provider();
+        let mut config = rustls::ClientConfig::with_platform_verifier()
+            .map_err(|e| anyhow::anyhow!("cannot set up TLS: {e}"))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let server_name = ServerName::try_from(bare.to_string())
+            .map_err(|e| anyhow::anyhow!("{host} is not a TLS server name: {e}"))?;
+        Ok(Self {
+            connector: TlsConnector::from(Arc::new(config)),
+            server_name,
+        })
+    }
 }
 
 impl Connection {
-    /// Connects without Nagle's delay and with receive timestamps on.
-    pub async fn connect(address: &str) -> io::Result<Self> {
-        let stream = tokio::net::TcpStream::connect(address).await?;
+    /// Opens a TCP connection to `address` without Nagle's delay: the first
+    /// step of every new connection, before [`Connection::plain`] or
+    /// [`Connection::tls`].
+    pub async fn connect_tcp(address: &str) -> io::Result<TcpStream> {
+        let stream = TcpStream::connect(address).await?;
         stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    /// A plain connection over `stream`, with receive timestamps on.
+    pub fn plain(stream: TcpStream) -> io::Result<Self> {
         let stream = stream.into_std()?;
         enable_receive_timestamps(stream.as_raw_fd());
         // SAFETY: the stream owns its descriptor and hands it to the AsyncFd,
         // which owns the stream from now on: it stays open and the same until drop.
         let socket = unsafe { AsyncFd::register(stream) }.map_err(io::Error::from)?;
-        Ok(Self { socket })
+        Ok(Self {
+            link: Link::Plain(socket),
+        })
+    }
+
+    /// A TLS connection over `stream`, once the handshake is done.
+    pub async fn tls(stream: TcpStream, target: &TlsTarget) -> io::Result<Self> {
+        let stream = target
+            .connector
+            .connect(target.server_name.clone(), stream)
+            .await?;
+        Ok(Self {
+            link: Link::Tls(Box::new(stream)),
+        })
     }
 
     /// Writes all of `bytes`.
-    pub async fn write_all(&self, mut bytes: &[u8]) -> io::Result<()> {
-        while !bytes.is_empty() {
-            let mut ready = self.socket.writable().await?;
-            match ready.try_io(|socket| socket.get_ref().write(bytes)) {
-                Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(Ok(written)) => bytes = &bytes[written..],
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Ok(Err(e)) => return Err(e),
-                Err(_would_block) => {}
+    pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match &mut self.link {
+            Link::Plain(socket) => write_plain(socket, bytes).await,
+            Link::Tls(stream) => {
+                stream.write_all(bytes).await?;
+                stream.flush().await
             }
         }
-        Ok(())
     }
 
     /// Reads what has arrived into `buffer`: the byte count (0 at the end of
     /// the stream) and the instant the last of those bytes reached this
-    /// machine (the read's own instant where the kernel gave no timestamp).
-    pub async fn read(&self, buffer: &mut [u8]) -> io::Result<(usize, Instant)> {
-        loop {
-            let mut ready = self.socket.readable().await?;
-            match receive(self.socket.as_raw_fd(), buffer) {
-                Ok((read, stamp)) => {
-                    let now = Instant::now();
-                    let arrived =
-                        stamp.and_then(|stamp| arrival(now, crate::units::unix_now_ns(), stamp));
-                    if read > 0 && read < buffer.len() {
-                        // The socket is drained: wait for the next readiness
-                        // event instead of trying a read that would block.
-                        ready.clear_ready();
-                    }
-                    return Ok((read, arrived.unwrap_or(now)));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.clear_ready(),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+    /// machine (the read's own instant over TLS or where the kernel gave no
+    /// timestamp).
+    pub async fn read(&mut self, buffer: &mut [u8]) -> io::Result<(usize, Instant)> {
+        match &mut self.link {
+            Link::Plain(socket) => read_plain(socket, buffer).await,
+            Link::Tls(stream) => {
+                let read = stream.read(buffer).await?;
+                Ok((read, Instant::now()))
             }
         }
     }
 
     /// True when the connection is open and nothing waits to be read on it:
-    /// an idle keep-alive connection fit to carry the next request.
-    pub fn is_quiet(&self) -> bool {
-        matches!(self.socket.get_ref().peek(&mut [0u8; 1]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    /// an idle keep-alive connection fit to carry the next request. (What a
+    /// TLS server sends unasked after the handshake, such as session tickets,
+    /// is taken in here and does not count.)
+    pub fn is_quiet(&mut self) -> bool {
+        match &mut self.link {
+            Link::Plain(socket) => matches!(socket.get_ref().peek(&mut [0u8; 1]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+            Link::Tls(stream) => stream.read(&mut [0u8; 1]).now_or_never().is_none(),
+        }
+    }
+}
+
+async fn write_plain(socket: &AsyncFd<std::net::TcpStream>, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let mut ready = socket.writable().await?;
+        match ready.try_io(|socket| socket.get_ref().write(bytes)) {
+            Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(Ok(written)) => bytes = &bytes[written..],
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => {}
+        }
+    }
+    Ok(())
+}
+
+async fn read_plain(
+    socket: &AsyncFd<std::net::TcpStream>,
+    buffer: &mut [u8],
+) -> io::Result<(usize, Instant)> {
+    loop {
+        let mut ready = socket.readable().await?;
+        match receive(socket.as_raw_fd(), buffer) {
+            Ok((read, stamp)) => {
+                let now = Instant::now();
+                let arrived =
+                    stamp.and_then(|stamp| arrival(now, crate::units::unix_now_ns(), stamp));
+                if read > 0 && read < buffer.len() {
+                    // The socket is drained: wait for the next readiness
+                    // event instead of trying a read that would block.
+                    ready.clear_ready();
+                }
+                return Ok((read, arrived.unwrap_or(now)));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.clear_ready(),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -174,6 +275,11 @@ mod tests {
         (listener, address)
     }
 
+    async fn connect(address: &str) -> Connection {
+        let stream = Connection::connect_tcp(address).await.expect("connect");
+        Connection::plain(stream).expect("register")
+    }
+
     #[test]
     fn arrival_moves_back_by_the_stamps_age() {
         let now = Instant::now();
@@ -200,7 +306,7 @@ mod tests {
             // Keep the connection open until the client has read.
             tokio::time::sleep(Duration::from_secs(5)).await;
         });
-        let connection = Connection::connect(&address).await.expect("connect");
+        let mut connection = connect(&address).await;
         let written = written_rx.await.expect("the server wrote");
         // A client busy elsewhere: the bytes wait in the socket for 200 ms.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -224,7 +330,7 @@ mod tests {
     #[tokio::test]
     async fn a_closed_connection_is_not_quiet() {
         let (listener, address) = listen().await;
-        let connection = Connection::connect(&address).await.expect("connect");
+        let mut connection = connect(&address).await;
         let (socket, _) = listener.accept().await.expect("accept");
         assert!(connection.is_quiet());
         drop(socket);

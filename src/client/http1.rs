@@ -1,14 +1,16 @@
-//! The plain-HTTP/1.1 transport of benchmark requests. Each request has a
-//! keep-alive connection to itself; the response head is parsed with
-//! `httparse` and the body's framing (chunked, `Content-Length` or until close)
-//! is undone here, on the task that stamps the instants, so a streamed chunk
-//! costs one wake-up and one `recvmsg`, and each read carries the instant its
-//! bytes reached this machine. `https://` servers go through reqwest instead.
+//! The HTTP/1.1 transport of benchmark requests, over plain TCP or TLS. Each
+//! request has a keep-alive connection to itself; the response head is parsed
+//! with `httparse` and the body's framing (chunked, `Content-Length` or until
+//! close) is undone here, on the task that stamps the instants, so a streamed
+//! chunk costs one wake-up and one read, and each read carries the instant its
+//! bytes reached this machine. Every request says how it got its connection
+//! (a [`ConnectionStory`]), and idle connections can be opened ahead of the
+//! requests ([`Http1Pool::open_idle`]).
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::connection::Connection;
+use super::connection::{Connection, TlsTarget};
 
 /// Largest response head accepted.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -17,11 +19,36 @@ const MAX_FRAMING_LINE: usize = 4096;
 /// Read buffer size; a streamed chunk is far smaller.
 const READ_BUFFER_BYTES: usize = 16 * 1024;
 
+/// How one request got its connection, filled in as it happens: a request
+/// that fails or times out halfway keeps what was known by then.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ConnectionStory {
+    /// An idle kept-alive connection carried the request.
+    pub reused: bool,
+    /// A new connection's TCP connect, from the connect call until the
+    /// connection was established.
+    pub connect: Option<Duration>,
+    /// A new `https://` connection's TLS handshake, after the connect.
+    pub tls: Option<Duration>,
+    /// When the request's last byte was handed to the kernel (to TLS and
+    /// then the kernel, over `https://`).
+    pub written: Option<Instant>,
+}
+
+impl ConnectionStory {
+    /// True once a connection was in hand: reused, or connected.
+    pub fn has_connection(&self) -> bool {
+        self.reused || self.connect.is_some()
+    }
+}
+
 /// Where the requests go and the idle keep-alive connections to it.
 #[derive(Debug)]
 pub struct Http1Pool {
     /// `host:port` to connect to.
     address: String,
+    /// TLS settings for `https://`; `None` speaks plain TCP.
+    tls: Option<TlsTarget>,
     /// The request line and the headers every request shares, up to the
     /// per-request ones: `POST /path HTTP/1.1\r\nhost: ...\r\n...`.
     head_prefix: Vec<u8>,
@@ -46,12 +73,13 @@ impl std::fmt::Display for Http1Error {
 }
 
 impl Http1Pool {
-    /// A pool for `POST`s to `host:port` at `path`, with `headers` (name,
-    /// value) sent on every request.
-    pub fn new<'a>(
+    /// A pool for `POST`s to `host:port` at `path`, over TLS when `tls` is
+    /// given, with `headers` (name, value) sent on every request.
+    pub(crate) fn new<'a>(
         host: &str,
         port: u16,
         path: &str,
+        tls: Option<TlsTarget>,
         headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     ) -> Self {
         let address = format!("{host}:{port}");
@@ -64,19 +92,71 @@ impl Http1Pool {
         }
         Self {
             address,
+            tls,
             head_prefix,
             idle: Mutex::new(Vec::new()),
         }
     }
 
     /// Sends one `POST` with `extra_headers` and `body`; returns once the
-    /// response head is in. A kept-alive connection the server closed while it
-    /// was idle is replaced by a new one, once.
+    /// response head is in, with `story` saying how the request got its
+    /// connection. A kept-alive connection the server closed while it was
+    /// idle is replaced by a new one, once.
     pub async fn post(
         self: &Arc<Self>,
         extra_headers: &[(&str, &str)],
         body: &[u8],
+        story: &mut ConnectionStory,
     ) -> Result<Http1Response, Http1Error> {
+        let request = self.request(extra_headers, body)?;
+        if let Some(connection) = self.take_idle() {
+            *story = ConnectionStory {
+                reused: true,
+                ..ConnectionStory::default()
+            };
+            match self.exchange(connection, &request, story).await {
+                Err(Exchange::NothingBack(_)) => {}
+                other => return other.map_err(Exchange::into_error),
+            }
+        }
+        *story = ConnectionStory::default();
+        let connection = self.open(story).await?;
+        self.exchange(connection, &request, story)
+            .await
+            .map_err(Exchange::into_error)
+    }
+
+    /// Opens a new connection and leaves it idle in the pool for a later request.
+    pub async fn open_idle(&self) -> Result<(), Http1Error> {
+        let connection = self.open(&mut ConnectionStory::default()).await?;
+        self.put_idle(connection);
+        Ok(())
+    }
+
+    /// Opens a new connection: TCP, then TLS for `https://`, each step timed into `story`.
+    async fn open(&self, story: &mut ConnectionStory) -> Result<Connection, Http1Error> {
+        let started = Instant::now();
+        let stream = Connection::connect_tcp(&self.address)
+            .await
+            .map_err(|e| Http1Error::Send(format!("could not connect to {}: {e}", self.address)))?;
+        story.connect = Some(started.elapsed());
+        let Some(tls) = &self.tls else {
+            return Connection::plain(stream)
+                .map_err(|e| Http1Error::Send(format!("could not register the connection: {e}")));
+        };
+        let started = Instant::now();
+        let connection = Connection::tls(stream, tls).await.map_err(|e| {
+            Http1Error::Send(format!(
+                "the TLS handshake with {} failed: {e}",
+                self.address
+            ))
+        })?;
+        story.tls = Some(started.elapsed());
+        Ok(connection)
+    }
+
+    /// The bytes of one request: the shared head, `extra_headers`, `body`.
+    fn request(&self, extra_headers: &[(&str, &str)], body: &[u8]) -> Result<Vec<u8>, Http1Error> {
         use std::io::Write as _;
         let mut request = Vec::with_capacity(self.head_prefix.len() + 256 + body.len());
         request.extend_from_slice(&self.head_prefix);
@@ -91,24 +171,13 @@ impl Http1Pool {
         }
         let _ = write!(request, "content-length: {}\r\n\r\n", body.len());
         request.extend_from_slice(body);
-        if let Some(stream) = self.take_idle() {
-            match self.exchange(stream, &request).await {
-                Err(Exchange::NothingBack(_)) => {}
-                other => return other.map_err(Exchange::into_error),
-            }
-        }
-        let connection = Connection::connect(&self.address)
-            .await
-            .map_err(|e| Http1Error::Send(format!("could not connect to {}: {e}", self.address)))?;
-        self.exchange(connection, &request)
-            .await
-            .map_err(Exchange::into_error)
+        Ok(request)
     }
 
     /// An idle connection that still looks open.
     fn take_idle(&self) -> Option<Connection> {
         let mut idle = self.idle.lock().expect("the pool lock is never poisoned");
-        while let Some(connection) = idle.pop() {
+        while let Some(mut connection) = idle.pop() {
             if connection.is_quiet() {
                 return Some(connection);
             }
@@ -125,12 +194,14 @@ impl Http1Pool {
 
     async fn exchange(
         self: &Arc<Self>,
-        connection: Connection,
+        mut connection: Connection,
         request: &[u8],
+        story: &mut ConnectionStory,
     ) -> Result<Http1Response, Exchange> {
         connection.write_all(request).await.map_err(|e| {
             Exchange::NothingBack(format!("the connection broke while sending: {e}"))
         })?;
+        story.written = Some(Instant::now());
         let mut buffer = vec![0u8; READ_BUFFER_BYTES];
         let mut filled = 0;
         let mut arrived = Instant::now();
@@ -365,7 +436,7 @@ impl Http1Response {
         }
         let connection = self
             .connection
-            .as_ref()
+            .as_mut()
             .expect("a response being read has its connection");
         match connection.read(&mut self.buffer[self.end..]).await {
             Ok((0, _)) => self.body.end_of_input(),
@@ -641,6 +712,7 @@ mod tests {
             "127.0.0.1",
             port,
             "/v1/completions",
+            None,
             [("authorization", b"Bearer k".as_slice())],
         ))
     }
@@ -660,15 +732,27 @@ mod tests {
     async fn a_kept_alive_connection_serves_the_next_request() {
         let (port, seen) = server(vec![(KEEP_ALIVE, false)]).await;
         let pool = pool(port);
+        let mut stories = Vec::new();
         for _ in 0..2 {
+            let mut story = ConnectionStory::default();
             let mut response = pool
-                .post(&[("x-request-id", "r-1")], b"{\"a\":1}")
+                .post(&[("x-request-id", "r-1")], b"{\"a\":1}", &mut story)
                 .await
                 .unwrap();
             assert_eq!(response.status, 200);
             assert_eq!(response.content_type.as_deref(), Some("text/event-stream"));
             assert_eq!(body_of(&mut response).await, b"hello");
+            stories.push(story);
         }
+        // The first request opened its connection, the second one reused it.
+        assert!(!stories[0].reused);
+        assert!(stories[0].connect.is_some());
+        assert_eq!(stories[0].tls, None, "no TLS over http://");
+        assert!(stories[1].reused);
+        assert_eq!((stories[1].connect, stories[1].tls), (None, None));
+        assert!(stories
+            .iter()
+            .all(|s| s.written.is_some() && s.has_connection()));
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 1, "one connection for both requests");
         let request = &seen[0][0];
@@ -696,11 +780,16 @@ mod tests {
         // The first answer allows keep-alive, but the server closes right after it.
         let (port, seen) = server(vec![(OK, true), (OK, false)]).await;
         let pool = pool(port);
-        let mut first = pool.post(&[], b"{}").await.unwrap();
+        let mut first = pool
+            .post(&[], b"{}", &mut ConnectionStory::default())
+            .await
+            .unwrap();
         assert_eq!(body_of(&mut first).await, b"ok");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let mut second = pool.post(&[], b"{}").await.unwrap();
+        let mut story = ConnectionStory::default();
+        let mut second = pool.post(&[], b"{}", &mut story).await.unwrap();
         assert_eq!(body_of(&mut second).await, b"ok");
+        assert!(!story.reused && story.connect.is_some(), "{story:?}");
         assert_eq!(
             seen.lock().unwrap().len(),
             2,
@@ -714,7 +803,10 @@ mod tests {
         let (port, seen) = server(vec![(CLOSE, false), (CLOSE, false)]).await;
         let pool = pool(port);
         for _ in 0..2 {
-            let mut response = pool.post(&[], b"{}").await.unwrap();
+            let mut response = pool
+                .post(&[], b"{}", &mut ConnectionStory::default())
+                .await
+                .unwrap();
             assert_eq!(response.status, 503);
             assert_eq!(body_of(&mut response).await, b"busy");
         }
@@ -728,7 +820,11 @@ mod tests {
     #[tokio::test]
     async fn a_header_value_cannot_split_the_head() {
         let Err(Http1Error::Send(message)) = pool(1)
-            .post(&[("x-request-id", "a\r\nx-evil: 1")], b"{}")
+            .post(
+                &[("x-request-id", "a\r\nx-evil: 1")],
+                b"{}",
+                &mut ConnectionStory::default(),
+            )
             .await
         else {
             panic!("a line break in a header value must be refused");
@@ -744,9 +840,32 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let Err(Http1Error::Send(message)) = pool(port).post(&[], b"{}").await else {
+        let mut story = ConnectionStory::default();
+        let Err(Http1Error::Send(message)) = pool(port).post(&[], b"{}", &mut story).await else {
             panic!("connecting to a closed port must fail");
         };
         assert!(message.contains("could not connect"), "{message}");
+        assert!(!story.has_connection(), "{story:?}");
+        assert_eq!(story.written, None);
+    }
+
+    #[tokio::test]
+    async fn connections_opened_ahead_carry_the_next_requests() {
+        let (port, seen) = server(vec![(KEEP_ALIVE, false); 3]).await;
+        let pool = pool(port);
+        for _ in 0..3 {
+            pool.open_idle().await.unwrap();
+        }
+        for _ in 0..3 {
+            let mut story = ConnectionStory::default();
+            let mut response = pool.post(&[], b"{}", &mut story).await.unwrap();
+            assert_eq!(body_of(&mut response).await, b"hello");
+            assert!(story.reused, "{story:?}");
+        }
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            3,
+            "no connection beyond the three"
+        );
     }
 }

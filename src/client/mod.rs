@@ -2,23 +2,29 @@
 //! `traceparent` and `X-Request-Id`, stream the response through our own SSE
 //! framer, stamp monotonic instants as bytes arrive, and turn whatever happened
 //! (success, HTTP error, reset, stall, Ctrl-C) into a [`RequestRecord`].
-//! `http://` servers are spoken to by our own HTTP/1.1 exchange (`http1`),
-//! `https://` ones through reqwest.
+//! Servers are spoken to by our own HTTP/1.1 exchange (`http1`), over plain
+//! TCP for `http://` and TLS for `https://`, so both take their instants at
+//! the same points; reqwest serves the side requests (discovery, tokenize).
 
 pub mod chunk;
 mod connection;
 pub mod discover;
 mod http1;
+mod preconnect;
 pub mod sse;
 pub mod traceparent;
 
+pub use preconnect::Preconnected;
+
 use crate::clock::RunClock;
 use crate::record::{
-    CountSource, Endpoint, ErrorKind, Instants, RequestError, RequestRecord, REQUEST_SCHEMA,
+    ConnectionInfo, CountSource, Endpoint, ErrorKind, Instants, RequestError, RequestRecord,
+    Timeline, REQUEST_SCHEMA,
 };
 use bytes::Bytes;
 use chunk::{error_message, parse_chunk, Usage};
-use http1::{Http1Error, Http1Pool, Http1Response};
+use connection::TlsTarget;
+use http1::{ConnectionStory, Http1Error, Http1Pool, Http1Response};
 use sse::{SseEvent, SseFramer};
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -75,75 +81,9 @@ impl ClientOptions {
 /// Sends requests; cheap to clone (shares the connection pool).
 #[derive(Clone)]
 pub struct Client {
-    transport: Transport,
+    pool: Arc<Http1Pool>,
     options: Arc<ClientOptions>,
     clock: RunClock,
-}
-
-/// How requests reach the server.
-#[derive(Clone)]
-enum Transport {
-    /// `http://`: our own HTTP/1.1 exchange, read on the request's own task.
-    Plain(Arc<Http1Pool>),
-    /// `https://`: reqwest, for TLS.
-    Tls {
-        http: reqwest::Client,
-        url: Arc<str>,
-    },
-}
-
-/// A response whose head is in, from either transport.
-enum Response {
-    Plain(Http1Response),
-    Tls {
-        response: reqwest::Response,
-        /// When reqwest handed over the head.
-        head_read: Instant,
-        last: Bytes,
-    },
-}
-
-impl Response {
-    fn status(&self) -> u16 {
-        match self {
-            Response::Plain(response) => response.status,
-            Response::Tls { response, .. } => response.status().as_u16(),
-        }
-    }
-
-    fn content_type(&self) -> Option<&str> {
-        match self {
-            Response::Plain(response) => response.content_type.as_deref(),
-            Response::Tls { response, .. } => response
-                .headers()
-                .get(reqwest::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok()),
-        }
-    }
-
-    /// When the response head reached this machine (for TLS, when it was read).
-    fn head_arrived(&self) -> Instant {
-        match self {
-            Response::Plain(response) => response.arrived(),
-            Response::Tls { head_read, .. } => *head_read,
-        }
-    }
-
-    /// The body bytes that are in and the instant they reached this machine
-    /// (for TLS, the instant they were read); `None` at the body's end.
-    async fn chunk(&mut self) -> Result<Option<(&[u8], Instant)>, String> {
-        match self {
-            Response::Plain(response) => response.chunk().await.map_err(|e| e.to_string()),
-            Response::Tls { response, last, .. } => match response.chunk().await {
-                Ok(Some(bytes)) => {
-                    *last = bytes;
-                    Ok(Some((last, Instant::now())))
-                }
-                Ok(None) => Ok(None),
-                Err(e) => Err(error_chain(&e)),
-            },
-        }
-    }
 }
 
 /// Largest error body excerpt kept in a record.
@@ -165,8 +105,8 @@ pub fn http_client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder().user_agent(USER_AGENT)
 }
 
-/// The client that sends benchmark requests: no proxy surprises, Nagle off,
-/// unlimited idle connections for high concurrency, no timeout of its own.
+/// The reqwest client of a run's side requests (discovery, `/tokenize`): no
+/// proxy surprises, Nagle off, no timeout of its own.
 pub fn http_client() -> anyhow::Result<reqwest::Client> {
     Ok(http_client_builder()
         .no_proxy()
@@ -184,42 +124,32 @@ impl Client {
         );
         let parsed =
             reqwest::Url::parse(&url).map_err(|e| anyhow::anyhow!("bad URL {url}: {e}"))?;
-        let transport = match (
-            parsed.scheme(),
-            parsed.host_str(),
-            parsed.port_or_known_default(),
-        ) {
-            ("http", Some(host), Some(port)) => {
-                let path = match parsed.query() {
-                    Some(query) => format!("{}?{query}", parsed.path()),
-                    None => parsed.path().to_string(),
-                };
-                // `-H` may replace the user agent or the content type.
-                let fixed = [
-                    ("user-agent", USER_AGENT.as_bytes()),
-                    ("content-type", b"application/json".as_slice()),
-                ]
-                .into_iter()
-                .filter(|(name, _)| !options.headers.contains_key(*name));
-                let headers = options
-                    .headers
-                    .iter()
-                    .map(|(name, value)| (name.as_str(), value.as_bytes()));
-                Transport::Plain(Arc::new(Http1Pool::new(
-                    host,
-                    port,
-                    &path,
-                    fixed.chain(headers),
-                )))
-            }
-            ("https", Some(_), _) => Transport::Tls {
-                http: http_client()?,
-                url: url.into(),
-            },
+        let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default()) else {
+            anyhow::bail!("the URL {url} names no server");
+        };
+        let tls = match parsed.scheme() {
+            "http" => None,
+            "https" => Some(TlsTarget::new(host)?),
             _ => anyhow::bail!("the URL {url} is not an http:// or https:// server address"),
         };
+        let path = match parsed.query() {
+            Some(query) => format!("{}?{query}", parsed.path()),
+            None => parsed.path().to_string(),
+        };
+        // `-H` may replace the user agent or the content type.
+        let fixed = [
+            ("user-agent", USER_AGENT.as_bytes()),
+            ("content-type", b"application/json".as_slice()),
+        ]
+        .into_iter()
+        .filter(|(name, _)| !options.headers.contains_key(*name));
+        let headers = options
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()));
+        let pool = Http1Pool::new(host, port, &path, tls, fixed.chain(headers));
         Ok(Self {
-            transport,
+            pool: Arc::new(pool),
             options: Arc::new(options),
             clock,
         })
@@ -230,7 +160,7 @@ impl Client {
     }
 
     /// Sends one request and returns its record; never fails: errors are data.
-    pub async fn execute(
+    pub async fn send(
         &self,
         request: &PreparedRequest,
         intended: Instant,
@@ -271,7 +201,9 @@ impl Client {
         self.build_record(request, intended, trace, progress, outcome.err())
     }
 
-    /// Sends and reads the response, filling `progress` as it goes.
+    /// Sends and reads the response, filling `progress` as it goes. `sent` is
+    /// taken here, before the request takes a connection from the pool or
+    /// opens one: a new connection's setup is inside its TTFT.
     async fn drive(
         &self,
         request: &PreparedRequest,
@@ -281,17 +213,19 @@ impl Client {
         let first_byte_deadline = tokio::time::Instant::now() + self.options.first_byte_timeout;
         progress.sent = Instant::now();
         progress.sent_unix_ns = crate::units::unix_now_ns();
-        let mut response = tokio::time::timeout_at(first_byte_deadline, self.send(request, trace))
+        let post = self.post(request, trace, &mut progress.connection);
+        let mut response = tokio::time::timeout_at(first_byte_deadline, post)
             .await
             .map_err(|_| self.first_byte_timeout())??;
-        progress.headers = Some(response.head_arrived());
-        let status = response.status();
+        progress.headers = Some(response.arrived());
+        let status = response.status;
         progress.status = Some(status);
         if !(200..300).contains(&status) {
             return Err(http_status_error(&mut response).await);
         }
         let is_json = response
-            .content_type()
+            .content_type
+            .as_deref()
             .is_some_and(|v| v.starts_with("application/json"));
         if self.options.stream && is_json {
             let excerpt = read_excerpt(&mut response).await;
@@ -302,6 +236,17 @@ impl Client {
                 body_excerpt: Some(excerpt),
             });
         }
+        self.read_body(&mut response, first_byte_deadline, progress)
+            .await
+    }
+
+    /// Reads the body of a 2xx answer into `progress`.
+    async fn read_body(
+        &self,
+        response: &mut Http1Response,
+        first_byte_deadline: tokio::time::Instant,
+        progress: &mut Progress,
+    ) -> Result<(), RequestError> {
         let mut reader = BodyReader {
             framer: SseFramer::default(),
             whole: Vec::new(),
@@ -339,57 +284,36 @@ impl Client {
         }
     }
 
-    /// Sends the request; returns once the response head is in.
-    async fn send(
+    /// Sends the request; returns once the response head is in, with `story`
+    /// saying how the request got its connection.
+    async fn post(
         &self,
         request: &PreparedRequest,
         trace: Option<TraceParent>,
-    ) -> Result<Response, RequestError> {
+        story: &mut ConnectionStory,
+    ) -> Result<Http1Response, RequestError> {
         let traceparent = trace.map(|t| t.header_value());
-        let send_error = |message: String| RequestError {
-            kind: ErrorKind::Connect,
-            message: format!("could not send the request: {message}"),
-            status: None,
-            body_excerpt: None,
-        };
-        match &self.transport {
-            Transport::Plain(pool) => {
-                let mut headers = vec![("x-request-id", request.request_id.as_str())];
-                if let Some(value) = &traceparent {
-                    headers.push(("traceparent", value));
-                }
-                match pool.post(&headers, &request.body).await {
-                    Ok(response) => Ok(Response::Plain(response)),
-                    Err(Http1Error::Send(message)) => Err(send_error(message)),
-                    Err(Http1Error::Protocol(message)) => Err(RequestError {
-                        kind: ErrorKind::InvalidResponse,
-                        message,
-                        status: None,
-                        body_excerpt: None,
-                    }),
-                }
-            }
-            Transport::Tls { http, url } => {
-                let mut builder = http
-                    .post(&**url)
-                    .headers(self.options.headers.clone())
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .header("x-request-id", &request.request_id)
-                    .body(request.body.clone());
-                if let Some(value) = traceparent {
-                    builder = builder.header("traceparent", value);
-                }
-                let response = builder
-                    .send()
-                    .await
-                    .map_err(|e| send_error(error_chain(&e)))?;
-                Ok(Response::Tls {
-                    response,
-                    head_read: Instant::now(),
-                    last: Bytes::new(),
-                })
-            }
+        let mut headers = vec![("x-request-id", request.request_id.as_str())];
+        if let Some(value) = &traceparent {
+            headers.push(("traceparent", value));
         }
+        self.pool
+            .post(&headers, &request.body, story)
+            .await
+            .map_err(|e| match e {
+                Http1Error::Send(message) => RequestError {
+                    kind: ErrorKind::Connect,
+                    message: format!("could not send the request: {message}"),
+                    status: None,
+                    body_excerpt: None,
+                },
+                Http1Error::Protocol(message) => RequestError {
+                    kind: ErrorKind::InvalidResponse,
+                    message,
+                    status: None,
+                    body_excerpt: None,
+                },
+            })
     }
 
     fn first_byte_timeout(&self) -> RequestError {
@@ -412,11 +336,6 @@ impl Client {
         progress: Progress,
         error: Option<RequestError>,
     ) -> RequestRecord {
-        let clock = &self.clock;
-        let ns = |i: Option<Instant>| i.map(|i| clock.ns_at(i));
-        let ms_between =
-            |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e3;
-        let sent = progress.sent;
         let ok = error.is_none();
         let (output_tokens, output_source) = match progress.usage.completion_tokens {
             Some(n) => (Some(n), Some(CountSource::Usage)),
@@ -429,27 +348,9 @@ impl Client {
             Some(n) => (Some(n), Some(CountSource::Usage)),
             None => (request.input_tokens, request.input_tokens_source),
         };
-        let tpot_ms = match (progress.first_token, progress.last_token, output_tokens) {
-            (Some(first), Some(last), Some(n)) if n > 1 && ok => {
-                Some(ms_between(first, last) / (n - 1) as f64)
-            }
-            _ => None,
-        };
-        let itl_chunk_ms: Vec<f64> = progress
-            .chunk_arrivals
-            .windows(2)
-            .map(|w| ms_between(w[0], w[1]))
-            .collect();
-        let itl_token_ms = progress.tokens_per_chunk.as_ref().map(|counts| {
-            itl_chunk_ms
-                .iter()
-                .zip(counts.iter().skip(1))
-                .flat_map(|(gap, tokens)| {
-                    let tokens = (*tokens).max(1);
-                    std::iter::repeat_n(gap / tokens as f64, tokens as usize)
-                })
-                .collect()
-        });
+        let connection = connection_info(&progress.connection);
+        let timeline = self.timeline(intended, &progress, output_tokens, ok);
+        let derived = timeline.derive();
         let server_missing_reason = if trace.is_none() {
             Some("tracing_off".to_string())
         } else {
@@ -475,27 +376,17 @@ impl Client {
             response_id: progress.response_id,
             finish_reason: progress.finish_reason,
             error,
+            connection,
             sent_unix_ns: progress.sent_unix_ns,
-            instants_ns: Instants {
-                intended: clock.ns_at(intended),
-                sent: clock.ns_at(sent),
-                headers: ns(progress.headers),
-                first_byte: ns(progress.first_byte),
-                first_token: ns(progress.first_token),
-                last_token: ns(progress.last_token),
-                end: ns(progress.end),
-            },
-            ttft_ms: progress.first_token.map(|t| ms_between(sent, t)),
-            e2e_ms: progress
-                .last_token
-                .filter(|_| ok)
-                .map(|t| ms_between(sent, t)),
-            e2e_end_ms: progress.end.filter(|_| ok).map(|t| ms_between(sent, t)),
-            tpot_ms,
-            schedule_lag_ms: ms_between(intended, sent),
+            instants_ns: timeline.instants,
+            ttft_ms: derived.ttft_ms,
+            e2e_ms: derived.e2e_ms,
+            e2e_end_ms: derived.e2e_end_ms,
+            tpot_ms: derived.tpot_ms,
+            schedule_lag_ms: derived.schedule_lag_ms,
             chunks: progress.token_events,
-            itl_chunk_ms,
-            itl_token_ms,
+            itl_chunk_ms: derived.itl_chunk_ms,
+            itl_token_ms: derived.itl_token_ms,
             server: None,
             server_missing_reason,
             decomposition: None,
@@ -503,12 +394,55 @@ impl Client {
             gpu: None,
         }
     }
+
+    /// The request's instants and chunk arrivals on the run's clock.
+    fn timeline(
+        &self,
+        intended: Instant,
+        progress: &Progress,
+        output_tokens: Option<u64>,
+        ok: bool,
+    ) -> Timeline {
+        let clock = &self.clock;
+        let ns = |i: Option<Instant>| i.map(|i| clock.ns_at(i));
+        Timeline {
+            instants: Instants {
+                intended: clock.ns_at(intended),
+                sent: clock.ns_at(progress.sent),
+                written: ns(progress.connection.written),
+                headers: ns(progress.headers),
+                first_byte: ns(progress.first_byte),
+                first_token: ns(progress.first_token),
+                last_token: ns(progress.last_token),
+                end: ns(progress.end),
+            },
+            chunk_arrivals_ns: progress
+                .chunk_arrivals
+                .iter()
+                .map(|&i| clock.ns_at(i))
+                .collect(),
+            tokens_per_chunk: progress.tokens_per_chunk.clone(),
+            output_tokens,
+            ok,
+        }
+    }
+}
+
+/// The record's view of how a request got its connection; `None` when it never had one.
+fn connection_info(story: &ConnectionStory) -> Option<ConnectionInfo> {
+    let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e3);
+    story.has_connection().then(|| ConnectionInfo {
+        reused: story.reused,
+        connect_ms: ms(story.connect),
+        tls_ms: ms(story.tls),
+    })
 }
 
 /// What has been seen of one response so far.
 struct Progress {
     sent: Instant,
     sent_unix_ns: u64,
+    connection: ConnectionStory,
     headers: Option<Instant>,
     first_byte: Option<Instant>,
     first_token: Option<Instant>,
@@ -532,6 +466,7 @@ impl Progress {
         Self {
             sent: Instant::now(),
             sent_unix_ns: 0,
+            connection: ConnectionStory::default(),
             headers: None,
             first_byte: None,
             first_token: None,
@@ -703,8 +638,8 @@ fn stream_error(message: String) -> RequestError {
 }
 
 /// A non-2xx answer: its status, the server's message and the body's start.
-async fn http_status_error(response: &mut Response) -> RequestError {
-    let status = response.status();
+async fn http_status_error(response: &mut Http1Response) -> RequestError {
+    let status = response.status;
     let body = read_excerpt(response).await;
     let message = serde_json::from_str::<serde_json::Value>(&body)
         .ok()
@@ -725,7 +660,7 @@ async fn http_status_error(response: &mut Response) -> RequestError {
 }
 
 /// Reads at most [`BODY_EXCERPT_BYTES`] of a body, giving up after 5 s.
-async fn read_excerpt(response: &mut Response) -> String {
+async fn read_excerpt(response: &mut Http1Response) -> String {
     let mut body = Vec::new();
     let read = async {
         while let Ok(Some((bytes, _))) = response.chunk().await {

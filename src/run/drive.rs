@@ -52,6 +52,16 @@ pub async fn drive(
     mut feed: Feed,
     observers: &Observers,
 ) -> anyhow::Result<Driven> {
+    let mut notes = Vec::new();
+    if config.preconnect {
+        // Before the first request, so it does not pay the connection storm.
+        let note = match client.preconnect(config.preconnect_connections()).await {
+            Ok(done) => done.to_string(),
+            Err(e) => format!("preconnect: {e:#}"),
+        };
+        eprintln!("note: {note}");
+        notes.push(note);
+    }
     let total = match config.stop {
         StopAfter::Requests(n) => Some(n),
         StopAfter::Duration(_) => None,
@@ -108,7 +118,9 @@ pub async fn drive(
     view.finish().await;
     interrupter.abort();
     driven.interrupted = interrupted.load(Ordering::SeqCst);
-    driven.notes.extend(workload_failure);
+    notes.append(&mut driven.notes);
+    notes.extend(workload_failure);
+    driven.notes = notes;
     Ok(driven)
 }
 

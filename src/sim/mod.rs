@@ -199,10 +199,40 @@ impl SimServer {
     }
 }
 
+/// Connections the kernel may hold for the simulator before it accepts them
+/// (capped by `net.core.somaxconn`). The runtime's default of 128 drops the
+/// SYNs of a client that opens hundreds of connections at once, and each
+/// dropped SYN costs that connection a one-second retransmission.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `host:port` (the first address it resolves to that binds)
+/// with a [`LISTEN_BACKLOG`]-deep accept queue.
+async fn listen(host: &str, port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last_error = None;
+    for address in tokio::net::lookup_host((host, port)).await? {
+        let socket = if address.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(address) {
+            Ok(()) => return socket.listen(LISTEN_BACKLOG),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the host resolves to no address",
+        )
+    }))
+}
+
 /// Binds `args.host:args.port` and serves until [`SimServer::shutdown`].
 pub async fn spawn(args: SimArgs) -> anyhow::Result<SimServer> {
     let timing = timing(&args)?;
-    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+    let listener = listen(&args.host, args.port)
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
     let addr = listener.local_addr().context("no local address")?;
@@ -365,6 +395,20 @@ mod tests {
             let error = timing(&args).expect_err("rejected").to_string();
             assert!(error.contains(flag), "{error}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_in_the_accept_queue() {
+        // Nothing accepts: every connection that completes sits in the queue.
+        // With the runtime's default backlog of 128, the rest would never complete.
+        let listener = listen("127.0.0.1", 0).await.expect("listens");
+        let address = listener.local_addr().expect("address");
+        let connects = (0..300).map(|_| tokio::net::TcpStream::connect(address));
+        let connected =
+            tokio::time::timeout(Duration::from_secs(20), futures::future::join_all(connects))
+                .await
+                .expect("every connection completes");
+        assert!(connected.iter().all(Result::is_ok));
     }
 
     #[tokio::test]

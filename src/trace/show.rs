@@ -117,6 +117,16 @@ fn render(r: &RequestRecord, command_line: Option<&str>) -> String {
     ] {
         let _ = writeln!(out, "| {name} | {} |", ms(value));
     }
+    if let Some(c) = &r.connection {
+        let how = if c.reused { "reused" } else { "new" };
+        let _ = writeln!(
+            out,
+            "
+connection: {how}; connect {} ms, TLS {} ms",
+            ms(c.connect_ms),
+            ms(c.tls_ms)
+        );
+    }
     match &r.server {
         Some(s) => {
             let _ = writeln!(
@@ -155,6 +165,7 @@ fn render(r: &RequestRecord, command_line: Option<&str>) -> String {
     if let Some(d) = &r.decomposition {
         let _ = writeln!(out, "\n| TTFT decomposition | ms |\n|---|---:|");
         for (name, value) in [
+            ("connection setup", d.connect_ms),
             ("network + http", d.network_ms),
             ("server frontend", d.frontend_ms),
             ("queue", d.queue_ms),

@@ -7,8 +7,8 @@ use serde_json::json;
 use std::path::Path;
 use tracebench::analysis::{decompose, summarize, Slo, Summary};
 use tracebench::record::{
-    rewrite_records, CountSource, Endpoint, ErrorKind, Instants, RequestError, RequestRecord,
-    ServerView,
+    rewrite_records, ConnectionInfo, CountSource, Endpoint, ErrorKind, Instants, RequestError,
+    RequestRecord, ServerView,
 };
 
 /// What to put into a synthetic run.
@@ -109,10 +109,16 @@ pub fn synthetic_records(run: &SyntheticRun) -> Vec<RequestRecord> {
                 response_id: Some(format!("chatcmpl-{i:08x}")),
                 finish_reason: Some("length".into()),
                 error: None,
+                connection: Some(ConnectionInfo {
+                    reused: true,
+                    connect_ms: None,
+                    tls_ms: None,
+                }),
                 sent_unix_ns,
                 instants_ns: Instants {
                     intended,
                     sent,
+                    written: Some(sent + MS / 20),
                     headers: Some(sent + MS),
                     first_byte: Some(sent + MS),
                     first_token: Some(first_token),
