@@ -315,13 +315,15 @@ mod tests {
         let read_at = Instant::now();
         server.abort();
         assert_eq!(&buffer[..read], b"early");
+        // A stamp taken at the read would be 200 ms late: the checks split that
+        // difference, so a busy machine's clock noise cannot decide them.
         assert!(
-            read_at - arrived >= Duration::from_millis(200),
+            read_at - arrived >= Duration::from_millis(100),
             "stamped only {:?} before the read",
             read_at - arrived
         );
         assert!(
-            arrived <= written + Duration::from_millis(5),
+            arrived <= written + Duration::from_millis(100),
             "stamped {:?} after the write returned",
             arrived - written
         );
