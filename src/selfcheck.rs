@@ -470,8 +470,7 @@ async fn send_all(
     requests: Vec<PreparedRequest>,
 ) -> Vec<RequestRecord> {
     let schedule = Schedule::Closed { concurrency: level };
-    let (dispatcher, mut finished) =
-        Dispatcher::new(client.clone(), schedule, 0, Stops::default());
+    let (dispatcher, mut finished) = Dispatcher::new(client.clone(), schedule, 0, Stops::default());
     dispatcher
         .run_phase(&mut Feed::from_requests(requests), None, None)
         .await;
