@@ -299,14 +299,19 @@ mod tests {
     async fn bytes_read_late_keep_the_instant_they_arrived() {
         let (listener, address) = listen().await;
         let (written_tx, written_rx) = tokio::sync::oneshot::channel();
+        let (stamping_tx, stamping_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.expect("accept");
+            // As a server answers a request: only once the client's socket
+            // stamps what it receives (bytes queued before that carry no stamp).
+            stamping_rx.await.expect("the client registered");
             socket.write_all(b"early").await.expect("write");
             let _ = written_tx.send(Instant::now());
             // Keep the connection open until the client has read.
             tokio::time::sleep(Duration::from_secs(5)).await;
         });
         let mut connection = connect(&address).await;
+        stamping_tx.send(()).expect("the server waits");
         let written = written_rx.await.expect("the server wrote");
         // A client busy elsewhere: the bytes wait in the socket for 200 ms.
         tokio::time::sleep(Duration::from_millis(200)).await;
