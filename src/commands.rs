@@ -110,38 +110,44 @@ async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
         "demo: simulator at {} (16 batch slots), OTLP receiver on 127.0.0.1:{grpc}",
         sim.url()
     );
-    let mut config = RunConfig::default();
-    config.url = sim.url();
-    config.stop = StopAfter::Requests(args.requests);
-    config.schedule = Schedule::Closed {
-        concurrency: args.concurrency,
+    let defaults = RunConfig::default();
+    let config = RunConfig {
+        url: sim.url(),
+        stop: StopAfter::Requests(args.requests),
+        schedule: Schedule::Closed {
+            concurrency: args.concurrency,
+        },
+        source: Source::Synthetic {
+            input_tokens: Lengths {
+                mean: 256,
+                stddev: 64.0,
+            }
+            .into(),
+            output_tokens: Lengths {
+                mean: 64,
+                stddev: 16.0,
+            }
+            .into(),
+            shared_prefix_tokens: 0,
+            tokenizer: None,
+        },
+        ignore_eos: true,
+        slo: Slo {
+            ttft_ms: Some(500.0),
+            tpot_ms: Some(50.0),
+            ..Slo::default()
+        },
+        trace: crate::trace::TraceConfig {
+            otlp_grpc: ([127, 0, 0, 1], grpc).into(),
+            otlp_http: ([127, 0, 0, 1], http).into(),
+            span_wait: std::time::Duration::from_secs(10),
+            ..defaults.trace.clone()
+        },
+        out: args.out,
+        db: Some(args.db),
+        tui: !args.no_tui,
+        ..defaults
     };
-    config.source = Source::Synthetic {
-        input_tokens: Lengths {
-            mean: 256,
-            stddev: 64.0,
-        }
-        .into(),
-        output_tokens: Lengths {
-            mean: 64,
-            stddev: 16.0,
-        }
-        .into(),
-        shared_prefix_tokens: 0,
-        tokenizer: None,
-    };
-    config.ignore_eos = true;
-    config.slo = Slo {
-        ttft_ms: Some(500.0),
-        tpot_ms: Some(50.0),
-        ..Slo::default()
-    };
-    config.trace.otlp_grpc = ([127, 0, 0, 1], grpc).into();
-    config.trace.otlp_http = ([127, 0, 0, 1], http).into();
-    config.trace.span_wait = std::time::Duration::from_secs(10);
-    config.out = args.out;
-    config.db = Some(args.db);
-    config.tui = !args.no_tui;
     let outcome = execute(config, command_line()).await;
     sim.shutdown().await?;
     Ok(finish(&outcome?))

@@ -30,12 +30,17 @@ pub fn fixture_text(relative: &str) -> String {
 /// no dashboard, no history database, no GPU or `/metrics` sampling, no
 /// `traceparent` and so no span wait. Change its fields to shape the run.
 pub fn quiet_run(url: &str, out: &Path) -> RunConfig {
-    let mut config = RunConfig::default();
-    config.url = url.trim_end_matches('/').to_string();
-    config.out = out.to_path_buf();
-    config.tui = false;
-    config.db = None;
-    config.telemetry = crate::telemetry::TelemetryConfig::off();
-    config.trace.trace_header = false;
-    config
+    let defaults = RunConfig::default();
+    RunConfig {
+        url: url.trim_end_matches('/').to_string(),
+        out: out.to_path_buf(),
+        tui: false,
+        db: None,
+        telemetry: crate::telemetry::TelemetryConfig::off(),
+        trace: crate::trace::TraceConfig {
+            trace_header: false,
+            ..defaults.trace.clone()
+        },
+        ..defaults
+    }
 }

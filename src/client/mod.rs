@@ -9,6 +9,7 @@
 pub mod chunk;
 mod connection;
 pub mod discover;
+mod framing;
 mod http1;
 mod preconnect;
 pub mod sse;

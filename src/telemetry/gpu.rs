@@ -673,9 +673,9 @@ mod tests {
 
     #[test]
     fn attribution_leaves_records_alone_without_samples() {
-        let mut records = vec![record(0, 10)];
-        mark_overlapped(&mut records[0]);
-        attribute(&GpuSamplerOutput::default(), &mut records[0]);
-        assert_eq!(records[0].gpu, None);
+        let mut record = record(0, 10);
+        mark_overlapped(&mut record);
+        attribute(&GpuSamplerOutput::default(), &mut record);
+        assert_eq!(record.gpu, None);
     }
 }

@@ -10,6 +10,9 @@
 //! would give it and the simulator half the cores; each level reports how busy
 //! the machine was, since errors on a saturated machine measure the machine.
 
+mod machine;
+mod truth;
+
 use crate::analysis::stats::percentile_of_sorted;
 use crate::cli::SelfcheckArgs;
 use crate::client::{Client, ClientOptions, PreparedRequest};
@@ -21,20 +24,16 @@ use crate::schedule::Schedule;
 use crate::workload::feed::Feed;
 use crate::workload::{BodyOptions, Item, Prompt};
 use anyhow::{bail, Context};
-use serde::{Deserialize, Serialize};
+use machine::{
+    clock_ticks_per_second, cpu_seconds, peak_rss_mb, reset_peak_rss, stolen_cpu_seconds,
+};
+use serde::Serialize;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// One truth-log line of the simulator.
-#[derive(Debug, Deserialize)]
-struct Truth {
-    request_id: Option<String>,
-    arrival_unix_ns: u64,
-    chunk_write_unix_ns: Vec<u64>,
-}
+use truth::{compare_gaps, max_overlap, read_truth, sorted, ttft_error_ms, wave_figures, Truth};
 
 /// The TTFT figures of one level's first wave: its first `concurrency`
 /// requests, all sent at once.
@@ -482,23 +481,6 @@ async fn send_all(
     records
 }
 
-fn read_truth(path: &Path, run_id: &str) -> anyhow::Result<HashMap<String, Truth>> {
-    let file = std::fs::File::open(path).context("the simulator wrote no truth log")?;
-    let prefix = format!("{run_id}-");
-    let mut truth = HashMap::new();
-    for line in BufReader::new(file).lines() {
-        let entry: Truth = serde_json::from_str(&line?).context("bad truth-log line")?;
-        if let Some(id) = entry
-            .request_id
-            .clone()
-            .filter(|id| id.starts_with(&prefix))
-        {
-            truth.insert(id, entry);
-        }
-    }
-    Ok(truth)
-}
-
 /// CPU time of both processes over one level's measured rounds.
 struct CpuFigures {
     client_cpu_s: f64,
@@ -506,48 +488,6 @@ struct CpuFigures {
     wall_s: f64,
     cores: usize,
     stolen_cpu_s: Option<f64>,
-}
-
-/// A successful request's TTFT error, ms: its first token's arrival minus the
-/// simulator's first write, plus the time from `sent` to the request's write.
-fn ttft_error_ms(record: &RequestRecord, truth: &Truth) -> Option<f64> {
-    let i = &record.instants_ns;
-    let (first_token, written) = (i.first_token?, i.written?);
-    let first_write = *truth.chunk_write_unix_ns.first()?;
-    let client_first = record.sent_unix_ns as f64 + (first_token - i.sent) as f64;
-    let before_write = (written - i.sent) as f64;
-    Some((client_first - first_write as f64 + before_write) / 1e6)
-}
-
-fn sorted(mut values: Vec<f64>) -> Vec<f64> {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values
-}
-
-/// The TTFT figures of the first wave of `records` (those sent before any
-/// other finished: the first `concurrency` of them).
-fn wave_figures(records: &[RequestRecord], truth: &HashMap<String, Truth>) -> WaveFigures {
-    let ok = records.iter().filter(|r| r.ok());
-    let errors = ok
-        .filter_map(|r| ttft_error_ms(r, truth.get(&r.request_id)?))
-        .collect();
-    let connects = records
-        .iter()
-        .filter_map(|r| r.connection.and_then(|c| c.connect_ms))
-        .collect::<Vec<f64>>();
-    let errors = sorted(errors);
-    WaveFigures {
-        requests: records.len() as u64,
-        failed: records.iter().filter(|r| !r.ok()).count() as u64,
-        reused: records
-            .iter()
-            .filter(|r| r.connection.is_some_and(|c| c.reused))
-            .count() as u64,
-        ttft_error_p50_ms: percentile_of_sorted(&errors, 50.0),
-        ttft_error_p99_ms: percentile_of_sorted(&errors, 99.0),
-        connect_p99_ms: (!connects.is_empty())
-            .then(|| percentile_of_sorted(&sorted(connects), 99.0)),
-    }
 }
 
 fn compare_with_truth(
@@ -606,144 +546,9 @@ fn compare_with_truth(
     }
 }
 
-/// Compares one request's chunk gaps as the client saw them (`seen_ms`) with
-/// the simulator's write instants: pushes each gap's absolute error (ms) to
-/// `errors` and returns how many gaps the client saw as none although the
-/// simulator wrote them at least half of `itl_ms` apart (merged chunks).
-fn compare_gaps(
-    seen_ms: &[f64],
-    writes_unix_ns: &[u64],
-    itl_ms: f64,
-    errors: &mut Vec<f64>,
-) -> usize {
-    let mut merged = 0;
-    let real_gaps = writes_unix_ns
-        .windows(2)
-        .map(|w| (w[1] - w[0]) as f64 / 1e6);
-    for (seen, real) in seen_ms.iter().zip(real_gaps) {
-        errors.push((seen - real).abs());
-        if *seen < 1e-6 && real >= itl_ms / 2.0 {
-            merged += 1;
-        }
-    }
-    merged
-}
-
-/// Most intervals [arrival, last write] open at one instant.
-fn max_overlap<'a>(truth: impl Iterator<Item = &'a Truth>) -> usize {
-    let mut edges: Vec<(u64, i32)> = Vec::new();
-    for t in truth {
-        let end = t
-            .chunk_write_unix_ns
-            .last()
-            .copied()
-            .unwrap_or(t.arrival_unix_ns);
-        edges.push((t.arrival_unix_ns, 1));
-        edges.push((end, -1));
-    }
-    edges.sort();
-    let (mut open, mut most) = (0i32, 0i32);
-    for (_, delta) in edges {
-        open += delta;
-        most = most.max(open);
-    }
-    most as usize
-}
-
-/// User + system CPU seconds of this process so far.
-fn cpu_seconds() -> f64 {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given.
-    let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
-        usage.assume_init()
-    };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
-}
-
-/// CPU seconds stolen from all of this machine's cores so far: the `steal`
-/// column of `/proc/stat` (time a virtual machine's CPUs wanted to run while the
-/// hypervisor ran something else). `None` off Linux or on kernels without it.
-fn stolen_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    stolen_from_stat(&stat, clock_ticks_per_second())
-}
-
-fn stolen_from_stat(stat: &str, ticks_per_s: f64) -> Option<f64> {
-    // "cpu  user nice system idle iowait irq softirq steal ...", in clock ticks.
-    let ticks = stat
-        .lines()
-        .find_map(|line| line.strip_prefix("cpu "))?
-        .split_whitespace()
-        .nth(7)?
-        .parse::<f64>()
-        .ok()?;
-    Some(ticks / ticks_per_s)
-}
-
-/// Clock ticks per second of `/proc` CPU times.
-fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf only reads a configuration value.
-    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
-}
-
-/// Resets the kernel's peak-RSS mark so each level reports its own peak.
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// Peak resident set size since the last reset, MB.
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn overlap_counts_streams_open_together() {
-        let t = |a: u64, b: u64| Truth {
-            request_id: None,
-            arrival_unix_ns: a,
-            chunk_write_unix_ns: vec![a + 1, b],
-        };
-        let truth = [t(0, 10), t(5, 15), t(12, 20), t(30, 40)];
-        assert_eq!(max_overlap(truth.iter()), 2);
-        assert_eq!(max_overlap([].iter()), 0);
-    }
-
-    #[test]
-    fn stolen_time_is_the_eighth_figure_of_the_cpu_line() {
-        let stat = "cpu  1450075 67744 300341 1165474 24945 0 36050 10490 0 0\n\
-                    cpu0 725000 33000 150000 582000 12000 0 18000 5245 0 0\n";
-        assert_eq!(stolen_from_stat(stat, 100.0), Some(104.9));
-        assert_eq!(stolen_from_stat("cpu  1 2 3 4\n", 100.0), None);
-        assert_eq!(stolen_from_stat("intr 5\n", 100.0), None);
-    }
-
-    #[test]
-    fn a_chunk_read_with_the_next_one_throws_off_two_gaps_and_counts_as_merged() {
-        let ms = 1_000_000;
-        // Written every 10 ms; the client read the third chunk together with the
-        // fourth, so it saw the third one 10 ms late and no gap after it.
-        let writes = [0, 10 * ms, 20 * ms, 30 * ms, 40 * ms];
-        let mut errors = Vec::new();
-        let merged = compare_gaps(&[10.0, 20.0, 0.0, 10.0], &writes, 10.0, &mut errors);
-        assert_eq!(merged, 1);
-        assert_eq!(errors, [0.0, 10.0, 10.0, 0.0]);
-        // Two chunks the simulator itself wrote together are not the client's doing.
-        let writes = [0, 10 * ms, 10 * ms + ms / 10];
-        errors.clear();
-        assert_eq!(compare_gaps(&[10.0, 0.0], &writes, 10.0, &mut errors), 0);
-        assert!((errors[1] - 0.1).abs() < 1e-9);
-    }
 
     fn wave(p50: f64, p99: f64) -> WaveFigures {
         WaveFigures {
@@ -789,34 +594,5 @@ mod tests {
             slow_start.missed_targets(),
             ["first-wave TTFT p99 error 39.00 ms >= 15 ms"]
         );
-    }
-
-    #[test]
-    fn the_ttft_error_holds_the_time_before_the_write() {
-        let ms = 1_000_000;
-        let mut record: RequestRecord = serde_json::from_value(serde_json::json!({
-            "schema": "tracebench.request/1", "run_id": "r", "request_id": "r-1", "index": 0,
-            "warmup": false, "endpoint": "chat", "model": "m", "stream": true,
-            "trace_id": null, "span_id": null, "max_tokens": 4, "input_tokens": null,
-            "input_tokens_source": null, "output_tokens": 4, "output_tokens_source": "usage",
-            "status": 200, "response_id": null, "finish_reason": "length", "error": null,
-            "sent_unix_ns": 1_000 * ms,
-            "instants_ns": {"intended": 0, "sent": 10 * ms, "written": 11 * ms, "first_token": 62 * ms},
-            "ttft_ms": 52.0, "e2e_ms": null, "e2e_end_ms": null, "tpot_ms": null,
-            "schedule_lag_ms": 0.0, "chunks": 4, "itl_chunk_ms": [], "itl_token_ms": null,
-            "server": null, "server_missing_reason": null, "decomposition": null,
-            "trace_url": null, "gpu": null
-        }))
-        .unwrap();
-        // Written 1 ms after sent; the first token arrived 0.5 ms after its write.
-        let truth = Truth {
-            request_id: Some("r-1".into()),
-            arrival_unix_ns: 1_001 * ms,
-            chunk_write_unix_ns: vec![1_051 * ms + ms / 2],
-        };
-        let error = ttft_error_ms(&record, &truth).unwrap();
-        assert!((error - 1.5).abs() < 1e-9, "{error}");
-        record.instants_ns.written = None;
-        assert_eq!(ttft_error_ms(&record, &truth), None, "never written");
     }
 }
