@@ -302,8 +302,8 @@ mod tests {
         let (stamping_tx, stamping_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.expect("accept");
-            // As a server answers a request: only once the client's socket
-            // stamps what it receives (bytes queued before that carry no stamp).
+            // As a server answers a request: once the client's socket stamps
+            // what it receives (bytes queued before that carry no stamp).
             stamping_rx.await.expect("the client registered");
             socket.write_all(b"early").await.expect("write");
             let _ = written_tx.send(Instant::now());
@@ -311,6 +311,10 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(5)).await;
         });
         let mut connection = connect(&address).await;
+        // Linux turns receive stamping on for the first stamping socket of the
+        // machine in deferred work: bytes that arrive before it ran carry no
+        // stamp. A real response comes milliseconds after the connect.
+        tokio::time::sleep(Duration::from_millis(20)).await;
         stamping_tx.send(()).expect("the server waits");
         let written = written_rx.await.expect("the server wrote");
         // A client busy elsewhere: the bytes wait in the socket for 200 ms.
