@@ -7,9 +7,13 @@
 #
 #   cargo build --release && scripts/bench-scale.sh 1000000
 #   scripts/bench-scale.sh 100000 path/to/other/tracebench   # compare builds
+#   scripts/bench-scale.sh 1000000 target/release/tracebench --trace-source none
+#
+# Arguments after the binary go to `tracebench run` as they are.
 set -euo pipefail
 requests=${1:-1000000}
 bin=${2:-target/release/tracebench}
+shift $(( $# < 2 ? $# : 2 ))
 cd "$(dirname "$0")/.."
 [ -x "$bin" ] || { echo "no $bin: run cargo build --release first" >&2; exit 2; }
 work=$(mktemp -d)
@@ -28,7 +32,7 @@ launched=$(date +%s%N)
   --requests "$requests" --concurrency 200 --input-tokens 16 --output-tokens 4 --ignore-eos \
   --no-tui --no-db --gpu off --server-metrics off --span-wait 5s \
   --otlp-grpc "127.0.0.1:$grpc" --otlp-http "127.0.0.1:$http" \
-  --out "$work/results" --run-id bench >"$work/run.log" 2>&1 || {
+  --out "$work/results" --run-id bench "$@" >"$work/run.log" 2>&1 || {
   echo "the run failed:" >&2; tail -20 "$work/run.log" >&2; exit 1; }
 python3 - "$work" "$launched" "$requests" <<'PY'
 import json, re, sys
@@ -48,5 +52,6 @@ print(f"requests: {requests} asked, {lines} recorded, {summary['requests']['ok']
 print(f"time to first request: {(first_sent - launched) / 1e6:.0f} ms after launch")
 print(f"peak RSS: {rss_kb / 1024:.0f} MiB")
 print(f"wall: {wall}; {summary['request_throughput']:.0f} req/s over the measured window")
-print(f"spans joined: {summary.get('join', {}) and summary['join']['rate']:.3f}")
+join = summary.get("join")
+print(f"spans joined: {join['rate']:.3f}" if join else "spans: not collected")
 PY

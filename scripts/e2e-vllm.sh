@@ -20,6 +20,7 @@ OUT=$(mktemp -d)
 
 "$VLLM_KIT/setup.sh" "$DIR"
 cargo build --release --quiet
+BIN="${CARGO_TARGET_DIR:-target}/release/tracebench"
 
 # The same server as the kit's serve.sh, plus --max-num-seqs 2 so requests queue,
 # and a short span batch delay so the wait for spans is short.
@@ -37,7 +38,7 @@ for _ in $(seq 1 300); do
 done
 curl -sf "http://127.0.0.1:$PORT/health" >/dev/null || { echo "vLLM did not become healthy" >&2; exit 1; }
 
-./target/release/tracebench run --url "http://127.0.0.1:$PORT" --concurrency 8 --requests 50 \
+"$BIN" run --url "http://127.0.0.1:$PORT" --concurrency 8 --requests 50 \
   --input-tokens 200 --output-tokens 32 --ignore-eos --no-tui --no-db --out "$OUT" --run-id vllm-e2e \
   --otlp-grpc "127.0.0.1:$GRPC" --otlp-http 127.0.0.1:0 --span-wait 20s --gpu off
 
@@ -52,7 +53,7 @@ queued = [r for r in joined if (r["server"]["queue_ms"] or 0) > 1.0]
 worst = 0.0
 for r in joined:
     d = r["decomposition"]
-    parts = d["network_ms"] + d["frontend_ms"] + d["queue_ms"] + d["prefill_ms"]
+    parts = (d["connect_ms"] or 0) + d["network_ms"] + d["frontend_ms"] + d["queue_ms"] + d["prefill_ms"]
     worst = max(worst, abs(parts - r["ttft_ms"]))
 print(f"requests {len(records)}, ok {len(ok)}, joined {len(joined)} ({summary['join']['rate']:.0%})")
 print(f"queued > 1 ms: {len(queued)}; server queue p50 {summary['metrics']['server.queue_ms']['p50']:.1f} ms, "
@@ -64,6 +65,9 @@ if len(ok) != 50: failures.append("not every request succeeded")
 if len(joined) != len(ok): failures.append("not every request joined its span")
 if not queued: failures.append("no request queued, though 8 were sent to 2 slots")
 if worst > 1.0: failures.append("the decomposition does not add up to the client TTFT")
+cold = [r for r in ok if not (r["connection"] or {}).get("reused")]
+print(f"requests on a connection opened for them: {len(cold)} (preconnect opened 8 first)")
+if cold: failures.append("some requests opened their connection inside TTFT despite the preconnect")
 if failures:
     print("FAILED: " + "; ".join(failures)); sys.exit(1)
 print("e2e-vllm: all checks passed")
