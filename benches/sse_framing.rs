@@ -8,11 +8,7 @@ use tracebench::client::sse::SseFramer;
 
 /// A fixture's body cut into the reads a client gets: one event each.
 fn reads_of(name: &str) -> Vec<Vec<u8>> {
-    let path = format!(
-        "{}/../shared/fixtures/vllm/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let body = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let body = tracebench::testing::fixture_bytes(&format!("vllm/{name}"));
     let mut reads = Vec::new();
     let mut read = Vec::new();
     for line in body.split_inclusive(|b| *b == b'\n') {

@@ -56,12 +56,10 @@ async fn main() -> anyhow::Result<()> {
             .map_err(|_| anyhow::anyhow!("SECONDS must be a whole number, got `{text}`"))?,
         None => 10,
     };
-    let fixture = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/fixtures/vllm/metrics.prom"
-    );
+    let fixture = tracebench::testing::fixture("vllm/metrics.prom");
     let mut child = Command::new(std::env::current_exe()?)
-        .args(["--serve", fixture])
+        .arg("--serve")
+        .arg(&fixture)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;

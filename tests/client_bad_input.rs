@@ -11,11 +11,7 @@ use tracebench::clock::RunClock;
 use tracebench::record::{Endpoint, ErrorKind, RequestRecord};
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = format!(
-        "{}/../shared/fixtures/vllm/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    tracebench::testing::fixture_bytes(&format!("vllm/{name}"))
 }
 
 fn chunk(data: &[u8]) -> Vec<u8> {

@@ -9,12 +9,11 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tracebench::sim::{spawn, SimArgs, SimServer};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/vllm/");
 /// The fixtures' prompt: 13 words, so 13 tokens for the simulator.
 const PROMPT: &str = "the model serves tokens quickly while the queue waits for prefill and decode";
 
 fn fixture(name: &str) -> String {
-    std::fs::read_to_string(format!("{FIXTURES}{name}")).expect("fixture exists")
+    tracebench::testing::fixture_text(&format!("vllm/{name}"))
 }
 
 fn client() -> reqwest::Client {

@@ -7,7 +7,7 @@ use tracebench::telemetry::dcgm::readings_from;
 use tracebench::telemetry::prom::{self, Exposition, MetricKind, SeriesValue};
 use tracebench::telemetry::GpuReading;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
+use tracebench::testing::{fixture_text, FIXTURES};
 
 fn prom_files(dir: &Path, found: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("fixtures readable") {
@@ -21,7 +21,7 @@ fn prom_files(dir: &Path, found: &mut Vec<PathBuf>) {
 }
 
 fn parse_fixture(relative: &str) -> Exposition {
-    let text = std::fs::read_to_string(format!("{FIXTURES}/{relative}")).expect("fixture readable");
+    let text = fixture_text(relative);
     prom::parse(&text)
 }
 

@@ -42,13 +42,7 @@ fn answer(body: &str) -> Answer {
     Arc::new(Mutex::new((StatusCode::OK, body.to_string())))
 }
 
-fn fixture(relative: &str) -> String {
-    std::fs::read_to_string(format!(
-        "{}/../shared/fixtures/{relative}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .expect("fixture readable")
-}
+use tracebench::testing::fixture_text as fixture;
 
 fn read_lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)

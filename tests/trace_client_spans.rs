@@ -6,7 +6,8 @@
 mod trace_support;
 
 use std::sync::{Arc, Mutex};
-use trace_support::{fixture_bytes, record, Timing};
+use trace_support::{record, Timing};
+use tracebench::testing::fixture_bytes;
 use tracebench::trace::receiver::{Receiver, ReceiverConfig};
 use tracebench::trace::span::{decode_protobuf, for_each_span_in_jsonl, SpanKind};
 use tracebench::trace::store::SpanStore;

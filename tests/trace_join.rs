@@ -7,9 +7,10 @@ mod trace_support;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use std::time::Duration;
-use trace_support::{concurrent12_records, config, fixture_bytes, record, trace_args, Timing};
+use trace_support::{concurrent12_records, config, record, trace_args, Timing};
 use tracebench::cli::Switch;
 use tracebench::record::{read_records, rewrite_records, ErrorKind, RequestError, RequestRecord};
+use tracebench::testing::fixture_bytes;
 use tracebench::trace::span::{decode_protobuf, SpanLine};
 use tracebench::trace::{
     join_run_dir, show_request, start_collector, SpanCollector, TraceSource, WaitProgress,

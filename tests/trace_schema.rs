@@ -4,7 +4,7 @@
 
 mod trace_support;
 
-use trace_support::fixture_bytes;
+use tracebench::testing::fixture_bytes;
 use tracebench::trace::receiver::{Receiver, ReceiverConfig};
 
 fn validator() -> jsonschema::Validator {

@@ -12,8 +12,8 @@ mod trace_support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
-use trace_support::fixture_bytes;
 use tracebench::client::traceparent::TraceId;
+use tracebench::testing::fixture_bytes;
 use tracebench::trace::span::{decode_protobuf, spans_of, Span};
 use tracebench::trace::store::SpanStore;
 

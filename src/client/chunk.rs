@@ -225,11 +225,7 @@ mod tests {
     use super::*;
 
     fn events(name: &str) -> Vec<String> {
-        let path = format!(
-            "{}/../shared/fixtures/vllm/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let body = std::fs::read_to_string(&path).unwrap();
+        let body = crate::testing::fixture_text(&format!("vllm/{name}"));
         body.split("\n\n")
             .filter_map(|e| e.strip_prefix("data: "))
             .map(str::to_string)

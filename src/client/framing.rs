@@ -15,7 +15,7 @@ pub(super) struct ParsedHead {
 }
 
 impl ParsedHead {
-    pub fn read(head: &httparse::Response<'_, '_>, status: u16) -> Result<Self, String> {
+    pub fn read(head: &httparse::Response<'_, '_>, status: u16) -> Result<Self, Http1Error> {
         let mut content_type = None;
         let mut chunked = false;
         let mut length = None;
@@ -33,7 +33,7 @@ impl ParsedHead {
                 let parsed = value
                     .trim()
                     .parse::<u64>()
-                    .map_err(|_| format!("bad Content-Length {value:?}"))?;
+                    .map_err(|_| Http1Error::Protocol(format!("bad Content-Length {value:?}")))?;
                 length = Some(parsed);
             } else if header.name.eq_ignore_ascii_case("connection") {
                 let value = value.to_ascii_lowercase();

@@ -218,8 +218,7 @@ impl Http1Pool {
                             filled -= head_len;
                             continue;
                         }
-                        let parsed = ParsedHead::read(&head, status)
-                            .map_err(|e| Exchange::Failed(Http1Error::Protocol(e)))?;
+                        let parsed = ParsedHead::read(&head, status).map_err(Exchange::Failed)?;
                         return Ok(Http1Response {
                             status,
                             content_type: parsed.content_type,

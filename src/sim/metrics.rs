@@ -304,11 +304,6 @@ mod tests {
     use super::*;
     use crate::sim::request::tests::finished;
 
-    const FIXTURE: &str = include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/fixtures/vllm/metrics.prom"
-    ));
-
     /// `name_bucket` `le` values of a family in a text exposition.
     fn bucket_bounds(text: &str, family: &str) -> Vec<String> {
         let prefix = format!("{family}_bucket{{");
@@ -327,6 +322,7 @@ mod tests {
     #[test]
     fn bucket_layout_and_headers_match_vllm() {
         let text = Metrics::new("m").render();
+        let vllm = crate::testing::fixture_text("vllm/metrics.prom");
         for family in [
             "vllm:time_to_first_token_seconds",
             "vllm:inter_token_latency_seconds",
@@ -338,17 +334,14 @@ mod tests {
         ] {
             assert_eq!(
                 bucket_bounds(&text, family),
-                bucket_bounds(FIXTURE, family),
+                bucket_bounds(&vllm, family),
                 "{family}"
             );
             let header = format!("# TYPE {family} histogram");
-            assert!(
-                FIXTURE.contains(&header) && text.contains(&header),
-                "{family}"
-            );
+            assert!(vllm.contains(&header) && text.contains(&header), "{family}");
         }
         for line in text.lines().filter(|l| l.starts_with("# HELP")) {
-            assert!(FIXTURE.contains(line), "HELP differs from vLLM: {line}");
+            assert!(vllm.contains(line), "HELP differs from vLLM: {line}");
         }
     }
 

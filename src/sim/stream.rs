@@ -306,15 +306,7 @@ impl Stream for SseStream {
 mod tests {
     use super::*;
     use crate::sim::request::tests::finished;
-
-    const CHAT_FIXTURE: &str = include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/fixtures/vllm/chat-stream-continuous-usage.sse"
-    ));
-    const COMPLETIONS_FIXTURE: &str = include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/fixtures/vllm/completions-stream.sse"
-    ));
+    use crate::testing::fixture_text;
 
     /// A JSON text with keys kept in document order, string values replaced
     /// by `s` and numbers by `n`: equal skeletons mean equal shapes.
@@ -384,7 +376,8 @@ mod tests {
         info.continuous_usage = true;
         let encoded = encode_all(&info);
         let ours = events(&encoded);
-        let theirs = events(CHAT_FIXTURE);
+        let fixture = fixture_text("vllm/chat-stream-continuous-usage.sse");
+        let theirs = events(&fixture);
         assert_eq!(ours.len(), theirs.len());
         for (a, b) in ours.iter().zip(&theirs) {
             assert_eq!(skeleton(a), skeleton(b));
@@ -400,7 +393,8 @@ mod tests {
         info.prompt_tokens = 13;
         let encoded = encode_all(&info);
         let ours = events(&encoded);
-        let theirs = events(COMPLETIONS_FIXTURE);
+        let fixture = fixture_text("vllm/completions-stream.sse");
+        let theirs = events(&fixture);
         assert_eq!(ours.len(), theirs.len());
         for (a, b) in ours.iter().zip(&theirs) {
             assert_eq!(skeleton(a), skeleton(b));

@@ -595,8 +595,7 @@ mod tests {
     }
 
     fn fixture(path: &str) -> Exposition {
-        let full = format!("{}/../shared/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
-        prom::parse(&std::fs::read_to_string(&full).expect("fixture readable"))
+        prom::parse(&crate::testing::fixture_text(path))
     }
 
     #[test]

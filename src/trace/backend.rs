@@ -202,13 +202,11 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn n2_spans() -> Vec<ResourceSpans> {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/fixtures/vllm/traced-chat-n2.spans.pb"
-        );
-        decode_protobuf(&std::fs::read(path).unwrap())
-            .unwrap()
-            .resource_spans
+        decode_protobuf(&crate::testing::fixture_bytes(
+            "vllm/traced-chat-n2.spans.pb",
+        ))
+        .unwrap()
+        .resource_spans
     }
 
     /// The first n2 span alone, as if the second had not arrived yet.

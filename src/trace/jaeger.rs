@@ -321,11 +321,7 @@ mod tests {
     use crate::trace::span::spans_of;
 
     fn fixture(name: &str) -> Vec<u8> {
-        let path = format!(
-            "{}/../shared/fixtures/jaeger/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+        crate::testing::fixture_bytes(&format!("jaeger/{name}"))
     }
 
     #[test]

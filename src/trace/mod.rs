@@ -46,8 +46,7 @@ pub(crate) mod test_support {
 
     /// The spans of a fixture file (`.pb` protobuf, else OTLP/JSON).
     pub fn fixture_spans(name: &str) -> Vec<Span> {
-        let path = format!("{}/../shared/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let bytes = crate::testing::fixture_bytes(name);
         let request = if name.ends_with(".pb") {
             decode_protobuf(&bytes)
         } else {

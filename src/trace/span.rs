@@ -281,10 +281,7 @@ pub fn for_each_span_in_jsonl(path: &Path, mut each: impl FnMut(Span)) -> anyhow
 mod tests {
     use super::*;
 
-    fn fixture(name: &str) -> Vec<u8> {
-        let path = format!("{}/../shared/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
+    use crate::testing::fixture_bytes as fixture;
 
     #[test]
     fn vllm_protobuf_and_json_fixtures_give_equal_spans() {

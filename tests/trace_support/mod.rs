@@ -1,21 +1,11 @@
-//! Shared pieces of the trace integration tests: fixture paths, request records
+//! Shared pieces of the trace integration tests: request records
 //! built from the captured vLLM client timings, and trace flags on port 0.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
 use std::time::Duration;
 use tracebench::cli::{Switch, TraceArgs};
 use tracebench::record::RequestRecord;
 use tracebench::trace::{TraceConfig, TraceSource};
-
-pub fn fixture(path: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/")).join(path)
-}
-
-pub fn fixture_bytes(path: &str) -> Vec<u8> {
-    let path = fixture(path);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 /// Client instants in ns since the run's start.
 pub struct Timing {
@@ -53,9 +43,10 @@ pub fn record(
 
 /// The 12 concurrent requests of the vLLM capture as records (request ids `c12-<i>`).
 pub fn concurrent12_records() -> Vec<RequestRecord> {
-    let client: serde_json::Value =
-        serde_json::from_slice(&fixture_bytes("vllm/concurrent-12.client.json"))
-            .expect("client json");
+    let client: serde_json::Value = serde_json::from_slice(&tracebench::testing::fixture_bytes(
+        "vllm/concurrent-12.client.json",
+    ))
+    .expect("client json");
     let ns = |r: &serde_json::Value, k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k}"));
     client["requests"]
         .as_array()
