@@ -45,7 +45,7 @@ async fn gpu_auto_and_nvml_follow_the_driver() {
                     notes
                         .iter()
                         .any(|n| n.starts_with("GPU: NVML not available")
-                            && n.contains(reason.as_str())),
+                            && n.contains(reason.0.as_str())),
                     "{notes:?}"
                 );
                 if gpu == "auto" {
@@ -57,7 +57,7 @@ async fn gpu_auto_and_nvml_follow_the_driver() {
                 } else {
                     assert_eq!(at_start.len(), 1);
                     assert_eq!(at_start[0]["source"], "nvml");
-                    assert_eq!(at_start[0]["gap"], reason.as_str());
+                    assert_eq!(at_start[0]["gap"], reason.0.as_str());
                     assert_eq!(report.gpu.as_ref().unwrap()["gaps"], 1);
                 }
             }

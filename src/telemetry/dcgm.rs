@@ -36,7 +36,7 @@ impl DcgmSource {
         }
     }
 
-    async fn scrape(&self) -> Result<String, String> {
+    async fn scrape(&self) -> Result<String, super::Unavailable> {
         let response = self
             .client
             .get(&self.url)
@@ -45,12 +45,11 @@ impl DcgmSource {
             .map_err(|error| format!("DCGM exporter unreachable: {}", error_chain(&error)))?;
         let status = response.status();
         if !status.is_success() {
-            return Err(format!("DCGM exporter answered HTTP {status}"));
+            return Err(format!("DCGM exporter answered HTTP {status}").into());
         }
-        response
-            .text()
-            .await
-            .map_err(|error| format!("DCGM exporter body unreadable: {}", error_chain(&error)))
+        response.text().await.map_err(|error| {
+            format!("DCGM exporter body unreadable: {}", error_chain(&error)).into()
+        })
     }
 }
 
@@ -59,7 +58,7 @@ impl GpuSource for DcgmSource {
         format!("dcgm:{}", self.url)
     }
 
-    async fn read(&mut self) -> Result<Vec<GpuReading>, String> {
+    async fn read(&mut self) -> Result<Vec<GpuReading>, super::Unavailable> {
         let text = self.scrape().await?;
         let exposition = prom::parse(&text);
         if let Some(first) = exposition.skipped.first() {
@@ -73,7 +72,9 @@ impl GpuSource for DcgmSource {
         }
         let readings = readings_from(&exposition, &host_of(&self.url));
         if readings.is_empty() {
-            return Err("no DCGM_FI_DEV_* GPU metrics in the exporter's answer".to_string());
+            return Err("no DCGM_FI_DEV_* GPU metrics in the exporter's answer"
+                .to_string()
+                .into());
         }
         Ok(readings)
     }

@@ -38,7 +38,7 @@ pub trait GpuSource: Send + 'static {
     /// `nvml` or `dcgm:<url>`: the `source` of every line.
     fn label(&self) -> String;
     /// Reads every GPU once; an error (driver failure, endpoint down) is a gap with this reason.
-    fn read(&mut self) -> impl Future<Output = Result<Vec<GpuReading>, String>> + Send;
+    fn read(&mut self) -> impl Future<Output = Result<Vec<GpuReading>, super::Unavailable>> + Send;
 }
 
 /// A sample line of `telemetry.jsonl`.
@@ -204,7 +204,7 @@ pub async fn run_sampler<S: GpuSource>(
                     });
                 }
             }
-            Err(reason) => {
+            Err(super::Unavailable(reason)) => {
                 context.sink.write(&GpuGapLine {
                     schema: GPU_SAMPLE_SCHEMA.to_string(),
                     t_ns,
@@ -421,7 +421,7 @@ mod tests {
 
     /// A source that answers from a script, one entry per read, and notes when it was read.
     struct ScriptedSource {
-        script: VecDeque<Result<Vec<GpuReading>, String>>,
+        script: VecDeque<Result<Vec<GpuReading>, crate::telemetry::Unavailable>>,
         reads: Arc<Mutex<Vec<tokio::time::Instant>>>,
     }
 
@@ -429,11 +429,11 @@ mod tests {
         fn label(&self) -> String {
             "scripted".into()
         }
-        async fn read(&mut self) -> Result<Vec<GpuReading>, String> {
+        async fn read(&mut self) -> Result<Vec<GpuReading>, crate::telemetry::Unavailable> {
             self.reads.lock().unwrap().push(tokio::time::Instant::now());
             self.script
                 .pop_front()
-                .unwrap_or_else(|| Err("script ended".into()))
+                .unwrap_or_else(|| Err("script ended".to_string().into()))
         }
     }
 
@@ -502,7 +502,7 @@ mod tests {
                 reading("0", 1500.0, 50.0, 11.0),
                 reading("1", 2500.0, 60.0, 21.0),
             ]),
-            Err("NVML: GPU is lost".to_string()),
+            Err("NVML: GPU is lost".to_string().into()),
             Ok(vec![
                 reading("0", 1800.0, 90.0, 13.0),
                 reading("1", 2100.0, 80.0, 22.0),

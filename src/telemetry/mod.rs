@@ -19,6 +19,19 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+/// Why a GPU source or a `/metrics` endpoint gave no reading this time (the
+/// driver failed, the endpoint is down or answered something else): a
+/// sentence a user can act on, written as the gap's reason and into the notes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
+impl From<String> for Unavailable {
+    fn from(reason: String) -> Self {
+        Self(reason)
+    }
+}
+
 pub use gpu::{GpuReading, GpuSource};
 pub use sink::{LiveGauges, Notes};
 
@@ -200,7 +213,7 @@ pub async fn start(
                         "GPU: NVML not available ({reason}); no GPU samples"
                     ));
                     if *spec == GpuSpec::Nvml {
-                        start_gaps.push(gpu::write_gap(&context, "nvml", &reason));
+                        start_gaps.push(gpu::write_gap(&context, "nvml", &reason.0));
                     }
                     continue;
                 }

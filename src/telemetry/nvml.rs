@@ -19,11 +19,11 @@ pub struct NvmlSource {
 
 impl NvmlSource {
     /// Loads NVML and counts the GPUs; the error says why NVML cannot be used.
-    pub fn open() -> Result<Self, String> {
+    pub fn open() -> Result<Self, super::Unavailable> {
         let nvml = Nvml::init().map_err(describe)?;
         let devices = nvml.device_count().map_err(describe)?;
         if devices == 0 {
-            return Err("NVML found no GPU".to_string());
+            return Err("NVML found no GPU".to_string().into());
         }
         Ok(Self {
             nvml: Arc::new(nvml),
@@ -88,14 +88,15 @@ impl GpuSource for NvmlSource {
         "nvml".to_string()
     }
 
-    async fn read(&mut self) -> Result<Vec<GpuReading>, String> {
+    async fn read(&mut self) -> Result<Vec<GpuReading>, super::Unavailable> {
         let nvml = Arc::clone(&self.nvml);
         let host = self.host.clone();
         let devices = self.devices;
         tokio::task::spawn_blocking(move || {
             (0..devices)
                 .map(|index| read_device(&nvml, &host, index))
-                .collect()
+                .collect::<Result<Vec<_>, String>>()
+                .map_err(super::Unavailable)
         })
         .await
         .map_err(|error| format!("NVML read did not finish: {error}"))?

@@ -205,7 +205,7 @@ impl Scraper {
     }
 
     /// One scrape: an error when unreachable, not 200, or not Prometheus text.
-    pub async fn scrape(&self) -> Result<Exposition, String> {
+    pub async fn scrape(&self) -> Result<Exposition, super::Unavailable> {
         let response = self
             .client
             .get(&self.url)
@@ -214,7 +214,7 @@ impl Scraper {
             .map_err(|error| format!("unreachable: {}", error_chain(&error)))?;
         let status = response.status();
         if status != reqwest::StatusCode::OK {
-            return Err(format!("answered HTTP {status}"));
+            return Err(format!("answered HTTP {status}").into());
         }
         let text = response
             .text()
@@ -227,7 +227,7 @@ impl Scraper {
                 .first()
                 .map(|s| s.reason.as_str())
                 .unwrap_or("empty body");
-            return Err(format!("not Prometheus text ({why})"));
+            return Err(format!("not Prometheus text ({why})").into());
         }
         Ok(exposition)
     }
@@ -293,12 +293,12 @@ impl ScrapeRecorder {
     }
 
     /// Writes one scrape (or its failure) taken at `t_ns`.
-    pub fn record(&mut self, t_ns: u64, scrape: Result<Exposition, String>) {
+    pub fn record(&mut self, t_ns: u64, scrape: Result<Exposition, super::Unavailable>) {
         let unix_ns = self.context.clock.unix_ns_of(t_ns);
         let url = self.output.url.clone();
         let exposition = match scrape {
             Ok(exposition) => exposition,
-            Err(reason) => {
+            Err(super::Unavailable(reason)) => {
                 self.context.sink.write(&ServerGapLine {
                     schema: SERVER_METRICS_SCHEMA.to_string(),
                     t_ns,
