@@ -2,8 +2,8 @@
 # The scale benchmark: one `tracebench run` of REQUESTS requests (default
 # 1,000,000) against the built-in simulator answering fast (1 ms to the first
 # token, 1 ms between tokens, 4 output tokens), 200 in flight, spans on.
-# Prints the time from launch to the first request sent, the run's peak RSS,
-# its wall time and rate. A benchmark, not a test: run it on a quiet machine.
+# Prints the time from launch to the first request sent, the run's peak RSS
+# and CPU time, its wall time and rate. A benchmark, not a test: run it on a quiet machine.
 #
 #   cargo build --release && scripts/bench-scale.sh 1000000
 #   scripts/bench-scale.sh 100000 path/to/other/tracebench   # compare builds
@@ -50,7 +50,8 @@ wall = re.search(r"Elapsed \(wall clock\) time.*: (.+)", time_txt).group(1)
 summary = json.load(open(f"{work}/results/bench/summary.json"))
 print(f"requests: {requests} asked, {lines} recorded, {summary['requests']['ok']} ok")
 print(f"time to first request: {(first_sent - launched) / 1e6:.0f} ms after launch")
-print(f"peak RSS: {rss_kb / 1024:.0f} MiB")
+cpu = sum(float(re.search(rf"{kind} time \(seconds\): ([\d.]+)", time_txt).group(1)) for kind in ("User", "System"))
+print(f"peak RSS: {rss_kb / 1024:.0f} MiB; client CPU {cpu:.1f} s ({cpu * 1e6 / requests:.0f} us a request)")
 print(f"wall: {wall}; {summary['request_throughput']:.0f} req/s over the measured window")
 join = summary.get("join")
 print(f"spans joined: {join['rate']:.3f}" if join else "spans: not collected")
