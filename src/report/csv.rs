@@ -1,30 +1,36 @@
 //! `requests.csv`: one row per request, the record flattened into scalar
 //! columns (nested objects joined with `.`, lists as JSON text), in send order.
 
-use crate::record::{records_in, RequestRecord};
-use serde_json::{Map, Value};
-use std::collections::BTreeMap;
+use crate::jsonl::JsonLines;
+use anyhow::Context;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-/// Flattens a JSON value into `prefix.key` columns.
-pub fn flatten(prefix: &str, value: &Value, out: &mut Map<String, Value>) {
+/// Calls `leaf` with each column of `value` flattened under `prefix`: nested
+/// objects give `prefix.key` columns; lists, and the span's attributes, stay
+/// one column of JSON text.
+fn for_each_column(prefix: &str, value: &Value, leaf: &mut impl FnMut(&str, &Value)) {
     match value {
         Value::Object(map) if prefix != "server.attributes" => {
             for (key, inner) in map {
-                let name = if prefix.is_empty() {
-                    key.clone()
+                if prefix.is_empty() {
+                    for_each_column(key, inner, leaf);
                 } else {
-                    format!("{prefix}.{key}")
-                };
-                flatten(&name, inner, out);
+                    for_each_column(&format!("{prefix}.{key}"), inner, leaf);
+                }
             }
         }
-        Value::Object(_) | Value::Array(_) => {
-            out.insert(prefix.to_string(), Value::String(value.to_string()));
-        }
-        _ => {
-            out.insert(prefix.to_string(), value.clone());
-        }
+        _ => leaf(prefix, value),
+    }
+}
+
+/// One cell's text: empty for null, a string as it is, anything else as JSON.
+fn cell(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -37,53 +43,41 @@ const REORDER_WINDOW: usize = 65_536;
 /// about what was in flight, so a bounded window puts them back).
 pub fn write_from_jsonl(jsonl: &Path, path: &Path) -> anyhow::Result<()> {
     let mut columns: Vec<String> = Vec::new();
-    let mut known = std::collections::HashSet::new();
-    for record in records_in(jsonl)? {
-        for key in row(&record?).keys() {
-            if known.insert(key.clone()) {
-                columns.push(key.clone());
+    let mut position = HashMap::new();
+    for record in JsonLines::<Value>::open(jsonl)? {
+        for_each_column("", &record?, &mut |name, _| {
+            if !position.contains_key(name) {
+                position.insert(name.to_string(), columns.len());
+                columns.push(name.to_string());
             }
-        }
+        });
     }
     let mut writer = csv::Writer::from_path(path)?;
     writer.write_record(&columns)?;
     let mut held = BTreeMap::new();
     let mut next = 0;
-    for record in records_in(jsonl)? {
+    for (number, record) in JsonLines::<Value>::open(jsonl)?.enumerate() {
         let record = record?;
-        held.insert(record.index, row(&record));
+        let index = record["index"]
+            .as_u64()
+            .with_context(|| format!("{}: record {} has no index", jsonl.display(), number + 1))?;
+        let mut row = vec![String::new(); columns.len()];
+        for_each_column("", &record, &mut |name, value| {
+            row[position[name]] = cell(value);
+        });
+        held.insert(index, row);
         while let Some((&first, _)) = held.first_key_value() {
             if first > next && held.len() <= REORDER_WINDOW {
                 break;
             }
             let row = held.remove(&first).expect("the first key is held");
-            write_row(&mut writer, &columns, &row)?;
+            writer.write_record(&row)?;
             next = first + 1;
         }
     }
     for row in held.values() {
-        write_row(&mut writer, &columns, row)?;
+        writer.write_record(row)?;
     }
     writer.flush()?;
-    Ok(())
-}
-
-fn row(record: &RequestRecord) -> Map<String, Value> {
-    let mut row = Map::new();
-    let value = serde_json::to_value(record).expect("records serialize");
-    flatten("", &value, &mut row);
-    row
-}
-
-fn write_row(
-    writer: &mut csv::Writer<std::fs::File>,
-    columns: &[String],
-    row: &Map<String, Value>,
-) -> anyhow::Result<()> {
-    writer.write_record(columns.iter().map(|c| match row.get(c) {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => s.clone(),
-        Some(v) => v.to_string(),
-    }))?;
     Ok(())
 }
