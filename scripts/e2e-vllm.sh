@@ -4,7 +4,8 @@
 # tracebench's embedded OTLP receiver; 50 requests at concurrency 8 against a
 # server limited to 2 sequences, so requests really queue. Checks that every
 # request joined its span, that queue times are real, and that
-# network + frontend + queue + prefill adds up to the client's TTFT.
+# connect + network + frontend + queue + prefill adds up to the client's TTFT, and
+# that the preconnect left no connection setup inside any TTFT.
 #
 # usage: scripts/e2e-vllm.sh [VLLM_DIR]
 #   VLLM_DIR  where ../shared/vllm-cpu/setup.sh installs vLLM (default $HOME/.cache/vllm-cpu);

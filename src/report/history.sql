@@ -1,4 +1,4 @@
--- The SQLite history of all runs (results/tracebench.db), schema version 1
+-- The SQLite history of all runs (results/tracebench.db), schema version 2
 -- (PRAGMA user_version, SCHEMA_VERSION in sqlite.rs). Described in docs/sqlite.md.
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
@@ -92,6 +92,12 @@ CREATE TABLE IF NOT EXISTS requests (
     gpu_peak_memory_mib REAL,
     gpu_memory_over_idle_mib REAL,
     gpu_unattributed TEXT,
+    -- Version 2 (a version-1 database gets these by ALTER TABLE, in this order).
+    written_ns INTEGER,
+    connection_reused INTEGER,
+    connection_connect_ms REAL,
+    connection_tls_ms REAL,
+    connect_ms REAL,
     PRIMARY KEY (run_id, request_id)
 );
 CREATE INDEX IF NOT EXISTS requests_run_time ON requests(run_id, sent_unix_ns);

@@ -16,7 +16,17 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 /// Version of [`SCHEMA`], kept in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// The `requests` columns version 2 added (how the request got its
+/// connection), appended to a version-1 table in this order.
+const ADDED_IN_2: [&str; 5] = [
+    "written_ns INTEGER",
+    "connection_reused INTEGER",
+    "connection_connect_ms REAL",
+    "connection_tls_ms REAL",
+    "connect_ms REAL",
+];
 
 /// Records written per transaction by the writer thread at most.
 const BATCH: usize = 512;
@@ -44,6 +54,12 @@ pub fn open_db(path: &Path) -> anyhow::Result<Connection> {
         );
     }
     let tx = conn.transaction()?;
+    if version == 1 {
+        for column in ADDED_IN_2 {
+            tx.execute_batch(&format!("ALTER TABLE requests ADD COLUMN {column}"))
+                .with_context(|| format!("cannot bring {} to schema version 2", path.display()))?;
+        }
+    }
     tx.execute_batch(SCHEMA)
         .with_context(|| format!("cannot create the schema in {}", path.display()))?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -303,7 +319,7 @@ fn insert_request(tx: &Transaction, r: &RequestRecord) -> anyhow::Result<()> {
         "INSERT OR REPLACE INTO requests VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
             ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33,
             ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42, ?43, ?44, ?45, ?46, ?47, ?48, ?49, ?50, ?51, ?52,
-            ?53, ?54, ?55, ?56, ?57, ?58, ?59, ?60, ?61, ?62, ?63, ?64)",
+            ?53, ?54, ?55, ?56, ?57, ?58, ?59, ?60, ?61, ?62, ?63, ?64, ?65, ?66, ?67, ?68, ?69)",
     )?;
     let server = r.server.as_ref();
     let d = r.decomposition.as_ref();
@@ -393,6 +409,11 @@ fn insert_request(tx: &Transaction, r: &RequestRecord) -> anyhow::Result<()> {
                 Box::new(gpu_peak),
                 Box::new(gpu_over_idle),
                 Box::new(gpu_unattributed),
+                Box::new(int(i.written)),
+                Box::new(r.connection.map(|c| c.reused)),
+                Box::new(r.connection.and_then(|c| c.connect_ms)),
+                Box::new(r.connection.and_then(|c| c.tls_ms)),
+                Box::new(d.and_then(|d| d.connect_ms)),
             ],
         ))
         .with_context(|| format!("cannot store request {}", r.request_id))?;
@@ -538,7 +559,52 @@ mod tests {
             .unwrap();
         drop(conn);
         let err = open_db(&path).unwrap_err().to_string();
-        assert!(err.contains("schema version 2"), "{err}");
+        assert!(err.contains("schema version 3"), "{err}");
+    }
+
+    #[test]
+    fn a_version_1_database_gets_the_connection_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.db");
+        let conn = open_db(&path).unwrap();
+        // Version 1 as it was written: the requests table without them.
+        for column in ADDED_IN_2 {
+            let name = column.split(' ').next().unwrap();
+            conn.execute_batch(&format!("ALTER TABLE requests DROP COLUMN {name}"))
+                .unwrap();
+        }
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        drop(conn);
+        let mut conn = open_db(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        let record: RequestRecord = serde_json::from_value(serde_json::json!({
+            "schema": "tracebench.request/1", "run_id": "r", "request_id": "r-1", "index": 0,
+            "warmup": false, "endpoint": "chat", "model": "m", "stream": true,
+            "trace_id": null, "span_id": null, "max_tokens": 4, "input_tokens": null,
+            "input_tokens_source": null, "output_tokens": 4, "output_tokens_source": "usage",
+            "status": 200, "response_id": null, "finish_reason": "length", "error": null,
+            "sent_unix_ns": 1, "instants_ns": {"intended": 0, "sent": 10, "written": 11},
+            "connection": {"reused": false, "connect_ms": 0.5, "tls_ms": null},
+            "ttft_ms": 52.0, "e2e_ms": null, "e2e_end_ms": null, "tpot_ms": null,
+            "schedule_lag_ms": 0.0, "chunks": 4, "itl_chunk_ms": [], "itl_token_ms": null,
+            "server": null, "server_missing_reason": null, "decomposition": null,
+            "trace_url": null, "gpu": null
+        }))
+        .unwrap();
+        let tx = conn.transaction().unwrap();
+        insert_request(&tx, &record).unwrap();
+        tx.commit().unwrap();
+        let row: (i64, bool, f64) = conn
+            .query_row(
+                "SELECT written_ns, connection_reused, connection_connect_ms FROM requests",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(row, (11, false, 0.5));
     }
 
     #[test]
