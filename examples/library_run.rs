@@ -6,6 +6,7 @@
 
 use tracebench::config::{RunConfig, StopAfter};
 use tracebench::schedule::Schedule;
+use tracebench::testing::free_port;
 use tracebench::trace::TraceConfig;
 
 #[tokio::main]
@@ -22,17 +23,18 @@ async fn main() -> anyhow::Result<()> {
     let out = std::env::temp_dir().join("tracebench-library-run");
     for concurrency in [2, 8] {
         let defaults = RunConfig::default();
+        let trace = TraceConfig {
+            otlp_grpc: ([127, 0, 0, 1], grpc).into(),
+            otlp_http: ([127, 0, 0, 1], http).into(),
+            ..defaults.trace
+        };
         let config = RunConfig {
             url: sim.url(),
             run_id: Some(format!("library-c{concurrency}")),
             stop: StopAfter::Requests(40),
             schedule: Schedule::Closed { concurrency },
             ignore_eos: true,
-            trace: TraceConfig {
-                otlp_grpc: ([127, 0, 0, 1], grpc).into(),
-                otlp_http: ([127, 0, 0, 1], http).into(),
-                ..defaults.trace.clone()
-            },
+            trace,
             out: out.clone(),
             db: None,
             tui: false,
@@ -50,11 +52,4 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     sim.shutdown().await
-}
-
-/// A port nothing listens on now.
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }

@@ -87,16 +87,9 @@ fn command_line() -> String {
         .join(" ")
 }
 
-/// A free port on 127.0.0.1 (bound, then released for the caller to use).
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// `tracebench demo`: the simulator in-process, tracing into our own receiver.
 async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
-    let (grpc, http) = (free_port()?, free_port()?);
+    let (grpc, http) = (crate::testing::free_port()?, crate::testing::free_port()?);
     let sim = crate::sim::spawn(crate::sim::SimArgs {
         port: 0,
         max_num_seqs: 16,
@@ -111,6 +104,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
         sim.url()
     );
     let defaults = RunConfig::default();
+    let trace = crate::trace::TraceConfig {
+        otlp_grpc: ([127, 0, 0, 1], grpc).into(),
+        otlp_http: ([127, 0, 0, 1], http).into(),
+        span_wait: std::time::Duration::from_secs(10),
+        ..defaults.trace
+    };
     let config = RunConfig {
         url: sim.url(),
         stop: StopAfter::Requests(args.requests),
@@ -137,12 +136,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
             tpot_ms: Some(50.0),
             ..Slo::default()
         },
-        trace: crate::trace::TraceConfig {
-            otlp_grpc: ([127, 0, 0, 1], grpc).into(),
-            otlp_http: ([127, 0, 0, 1], http).into(),
-            span_wait: std::time::Duration::from_secs(10),
-            ..defaults.trace.clone()
-        },
+        trace,
         out: args.out,
         db: Some(args.db),
         tui: !args.no_tui,

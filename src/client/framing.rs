@@ -5,7 +5,7 @@
 use super::http1::Http1Error;
 
 /// Largest chunk-size or trailer line accepted.
-pub(super) const MAX_FRAMING_LINE: usize = 4096;
+const MAX_FRAMING_LINE: usize = 4096;
 
 /// What the response head says about the body.
 pub(super) struct ParsedHead {

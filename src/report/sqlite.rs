@@ -580,20 +580,13 @@ mod tests {
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .unwrap();
         assert_eq!(version, 2);
-        let record: RequestRecord = serde_json::from_value(serde_json::json!({
-            "schema": "tracebench.request/1", "run_id": "r", "request_id": "r-1", "index": 0,
-            "warmup": false, "endpoint": "chat", "model": "m", "stream": true,
-            "trace_id": null, "span_id": null, "max_tokens": 4, "input_tokens": null,
-            "input_tokens_source": null, "output_tokens": 4, "output_tokens_source": "usage",
-            "status": 200, "response_id": null, "finish_reason": "length", "error": null,
-            "sent_unix_ns": 1, "instants_ns": {"intended": 0, "sent": 10, "written": 11},
-            "connection": {"reused": false, "connect_ms": 0.5, "tls_ms": null},
-            "ttft_ms": 52.0, "e2e_ms": null, "e2e_end_ms": null, "tpot_ms": null,
-            "schedule_lag_ms": 0.0, "chunks": 4, "itl_chunk_ms": [], "itl_token_ms": null,
-            "server": null, "server_missing_reason": null, "decomposition": null,
-            "trace_url": null, "gpu": null
-        }))
-        .unwrap();
+        let mut record = crate::trace::test_support::record("r-1", None);
+        record.instants_ns.written = Some(11);
+        record.connection = Some(crate::record::ConnectionInfo {
+            reused: false,
+            connect_ms: Some(0.5),
+            tls_ms: None,
+        });
         let tx = conn.transaction().unwrap();
         insert_request(&tx, &record).unwrap();
         tx.commit().unwrap();

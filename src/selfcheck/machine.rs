@@ -21,7 +21,7 @@ pub(super) fn stolen_cpu_seconds() -> Option<f64> {
     stolen_from_stat(&stat, clock_ticks_per_second())
 }
 
-pub(super) fn stolen_from_stat(stat: &str, ticks_per_s: f64) -> Option<f64> {
+fn stolen_from_stat(stat: &str, ticks_per_s: f64) -> Option<f64> {
     // "cpu  user nice system idle iowait irq softirq steal ...", in clock ticks.
     let ticks = stat
         .lines()

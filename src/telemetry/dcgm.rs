@@ -72,9 +72,7 @@ impl GpuSource for DcgmSource {
         }
         let readings = readings_from(&exposition, &host_of(&self.url));
         if readings.is_empty() {
-            return Err("no DCGM_FI_DEV_* GPU metrics in the exporter's answer"
-                .to_string()
-                .into());
+            return Err("no DCGM_FI_DEV_* GPU metrics in the exporter's answer".into());
         }
         Ok(readings)
     }

@@ -433,7 +433,7 @@ mod tests {
             self.reads.lock().unwrap().push(tokio::time::Instant::now());
             self.script
                 .pop_front()
-                .unwrap_or_else(|| Err("script ended".to_string().into()))
+                .unwrap_or_else(|| Err("script ended".into()))
         }
     }
 
@@ -502,7 +502,7 @@ mod tests {
                 reading("0", 1500.0, 50.0, 11.0),
                 reading("1", 2500.0, 60.0, 21.0),
             ]),
-            Err("NVML: GPU is lost".to_string().into()),
+            Err("NVML: GPU is lost".into()),
             Ok(vec![
                 reading("0", 1800.0, 90.0, 13.0),
                 reading("1", 2100.0, 80.0, 22.0),

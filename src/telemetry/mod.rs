@@ -32,6 +32,12 @@ impl From<String> for Unavailable {
     }
 }
 
+impl From<&str> for Unavailable {
+    fn from(reason: &str) -> Self {
+        Self(reason.to_string())
+    }
+}
+
 pub use gpu::{GpuReading, GpuSource};
 pub use sink::{LiveGauges, Notes};
 

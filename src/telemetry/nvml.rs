@@ -23,7 +23,7 @@ impl NvmlSource {
         let nvml = Nvml::init().map_err(describe)?;
         let devices = nvml.device_count().map_err(describe)?;
         if devices == 0 {
-            return Err("NVML found no GPU".to_string().into());
+            return Err("NVML found no GPU".into());
         }
         Ok(Self {
             nvml: Arc::new(nvml),

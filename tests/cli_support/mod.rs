@@ -47,11 +47,7 @@ impl Drop for Sim {
 
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    tracebench::testing::free_port().expect("a free loopback port")
 }
 
 /// Runs `tracebench ARGS` in `dir` and waits for it.
