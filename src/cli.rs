@@ -65,6 +65,33 @@ pub enum Command {
     Report(ReportArgs),
     /// Compare runs (tracebench run folders or `vllm bench serve` result files) metric by metric.
     Compare(CompareArgs),
+    /// Run an experiment file: grids, repeats, saturation stops, capacity searches, servers.
+    Experiment(ExperimentArgs),
+}
+
+/// `tracebench experiment`.
+#[derive(Args, Debug, Clone)]
+pub struct ExperimentArgs {
+    /// The experiment file (YAML; see docs/experiments.md).
+    pub file: PathBuf,
+    /// Print the plan and every point's resolved `run` flags, and exit.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Continue the experiment in this folder: finished points are kept, the rest run.
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// Folder for experiments; each gets a subfolder.
+    #[arg(long, env = "TRACEBENCH_EXPERIMENTS", default_value = "experiments")]
+    pub out: PathBuf,
+    /// No live dashboard: a progress line on stderr instead.
+    #[arg(long)]
+    pub no_tui: bool,
+    /// The SQLite history database.
+    #[arg(long, env = "TRACEBENCH_DB", default_value = "results/tracebench.db")]
+    pub db: PathBuf,
+    /// Do not record the experiment (and its runs) in the history database.
+    #[arg(long)]
+    pub no_db: bool,
 }
 
 /// `tracebench run`.

@@ -33,6 +33,7 @@ pub async fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::Show(args) => show(args),
         Command::Report(args) => report(args),
         Command::Compare(args) => compare(args),
+        Command::Experiment(args) => crate::experiment::run_experiment(args, command_line()).await,
     }
 }
 
@@ -59,9 +60,14 @@ fn finish(outcome: &RunOutcome) -> i32 {
 
 /// The command line as typed, with secrets masked, for `run.json`.
 fn command_line() -> String {
+    masked_command_line(std::env::args())
+}
+
+/// Arguments as one shell-quoted line, with API keys and header values masked.
+pub fn masked_command_line(args: impl IntoIterator<Item = String>) -> String {
     let mut masked = Vec::new();
     let mut hide_next = false;
-    for arg in std::env::args() {
+    for arg in args {
         if hide_next {
             masked.push("***".to_string());
             hide_next = false;

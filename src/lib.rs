@@ -14,6 +14,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod dispatch;
+pub mod experiment;
 pub mod jsonl;
 pub mod record;
 pub mod report;

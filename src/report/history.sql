@@ -151,3 +151,43 @@ CREATE TABLE IF NOT EXISTS server_metrics (
     gap TEXT
 );
 CREATE INDEX IF NOT EXISTS server_metrics_run_time ON server_metrics(run_id, unix_ns);
+CREATE TABLE IF NOT EXISTS experiments (
+    experiment_id TEXT PRIMARY KEY,
+    name TEXT,
+    file TEXT,
+    file_hash TEXT,
+    folder TEXT,
+    started_unix_ns INTEGER,
+    ended_unix_ns INTEGER,
+    progress TEXT,
+    points INTEGER,
+    failed_points INTEGER,
+    reading TEXT,
+    command_line TEXT
+);
+CREATE TABLE IF NOT EXISTS experiment_points (
+    experiment_id TEXT NOT NULL,
+    point_id TEXT NOT NULL,
+    run_id TEXT,
+    case_index INTEGER,
+    case_name TEXT,
+    label TEXT,
+    axes TEXT,
+    repeat INTEGER,
+    trial INTEGER,
+    seed INTEGER,
+    status TEXT,
+    reason TEXT,
+    request_throughput REAL,
+    output_throughput REAL,
+    median_ttft_ms REAL,
+    p99_ttft_ms REAL,
+    p99_tpot_ms REAL,
+    p99_e2el_ms REAL,
+    goodput_fraction REAL,
+    error_rate REAL,
+    queue_share_of_ttft REAL,
+    metrics TEXT,
+    PRIMARY KEY (experiment_id, point_id)
+);
+CREATE INDEX IF NOT EXISTS experiment_points_run ON experiment_points(run_id);

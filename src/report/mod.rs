@@ -5,6 +5,7 @@
 pub mod compare;
 pub mod console;
 pub mod csv;
+pub mod experiment_history;
 pub mod html;
 pub mod run_folder;
 pub mod sqlite;

@@ -145,7 +145,7 @@ pub fn synthetic_records(run: &SyntheticRun) -> Vec<RequestRecord> {
                 gpu: None,
             };
             if fails {
-                record.error = Some(if (i / run.fail_every) % 2 == 0 {
+                record.error = Some(if (i / run.fail_every).is_multiple_of(2) {
                     RequestError {
                         kind: ErrorKind::HttpStatus,
                         message: "HTTP 503 <script>window.__xss=1</script>".into(),

@@ -98,7 +98,7 @@ impl Default for LinePoints {
 
 impl LinePoints {
     pub fn push(&mut self, point: (f64, f64)) {
-        if self.seen % self.stride == 0 {
+        if self.seen.is_multiple_of(self.stride) {
             self.kept.push(point);
             if self.kept.len() > MAX_LINE_POINTS {
                 self.stride *= 2;

@@ -11,6 +11,7 @@
 
 mod chart;
 mod curves;
+pub mod experiment;
 mod tables;
 mod timeline;
 
@@ -121,16 +122,7 @@ pub fn render_report(folder: &RunFolder) -> anyhow::Result<String> {
     let run_id = run["run_id"].as_str().unwrap_or(summary.run_id.as_str());
     let partial = run["partial"].as_bool().unwrap_or(false) || summary.partial;
     let mut page = String::with_capacity(256 * 1024);
-    let title = format!("tracebench report: {run_id}");
-    let _ = write!(
-        page,
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">\
-         <title>{}</title><style>{STYLE}</style><script>{ERROR_TRAP_SCRIPT}</script></head><body><main>",
-        esc(&title)
-    );
-    let _ = write!(page, "<h1>{}</h1>", esc(&title));
+    open_page(&mut page, &format!("tracebench report: {run_id}"));
     if partial {
         page.push_str(
             "<div class=\"banner\">Partial run: it was stopped before its end. \
@@ -150,13 +142,31 @@ pub fn render_report(folder: &RunFolder) -> anyhow::Result<String> {
     first.slowest.render(&mut page);
     first.errors.render(&mut page);
     tables::section_setup(&mut page, &run);
+    close_page(&mut page);
+    Ok(page)
+}
+
+/// The page's head (style, the error trap, a strict content policy) and its title.
+fn open_page(page: &mut String, title: &str) {
+    let _ = write!(
+        page,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">\
+         <title>{}</title><style>{STYLE}</style><script>{ERROR_TRAP_SCRIPT}</script></head><body><main>",
+        esc(title)
+    );
+    let _ = write!(page, "<h1>{}</h1>", esc(title));
+}
+
+/// The self-check's verdict line and script, and the page's end.
+fn close_page(page: &mut String) {
     page.push_str(
         "<footer><span id=\"tracebench-check\" data-verdict=\"pending\">report self-check: pending</span></footer>",
     );
     page.push_str("</main><script>");
     page.push_str(CHECK_SCRIPT);
     page.push_str("</script></body></html>\n");
-    Ok(page)
 }
 
 /// Escapes text for HTML element content and quoted attribute values.

@@ -129,7 +129,7 @@ impl TimelineSample {
     }
 
     pub fn add(&mut self, record: &RequestRecord) {
-        if record.index % self.stride == 0 {
+        if record.index.is_multiple_of(self.stride) {
             self.rows.push(record.clone());
         }
     }
