@@ -60,6 +60,9 @@ pub struct RunConfig {
     pub max_error_rate: f64,
     pub slo: Slo,
     pub tui: bool,
+    /// Lines the dashboard shows above the run (an experiment's progress).
+    #[serde(skip)]
+    pub live_context: Vec<String>,
     pub db: Option<PathBuf>,
     #[serde(skip)]
     pub trace: crate::trace::TraceConfig,
@@ -163,6 +166,7 @@ impl RunConfig {
             max_error_rate: args.max_error_rate,
             slo: args.slo.clone().unwrap_or_default(),
             tui: !args.no_tui,
+            live_context: Vec::new(),
             db: (!args.no_db).then(|| args.db.clone()),
             trace: crate::trace::TraceConfig::from_args(&args.trace)?,
             telemetry: TelemetryConfig::from_args(&args.telemetry)?,

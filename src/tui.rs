@@ -38,6 +38,7 @@ pub enum DashboardExit {
 pub fn run_dashboard(
     mut snapshots: tokio::sync::watch::Receiver<LiveSnapshot>,
     title: String,
+    context: Vec<String>,
 ) -> std::io::Result<DashboardExit> {
     install_restoring_panic_hook();
     let _restore = TerminalGuard::enter()?;
@@ -47,7 +48,7 @@ pub fn run_dashboard(
     loop {
         let finished = snapshots.has_changed().is_err();
         let snapshot = snapshots.borrow_and_update().clone();
-        terminal.draw(|frame| draw_dashboard(frame, &snapshot, &title))?;
+        terminal.draw(|frame| draw_dashboard(frame, &snapshot, &title, &context))?;
         if finished {
             return Ok(DashboardExit::Finished);
         }
@@ -107,14 +108,21 @@ fn install_restoring_panic_hook() {
     });
 }
 
-/// Draws the whole dashboard for one snapshot.
-pub fn draw_dashboard(frame: &mut Frame, snapshot: &LiveSnapshot, title: &str) {
+/// Draws the whole dashboard for one snapshot, under `context` lines (an
+/// experiment's progress and curve so far) when there are any.
+pub fn draw_dashboard(frame: &mut Frame, snapshot: &LiveSnapshot, title: &str, context: &[String]) {
     let gauge_rows = if snapshot.gauges.is_empty() {
         3
     } else {
         snapshot.gauges.len().min(6) as u16 + 2
     };
-    let [progress, middle, throughput, telemetry, errors, help] = Layout::vertical([
+    let context_rows = if context.is_empty() {
+        0
+    } else {
+        context.len().min(4) as u16 + 2
+    };
+    let [experiment, progress, middle, throughput, telemetry, errors, help] = Layout::vertical([
+        Constraint::Length(context_rows),
         Constraint::Length(4),
         Constraint::Length(7),
         Constraint::Length(5),
@@ -123,6 +131,17 @@ pub fn draw_dashboard(frame: &mut Frame, snapshot: &LiveSnapshot, title: &str) {
         Constraint::Length(1),
     ])
     .areas(frame.area());
+    if !context.is_empty() {
+        let lines: Vec<Line> = context
+            .iter()
+            .take(4)
+            .map(|l| Line::raw(l.as_str()))
+            .collect();
+        frame.render_widget(
+            Paragraph::new(lines).block(Block::bordered().title(" Experiment ")),
+            experiment,
+        );
+    }
     draw_progress(frame, progress, snapshot, title);
     let [latency, phases] =
         Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(middle);
@@ -421,7 +440,7 @@ mod tests {
     fn screen(snapshot: &LiveSnapshot, width: u16, height: u16) -> String {
         let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
         terminal
-            .draw(|frame| draw_dashboard(frame, snapshot, "tracebench · tiny @ 127.0.0.1"))
+            .draw(|frame| draw_dashboard(frame, snapshot, "tracebench · tiny @ 127.0.0.1", &[]))
             .unwrap();
         let buffer = terminal.backend().buffer().clone();
         let mut text = String::new();

@@ -61,7 +61,8 @@ fn dashboard_harness() {
             }
         }
     });
-    let exit = run_dashboard(receiver, "tmux dashboard check".into()).expect("dashboard ran");
+    let exit =
+        run_dashboard(receiver, "tmux dashboard check".into(), Vec::new()).expect("dashboard ran");
     std::fs::write(out, format!("{exit:?}")).expect("write outcome");
     if exit == DashboardExit::Finished {
         feeder.join().expect("feeder");

@@ -236,17 +236,23 @@ pub struct Search {
     pub confirm_margin: Option<At<f64>>,
 }
 
+/// A file as written and after variable substitution.
+pub struct Texts {
+    pub raw: String,
+    pub resolved: String,
+}
+
 /// Reads an experiment file: variables first, then the sections.
-pub fn read(path: &Path) -> anyhow::Result<(ExperimentFile, String)> {
+pub fn read(path: &Path) -> anyhow::Result<(ExperimentFile, Texts)> {
     let raw = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read experiment file {}", path.display()))?;
-    let text = super::vars::substitute(path, &raw)?;
-    let file: ExperimentFile = parse(path, &text)?;
-    Ok((file, text))
+    let resolved = super::vars::substitute(path, &raw)?;
+    let file: ExperimentFile = parse(path, &resolved)?;
+    Ok((file, Texts { raw, resolved }))
 }
 
 /// Reads the aliases of a `models_file`, relative to the experiment file.
-pub fn read_models(experiment: &Path, name: &At<String>) -> anyhow::Result<ModelsFile> {
+pub fn read_models(experiment: &Path, name: &At<String>) -> anyhow::Result<(ModelsFile, String)> {
     let path = relative_to(experiment, &name.value);
     let raw = std::fs::read_to_string(&path).map_err(|e| {
         Located::at(
@@ -256,7 +262,7 @@ pub fn read_models(experiment: &Path, name: &At<String>) -> anyhow::Result<Model
         )
     })?;
     let text = super::vars::substitute(&path, &raw)?;
-    parse(&path, &text)
+    Ok((parse(&path, &text)?, raw))
 }
 
 /// `name` read next to `file` unless absolute.

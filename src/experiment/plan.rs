@@ -23,7 +23,8 @@ pub struct Experiment {
     pub name: String,
     /// The file after variable substitution.
     pub text: String,
-    /// Hash of `text`: a resumed experiment must have the same.
+    /// Hash of the file (and its models file) as written: a resumed
+    /// experiment must have the same.
     pub hash: String,
     pub models: BTreeMap<String, ModelAlias>,
     pub cases: Vec<CasePlan>,
@@ -101,8 +102,8 @@ pub struct Point {
 
 /// Reads and checks an experiment file.
 pub fn load(path: &Path, settings: &Settings) -> anyhow::Result<Experiment> {
-    let (file, text) = file::read(path)?;
-    let models = models(path, &file)?;
+    let (file, texts) = file::read(path)?;
+    let (models, models_raw) = models(path, &file)?;
     if file.cases.is_empty() {
         anyhow::bail!("{}: `cases:` is empty: nothing to run", path.display());
     }
@@ -120,29 +121,39 @@ pub fn load(path: &Path, settings: &Settings) -> anyhow::Result<Experiment> {
     Ok(Experiment {
         path: path.to_path_buf(),
         name,
-        hash: format!("{:016x}", fnv1a(text.as_bytes())),
-        text,
+        hash: format!(
+            "{:016x}",
+            fnv1a(format!("{}{models_raw}", texts.raw).as_bytes())
+        ),
+        text: texts.resolved,
         models,
         cases,
         on_failure: file.on_failure,
     })
 }
 
-/// A stable 64-bit hash (FNV-1a) of the resolved file.
+/// A stable 64-bit hash (FNV-1a).
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
         (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
 
-/// The aliases of `models_file`, overridden by inline ones.
-fn models(path: &Path, file: &ExperimentFile) -> anyhow::Result<BTreeMap<String, ModelAlias>> {
-    let mut models = match &file.models_file {
-        Some(name) => file::read_models(path, name)?.models,
-        None => BTreeMap::new(),
+/// The aliases of `models_file`, overridden by inline ones, and the models
+/// file as written (empty without one).
+fn models(
+    path: &Path,
+    file: &ExperimentFile,
+) -> anyhow::Result<(BTreeMap<String, ModelAlias>, String)> {
+    let (mut models, raw) = match &file.models_file {
+        Some(name) => {
+            let (models, raw) = file::read_models(path, name)?;
+            (models.models, raw)
+        }
+        None => (BTreeMap::new(), String::new()),
     };
     models.extend(file.models.clone());
-    Ok(models)
+    Ok((models, raw))
 }
 
 fn plan_case(

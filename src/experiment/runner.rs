@@ -48,6 +48,9 @@ pub async fn run_experiment(args: ExperimentArgs, command_line: String) -> anyho
                     experiment.hash
                 );
             }
+            if previous.resolved_file != experiment.text {
+                eprintln!("note: the file's variables resolve differently than when the experiment started; the points left run with today's values");
+            }
             eprintln!(
                 "resuming {}: {} points already done",
                 dir.display(),
@@ -70,7 +73,8 @@ pub async fn run_experiment(args: ExperimentArgs, command_line: String) -> anyho
     };
     let interrupted = Arc::new(AtomicBool::new(false));
     let watcher = tokio::spawn(flag_on_ctrl_c(interrupted.clone()));
-    let mut runner = Runner::new(&experiment, settings, &dir, state, interrupted)?;
+    let servers = Servers::new(&dir.join("servers")).await?;
+    let mut runner = Runner::new(&experiment, settings, &dir, state, interrupted, servers);
     let outcome = runner.run_all().await;
     runner.servers.stop().await;
     watcher.abort();
@@ -233,7 +237,8 @@ impl<'a> Runner<'a> {
         dir: &Path,
         previous: ExperimentState,
         interrupted: Arc<AtomicBool>,
-    ) -> anyhow::Result<Self> {
+        servers: Servers,
+    ) -> Self {
         let done = previous
             .finished()
             .map(|p| (p.id.clone(), p.clone()))
@@ -243,17 +248,17 @@ impl<'a> Runner<'a> {
         state.groups.clear();
         state.cases = experiment.cases.iter().map(case_state).collect();
         state.progress = Progress::Running;
-        Ok(Self {
+        Self {
             experiment,
             settings,
             dir: dir.to_path_buf(),
             state,
             done,
-            servers: Servers::new(&dir.join("servers"))?,
+            servers,
             failed_launches: HashMap::new(),
             interrupted,
             stop: false,
-        })
+        }
     }
 
     fn stopped(&self) -> bool {
@@ -567,7 +572,12 @@ impl<'a> Runner<'a> {
             "tracebench run {}",
             crate::commands::masked_command_line(point.argv.iter().cloned())
         );
-        let outcome = crate::run::execute(point.config.clone(), command_line).await;
+        let mut config = point.config.clone();
+        config.live_context = self.live_context(case, point);
+        if let Some(run_id) = &config.run_id {
+            set_aside(&config.out.join(run_id));
+        }
+        let outcome = crate::run::execute(config, command_line).await;
         if case.profile {
             result
                 .calls
@@ -581,6 +591,69 @@ impl<'a> Runner<'a> {
                 result.reason = Some(format!("{e:#}"));
             }
         }
+    }
+
+    /// The dashboard's lines: where the experiment is, and this case's curve so far.
+    fn live_context(&self, case: &CasePlan, point: &Point) -> Vec<String> {
+        let planned: usize = self
+            .experiment
+            .cases
+            .iter()
+            .filter(|c| c.search.is_none())
+            .map(|c| c.combos.len() * c.repeats as usize)
+            .sum();
+        let searching = self.experiment.cases.iter().any(|c| c.search.is_some());
+        let of = if searching {
+            format!("{planned}+ (searches add probes)")
+        } else {
+            format!("at most {planned}")
+        };
+        let mut lines = vec![
+            format!(
+                "{} · point {} of {of} · case `{}` on `{}`",
+                self.experiment.name,
+                self.state.points.len() + 1,
+                case.name,
+                case.alias
+            ),
+            format!("now: {}", point.label),
+        ];
+        let groups: Vec<&Group> = self
+            .state
+            .groups
+            .iter()
+            .filter(|g| g.case == case.index)
+            .collect();
+        let curve: Vec<String> = groups[groups.len().saturating_sub(6)..]
+            .iter()
+            .map(|g| {
+                let axes: Vec<String> = g
+                    .axes
+                    .values()
+                    .map(|v| {
+                        v.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| v.to_string())
+                    })
+                    .collect();
+                let get = |name: &str| {
+                    g.metrics
+                        .get(name)
+                        .and_then(|s| s.value())
+                        .unwrap_or(f64::NAN)
+                };
+                format!(
+                    "{}: {:.0} tok/s, p99 TTFT {:.0} ms",
+                    axes.join("/"),
+                    get("output_throughput"),
+                    get("p99_ttft_ms")
+                )
+            })
+            .collect();
+        if !curve.is_empty() {
+            lines.push(format!("so far: {}", curve.join(" │ ")));
+        }
+        lines
     }
 
     fn take_outcome(&self, outcome: &RunOutcome, result: &mut PointResult) {
@@ -643,6 +716,35 @@ impl<'a> Runner<'a> {
             _ if failed => 1,
             _ => 0,
         })
+    }
+}
+
+/// Moves the folder an interrupted attempt at a point left to
+/// `<folder>.interrupted[-N]`: kept for a look, out of the new run's way.
+fn set_aside(folder: &Path) {
+    if !folder.exists() {
+        return;
+    }
+    let name = folder
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let aside = (1..)
+        .map(|n| {
+            folder.with_file_name(if n == 1 {
+                format!("{name}.interrupted")
+            } else {
+                format!("{name}.interrupted-{n}")
+            })
+        })
+        .find(|p| !p.exists())
+        .expect("a free name");
+    match std::fs::rename(folder, &aside) {
+        Ok(()) => eprintln!(
+            "experiment: the interrupted attempt's files are kept in {}",
+            aside.display()
+        ),
+        Err(e) => eprintln!("experiment: cannot move {} aside: {e}", folder.display()),
     }
 }
 

@@ -49,8 +49,29 @@ pub struct Servers {
     http: reqwest::Client,
 }
 
+/// Holds the process group of the running server, so a resumed experiment
+/// can stop a server its killed predecessor left behind.
+const PID_FILE: &str = "running.pgid";
+
 impl Servers {
-    pub fn new(dir: &Path) -> anyhow::Result<Self> {
+    /// The experiment's servers, logging under `dir`; stops a server a
+    /// previous, killed run of the experiment left running.
+    pub async fn new(dir: &Path) -> anyhow::Result<Self> {
+        if let Some(pgid) = std::fs::read_to_string(dir.join(PID_FILE))
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+        {
+            eprintln!("experiment: stopping the server (process group {pgid}) the interrupted run left behind");
+            signal_group(pgid, libc::SIGTERM);
+            for _ in 0..100 {
+                if !group_alive(pgid) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            signal_group(pgid, libc::SIGKILL);
+            let _ = std::fs::remove_file(dir.join(PID_FILE));
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             running: None,
@@ -102,6 +123,9 @@ impl Servers {
         let spawned = Instant::now();
         let spawned_unix_ns = crate::units::unix_now_ns();
         let child = spawn(command, lifecycle, &log)?;
+        if let Some(pid) = child.id() {
+            let _ = std::fs::write(self.dir.join(PID_FILE), pid.to_string());
+        }
         let mut running = Running {
             command: command.to_string(),
             child,
@@ -221,6 +245,7 @@ impl Servers {
             // Children that outlived the shell's exit.
             signal_group(pid, libc::SIGKILL);
         }
+        let _ = std::fs::remove_file(self.dir.join(PID_FILE));
     }
 }
 
@@ -253,7 +278,8 @@ fn spawn(command: &str, lifecycle: &Lifecycle, log: &Path) -> Result<Child, Stri
         .open(log)
         .map_err(|e| format!("cannot write {}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
-    Command::new("sh")
+    let mut shell = Command::new("sh");
+    shell
         .arg("-c")
         .arg(command)
         .envs(&lifecycle.env)
@@ -261,9 +287,24 @@ fn spawn(command: &str, lifecycle: &Lifecycle, log: &Path) -> Result<Child, Stri
         .stdout(out)
         .stderr(err)
         .process_group(0)
-        .kill_on_drop(true)
+        .kill_on_drop(true);
+    // SAFETY: prctl(2) only, between fork and exec: the server (which the
+    // shell execs) gets SIGTERM if tracebench dies without stopping it.
+    unsafe {
+        shell.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    shell
         .spawn()
         .map_err(|e| format!("cannot start `{command}`: {e}"))
+}
+
+/// True while any process of the group lives.
+fn group_alive(pgid: u32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks for existence.
+    unsafe { libc::kill(-(pgid as i32), 0) == 0 }
 }
 
 fn signal_group(pid: u32, signal: i32) {

@@ -89,7 +89,14 @@ pub async fn drive(
         quit.clone(),
     ));
     let (snapshot_tx, snapshot_rx) = watch::channel(LiveSnapshot::default());
-    let view = start_view(config.tui, &config.url, snapshot_rx, run_id, quit);
+    let view = start_view(
+        config.tui,
+        &config.live_context,
+        &config.url,
+        snapshot_rx,
+        run_id,
+        quit,
+    );
     let in_flight = dispatcher.in_flight();
     let deadline = match config.stop {
         StopAfter::Duration(d) => Some(d),

@@ -46,6 +46,7 @@ pub enum View {
 
 pub fn start_view(
     dashboard: bool,
+    context: &[String],
     url: &str,
     snapshots: watch::Receiver<LiveSnapshot>,
     run_id: &str,
@@ -53,8 +54,9 @@ pub fn start_view(
 ) -> View {
     if dashboard && std::io::stdout().is_terminal() {
         let title = format!("tracebench {run_id} → {url}");
+        let context = context.to_vec();
         View::Dashboard(tokio::task::spawn_blocking(move || {
-            let exit = crate::tui::run_dashboard(snapshots, title);
+            let exit = crate::tui::run_dashboard(snapshots, title, context);
             if let Ok(crate::tui::DashboardExit::UserQuit) = exit {
                 quit.notify_one();
             }

@@ -47,6 +47,8 @@ pub(crate) struct AppState {
     pub pacing: Pacing,
     pub response: Arc<ResponseContext>,
     pub ids: Mutex<StdRng>,
+    /// `/health` answers 503 until then (`--ready-after`).
+    pub ready_at: std::time::Instant,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -55,10 +57,23 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
         .route("/tokenize", post(tokenize))
-        .route("/health", get(|| async { StatusCode::OK }))
+        .route("/health", get(health))
+        // vLLM's admin calls, accepted so experiments can reset and profile.
+        .route("/reset_prefix_cache", post(|| async { StatusCode::OK }))
+        .route("/start_profile", post(|| async { StatusCode::OK }))
+        .route("/stop_profile", post(|| async { StatusCode::OK }))
         .route("/version", get(version))
         .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// 200 once the start-up delay (`--ready-after`) has passed, 503 before.
+async fn health(State(state): State<Arc<AppState>>) -> StatusCode {
+    if std::time::Instant::now() >= state.ready_at {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
 }
 
 /// An error response in vLLM's shape.

@@ -89,6 +89,9 @@ pub struct SimArgs {
     /// Seed of the random response ids.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Answer `/health` with 503 for this long after start (a model loading), e.g. `5s`.
+    #[arg(long, default_value = "0s", value_parser = crate::units::parse_duration)]
+    pub ready_after: Duration,
 }
 
 /// Parses no arguments, so [`SimArgs::default`] equals the flags' defaults.
@@ -279,6 +282,7 @@ pub async fn spawn(args: SimArgs) -> anyhow::Result<SimServer> {
             stamp_writes,
         }),
         ids: Mutex::new(rand::rngs::StdRng::seed_from_u64(args.seed)),
+        ready_at: std::time::Instant::now() + args.ready_after,
     });
     let (stop, stopped) = oneshot::channel::<()>();
     let listener = listener.tap_io(|tcp| {
@@ -305,9 +309,14 @@ pub async fn spawn(args: SimArgs) -> anyhow::Result<SimServer> {
 pub async fn run_until_ctrl_c(args: SimArgs) -> anyhow::Result<()> {
     let server = spawn(args).await?;
     println!("tracebench sim listening on {}", server.url());
-    let interrupted = tokio::signal::ctrl_c().await;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot wait for SIGTERM")?;
+    let interrupted = tokio::select! {
+        stop = tokio::signal::ctrl_c() => stop.context("cannot wait for Ctrl-C"),
+        _ = terminate.recv() => Ok(()),
+    };
     let shutdown = server.shutdown().await;
-    interrupted.context("cannot wait for Ctrl-C")?;
+    interrupted?;
     shutdown
 }
 
