@@ -137,7 +137,7 @@ fn concurrency_grid_climbs_until_the_server_saturates() {
     assert_eq!(verdict["axis"], "concurrency", "{verdict}");
     // 16 batch slots: the throughput cannot plateau before the batch is full.
     let at = verdict["at"].as_u64().expect("saturated at a concurrency");
-    assert!(at >= 16 && at <= 64, "{verdict}");
+    assert!((16..=64).contains(&at), "{verdict}");
     let run: Vec<u64> = state["points"]
         .as_array()
         .unwrap()
