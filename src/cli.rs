@@ -329,9 +329,15 @@ pub struct ReportArgs {
 /// `tracebench compare`.
 #[derive(Args, Debug, Clone)]
 pub struct CompareArgs {
-    /// Run folders or `vllm bench serve --save-result` JSON files; the first is the baseline.
+    /// Run folders or `vllm bench serve --save-result` JSON files, or experiment
+    /// folders; the first is the baseline.
     #[arg(required = true, num_args = 2..)]
     pub runs: Vec<PathBuf>,
+    /// Exit 1 when a metric moves past its limit against the baseline, e.g.
+    /// 'p99_ttft_ms:+10%,output_throughput:-5%' (for experiments with repeats,
+    /// moves within the repeats' noise do not count).
+    #[arg(long, value_name = "LIMITS")]
+    pub fail_on: Option<String>,
 }
 
 /// `on` / `off` for a flag.

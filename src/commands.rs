@@ -208,8 +208,62 @@ fn report(args: ReportArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// `tracebench compare`: runs or experiments, gated by `--fail-on`.
 fn compare(args: CompareArgs) -> anyhow::Result<i32> {
-    print(&crate::report::compare::compare(&args.runs)?);
+    use crate::report::gate::{self, Measured};
+    let limits = args
+        .fail_on
+        .as_deref()
+        .map(gate::parse)
+        .transpose()?
+        .unwrap_or_default();
+    let experiments = args
+        .runs
+        .iter()
+        .filter(|p| p.join("experiment.json").is_file())
+        .count();
+    let breaches = if experiments == args.runs.len() {
+        let compared = crate::report::compare_experiments::compare(&args.runs, &limits)?;
+        print(&compared.text);
+        compared.breaches
+    } else if experiments > 0 {
+        anyhow::bail!("compare runs with runs and experiments with experiments, not both");
+    } else {
+        print(&crate::report::compare::compare(&args.runs)?);
+        let runs = args
+            .runs
+            .iter()
+            .map(|p| crate::report::compare::run_values(p))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let (_, base) = &runs[0];
+        let mut breaches = Vec::new();
+        for (name, values) in &runs[1..] {
+            for limit in &limits {
+                let value = |v: &serde_json::Value| {
+                    gate::run_value(v, &limit.metric).map(|value| Measured { value, noise: None })
+                };
+                match (value(base), value(values)) {
+                    (Some(a), Some(b)) => breaches.extend(limit.check(name, a, b)),
+                    _ => eprintln!(
+                        "note: {} is not in both the baseline and {name}: not checked",
+                        limit.metric
+                    ),
+                }
+            }
+        }
+        breaches
+    };
+    for breach in &breaches {
+        eprintln!("{breach}");
+    }
+    let failed = breaches.iter().filter(|b| !b.within_noise).count();
+    if failed > 0 {
+        eprintln!("compare: {failed} metric(s) moved past --fail-on: exit code 1");
+        return Ok(1);
+    }
+    if !limits.is_empty() {
+        eprintln!("compare: every metric within --fail-on");
+    }
     Ok(0)
 }
 

@@ -251,6 +251,13 @@ pub fn read(path: &Path) -> anyhow::Result<(ExperimentFile, Texts)> {
     Ok((file, Texts { raw, resolved }))
 }
 
+/// The file after variable substitution as plain JSON (for schema checks).
+pub fn read_value(path: &Path) -> anyhow::Result<Value> {
+    let raw = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read experiment file {}", path.display()))?;
+    parse(path, &super::vars::substitute(path, &raw)?)
+}
+
 /// Reads the aliases of a `models_file`, relative to the experiment file.
 pub fn read_models(experiment: &Path, name: &At<String>) -> anyhow::Result<(ModelsFile, String)> {
     let path = relative_to(experiment, &name.value);

@@ -21,7 +21,7 @@ pub mod search;
 pub mod server;
 pub mod slo;
 pub mod state;
-mod suggest;
+pub mod suggest;
 mod vars;
 
 pub use runner::run_experiment;

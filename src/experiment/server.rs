@@ -242,8 +242,15 @@ impl Servers {
                 signal_group(pid, libc::SIGKILL);
                 let _ = running.child.wait().await;
             }
-            // Children that outlived the shell's exit.
+            // Children that outlived the shell's exit; then wait until the
+            // whole group is gone, so its port is free for the next start.
             signal_group(pid, libc::SIGKILL);
+            for _ in 0..100 {
+                if !group_alive(pid) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
         let _ = std::fs::remove_file(self.dir.join(PID_FILE));
     }

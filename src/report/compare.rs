@@ -126,6 +126,11 @@ fn fmt_value(v: f64) -> String {
     }
 }
 
+/// A run's name and values (vLLM-spelled keys included), for the `--fail-on` gate.
+pub fn run_values(path: &Path) -> anyhow::Result<(String, Value)> {
+    read_run(path).map(|run| (run.name, run.values))
+}
+
 /// The comparison table as text: a column per run, deltas against the first.
 pub fn compare(paths: &[PathBuf]) -> anyhow::Result<String> {
     if paths.len() < 2 {

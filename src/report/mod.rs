@@ -3,9 +3,11 @@
 //! run folder they read back.
 
 pub mod compare;
+pub mod compare_experiments;
 pub mod console;
 pub mod csv;
 pub mod experiment_history;
+pub mod gate;
 pub mod html;
 pub mod run_folder;
 pub mod sqlite;
