@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+/// The API key the resume grid's alias reads from the environment.
+const API_KEY: &str = "sk-never-written-7f3a";
+
 /// A file of the repository.
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -29,7 +32,8 @@ fn experiment_command(dir: &Path, file: &Path, env: &[(&str, &str)], args: &[&st
         .env("SIM_PORT", free_port().to_string())
         .env("OTLP_GRPC", format!("127.0.0.1:{}", free_port()))
         .env("OTLP_HTTP", format!("127.0.0.1:{}", free_port()))
-        .env("POINT_DURATION", "1s");
+        .env("POINT_DURATION", "1s")
+        .env("TRACEBENCH_TEST_API_KEY", API_KEY);
     for (key, value) in env {
         command.env(key, value);
     }
@@ -404,6 +408,57 @@ fn a_killed_experiment_resumes_to_the_same_points() {
         first(&before),
         "finished points are kept, not run again"
     );
+    let calls: Vec<(String, Value)> = resumed["points"][0]["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["call"].as_str().unwrap().to_string(), c["status"].clone()))
+        .collect();
+    let expected = [("POST /start_profile", 200), ("POST /stop_profile", 200)];
+    let expected: Vec<(String, Value)> = expected
+        .iter()
+        .map(|(c, s)| (c.to_string(), Value::from(*s)))
+        .collect();
+    assert_eq!(calls, expected, "profiled around the point");
+    assert_no_secret(&dir);
+}
+
+/// No file of the experiment holds the API key or the header's value.
+fn assert_no_secret(dir: &Path) {
+    let mut stack = vec![dir.to_path_buf()];
+    let mut files = 0;
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            files += 1;
+            let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+            assert!(
+                !text.contains(API_KEY) && !text.contains("tenant-secret-value"),
+                "{} holds a secret",
+                path.display()
+            );
+        }
+    }
+    assert!(files > 10, "looked at the run folders too ({files} files)");
+}
+
+#[test]
+fn dry_run_prints_every_point_and_runs_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = repo("examples/experiments/server-settings.yaml");
+    let output = run_experiment(tmp.path(), &file, &[], &["--dry-run"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let out = text(&output);
+    assert!(
+        out.contains("2 over max_num_seqs, 2 repeat(s); 4 runs"),
+        "{out}"
+    );
+    assert!(
+        out.contains("--concurrency 16") && out.contains("--max-num-seqs 4"),
+        "{out}"
+    );
+    assert!(!tmp.path().join("experiments").exists());
 }
 
 #[test]

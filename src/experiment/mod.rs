@@ -9,10 +9,12 @@
 //! come the figures across repeats ([`results`]), the reading ([`reading`]),
 //! the combined report and the history. Metric names: [`metrics`].
 
+pub mod describe;
 pub mod file;
 pub mod metrics;
 pub mod params;
 pub mod plan;
+pub mod point;
 pub mod reading;
 pub mod results;
 pub mod runner;

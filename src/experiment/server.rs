@@ -110,7 +110,7 @@ impl Servers {
             lifecycle.ready_timeout.as_ref().map(|d| d.value.as_str()),
             600,
         )?;
-        let port = super::plan::url_port(url).ok_or_else(|| format!("{url} names no port"))?;
+        let port = super::point::url_port(url).ok_or_else(|| format!("{url} names no port"))?;
         let host = reqwest::Url::parse(url)
             .ok()
             .and_then(|u| u.host_str().map(str::to_string))
