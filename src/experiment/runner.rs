@@ -467,9 +467,17 @@ impl<'a> Runner<'a> {
             }
         }
         let resets: Vec<String> = lifecycle.reset.iter().map(|r| r.value.clone()).collect();
-        result
-            .calls
-            .extend(self.servers.calls(&point.config.url, &resets).await);
+        let calls = self.servers.calls(&point.config.url, &resets).await;
+        for call in calls
+            .iter()
+            .filter(|c| !c.status.is_some_and(|s| (200..300).contains(&s)))
+        {
+            eprintln!(
+                "note: `{}` before the point answered {:?}: {}",
+                call.call, call.status, call.answer
+            );
+        }
+        result.calls.extend(calls);
         Ok(())
     }
 
