@@ -5,7 +5,7 @@
 
 use super::plan::{self, CasePlan, Experiment, Settings};
 use super::point::Point;
-use super::results::Group;
+use super::results::{param_text, Group};
 use super::search;
 use super::state::ExperimentState;
 
@@ -129,15 +129,7 @@ pub fn live_context(
     let curve: Vec<String> = groups[groups.len().saturating_sub(6)..]
         .iter()
         .map(|g| {
-            let axes: Vec<String> = g
-                .axes
-                .values()
-                .map(|v| {
-                    v.as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| v.to_string())
-                })
-                .collect();
+            let axes: Vec<String> = g.axes.values().map(param_text).collect();
             let get = |name: &str| {
                 g.metrics
                     .get(name)

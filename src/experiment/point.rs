@@ -6,6 +6,7 @@
 use super::file::{self, At, ModelAlias, SeedPolicy};
 use super::params::{self, Layered};
 use super::plan::{CasePlan, Settings};
+use super::results::param_text;
 use super::Located;
 use crate::config::RunConfig;
 use serde_json::Value;
@@ -177,12 +178,7 @@ fn label(
 ) -> String {
     let mut label = case.to_string();
     for (k, v) in axes {
-        label.push_str(&format!(
-            " {k}={}",
-            v.as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| v.to_string())
-        ));
+        label.push_str(&format!(" {k}={}", param_text(v)));
     }
     if repeats > 1 {
         label.push_str(&format!(" repeat {}/{repeats}", repeat + 1));
@@ -332,11 +328,7 @@ fn launch_command(
             "otlp_grpc" => Some(config.trace.otlp_grpc.to_string()),
             "otlp_http" => Some(config.trace.otlp_http.to_string()),
             "tracebench" => Some(tracebench.clone()),
-            other => server.get(other).map(|v| {
-                v.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.to_string())
-            }),
+            other => server.get(other).map(param_text),
         };
         let value = value.ok_or_else(|| {
             Located::at(path, launch, format!("placeholder `{{{name}}}` has no value: set it under the alias's `server.params`, the case's `server:` or a grid axis{}", if name == "model" { " (or give the alias a `model`)" } else { "" }))

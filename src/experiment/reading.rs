@@ -4,9 +4,8 @@
 //! a search found and how sure it is, which setting did best; and the
 //! console table of every point.
 
-use super::results::{Group, Status};
+use super::results::{param_text as text, Group, Status};
 use super::state::{CaseState, ExperimentState};
-use serde_json::Value;
 use std::fmt::Write as _;
 
 /// One or more sentences per case.
@@ -44,17 +43,6 @@ pub fn read(state: &ExperimentState) -> Vec<String> {
     lines
 }
 
-fn value(group: &Group, name: &str) -> Option<f64> {
-    group.metrics.get(name).and_then(|s| s.value())
-}
-
-fn text(value: &Value) -> String {
-    value
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| value.to_string())
-}
-
 fn pct(v: f64) -> String {
     format!("{:.0}%", v * 100.0)
 }
@@ -77,8 +65,8 @@ fn saturation_reading(case: &CaseState, groups: &[&Group], line: &mut String) {
             continue;
         };
         if let (Some(q0), Some(q1)) = (
-            value(first, "ttft_share.queue"),
-            value(last, "ttft_share.queue"),
+            first.value("ttft_share.queue"),
+            last.value("ttft_share.queue"),
         ) {
             let _ = write!(
                 line,
@@ -87,7 +75,7 @@ fn saturation_reading(case: &CaseState, groups: &[&Group], line: &mut String) {
                 pct(q0),
                 pct(q1)
             );
-            if let Some(running) = value(last, "server_running_max") {
+            if let Some(running) = last.value("server_running_max") {
                 let _ = write!(line, " (the server reported at most {running:.0} running)");
             }
             line.push_str(if q1 > 0.5 {
@@ -142,7 +130,7 @@ fn search_reading(case: &CaseState, line: &mut String) {
 fn best_of(groups: &[&Group]) -> Option<String> {
     let scored: Vec<(&&Group, f64)> = groups
         .iter()
-        .filter_map(|g| Some((g, value(g, "output_throughput")?)))
+        .filter_map(|g| Some((g, g.value("output_throughput")?)))
         .collect();
     let best = scored.iter().max_by(|a, b| a.1.total_cmp(&b.1))?;
     let worst = scored.iter().min_by(|a, b| a.1.total_cmp(&b.1))?;
@@ -163,7 +151,7 @@ fn best_of(groups: &[&Group]) -> Option<String> {
         name(best.0),
         best.1
     );
-    if let Some(ttft) = value(best.0, "p99_ttft_ms") {
+    if let Some(ttft) = best.0.value("p99_ttft_ms") {
         let _ = write!(out, ", p99 TTFT {ttft:.1} ms");
     }
     out.push(')');
@@ -175,7 +163,7 @@ fn best_of(groups: &[&Group]) -> Option<String> {
             name(worst.0),
             worst.1
         );
-        if let Some(ttft) = value(worst.0, "p99_ttft_ms") {
+        if let Some(ttft) = worst.0.value("p99_ttft_ms") {
             let _ = write!(out, ", p99 TTFT {ttft:.1} ms");
         }
         out.push(')');
@@ -191,7 +179,7 @@ pub fn table(state: &ExperimentState) -> String {
         "point", "out tok/s", "TTFT p50", "TTFT p99", "TPOT p99", "queue %", "errors"
     );
     let cell = |g: &Group, name: &str, scale: f64| {
-        value(g, name)
+        g.value(name)
             .map(|v| format!("{:.1}", v * scale))
             .unwrap_or_else(|| "-".into())
     };

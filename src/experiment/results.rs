@@ -151,6 +151,21 @@ pub struct Group {
     pub metrics: BTreeMap<String, Spread>,
 }
 
+impl Group {
+    /// A metric's value across the repeats: the mean, or the pooled percentile.
+    pub fn value(&self, name: &str) -> Option<f64> {
+        self.metrics.get(name).and_then(Spread::value)
+    }
+}
+
+/// A parameter's value as written: strings bare, numbers and the rest as JSON.
+pub fn param_text(value: &Value) -> String {
+    value
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| value.to_string())
+}
+
 /// Two-sided 95% Student's t for 1..=30 degrees of freedom.
 const T95: [f64; 30] = [
     12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,

@@ -40,8 +40,7 @@ pub fn check(
     current: &Group,
     queue: Option<(f64, f64)>,
 ) -> Option<(&'static str, String)> {
-    let value = |g: &Group, name: &str| g.metrics.get(name).and_then(|s| s.value());
-    if let Some(errors) = value(current, "error_rate").filter(|e| *e > rule.error_rate) {
+    if let Some(errors) = current.value("error_rate").filter(|e| *e > rule.error_rate) {
         return Some((
             "errors",
             format!(
@@ -63,12 +62,12 @@ pub fn check(
     }
     let previous = previous?;
     let (tp0, tp1) = (
-        value(previous, "output_throughput")?,
-        value(current, "output_throughput")?,
+        previous.value("output_throughput")?,
+        current.value("output_throughput")?,
     );
     let (ttft0, ttft1) = (
-        value(previous, "median_ttft_ms")?,
-        value(current, "median_ttft_ms")?,
+        previous.value("median_ttft_ms")?,
+        current.value("median_ttft_ms")?,
     );
     if tp0 <= 0.0 || ttft0 <= 0.0 {
         return None;

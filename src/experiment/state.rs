@@ -4,7 +4,7 @@
 //! finished point is on disk and `--resume` knows what is left.
 
 use super::metrics::HEADLINE;
-use super::results::{Group, PointResult, Status};
+use super::results::{param_text, Group, PointResult, Status};
 use super::saturation::Saturated;
 use super::search::SearchTrace;
 use anyhow::Context;
@@ -123,11 +123,6 @@ fn write_points_csv(path: &Path, state: &ExperimentState) -> anyhow::Result<()> 
     header.extend(HEADLINE);
     header.extend(["run_dir", "reason"]);
     out.write_record(&header)?;
-    let text = |v: &Value| {
-        v.as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| v.to_string())
-    };
     let number = |v: Option<f64>| v.map(|v| format!("{v}")).unwrap_or_default();
     for p in &state.points {
         let mut row = vec![
@@ -147,7 +142,7 @@ fn write_points_csv(path: &Path, state: &ExperimentState) -> anyhow::Result<()> 
         ];
         row.extend(
             axes.iter()
-                .map(|a| p.axes.get(*a).map(text).unwrap_or_default()),
+                .map(|a| p.axes.get(*a).map(param_text).unwrap_or_default()),
         );
         row.extend(HEADLINE.iter().map(|m| number(p.metrics.get(*m).copied())));
         row.extend([
@@ -171,13 +166,9 @@ fn write_points_csv(path: &Path, state: &ExperimentState) -> anyhow::Result<()> 
         ];
         row.extend(
             axes.iter()
-                .map(|a| g.axes.get(*a).map(text).unwrap_or_default()),
+                .map(|a| g.axes.get(*a).map(param_text).unwrap_or_default()),
         );
-        row.extend(
-            HEADLINE
-                .iter()
-                .map(|m| number(g.metrics.get(*m).and_then(|s| s.value()))),
-        );
+        row.extend(HEADLINE.iter().map(|m| number(g.value(m))));
         row.extend([String::new(), String::new()]);
         out.write_record(&row)?;
     }

@@ -4,7 +4,7 @@
 //! between repeats taken into account.
 
 use super::gate::{Breach, Limit, Measured};
-use crate::experiment::results::{Group, Spread};
+use crate::experiment::results::{param_text, Group, Spread};
 use crate::experiment::state::ExperimentState;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -37,14 +37,7 @@ fn key(state: &ExperimentState, group: &Group) -> String {
     let axes: Vec<String> = group
         .axes
         .iter()
-        .map(|(k, v)| {
-            format!(
-                "{k}={}",
-                v.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.to_string())
-            )
-        })
+        .map(|(k, v)| format!("{k}={}", param_text(v)))
         .collect();
     format!("{case} {}", axes.join(" ")).trim_end().to_string()
 }

@@ -8,7 +8,7 @@
 
 use super::chart::{line_chart, LineChart, Series, SERIES_COLORS};
 use super::{close_page, esc, num, open_page};
-use crate::experiment::results::Group;
+use crate::experiment::results::{param_text as text, Group};
 use crate::experiment::state::{CaseState, ExperimentState, Progress};
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -45,17 +45,6 @@ pub fn render(state: &ExperimentState) -> String {
     }
     close_page(&mut page);
     page
-}
-
-fn value(group: &Group, name: &str) -> Option<f64> {
-    group.metrics.get(name).and_then(|s| s.value())
-}
-
-fn text(value: &Value) -> String {
-    value
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| value.to_string())
 }
 
 /// The x of a group on the case's chart axis (its value, or its position when not a number).
@@ -226,7 +215,7 @@ fn series(
     let points = groups
         .iter()
         .enumerate()
-        .filter_map(|(i, g)| Some((x_of(case, g, i), value(g, metric)? * scale)))
+        .filter_map(|(i, g)| Some((x_of(case, g, i), g.value(metric)? * scale)))
         .collect();
     Series {
         name,
@@ -397,8 +386,8 @@ fn pareto(page: &mut String, case: &CaseState, groups: &[&Group]) {
         .iter()
         .filter_map(|g| {
             Some((
-                value(g, "output_throughput")?,
-                1000.0 / value(g, "median_tpot_ms").filter(|t| *t > 0.0)?,
+                g.value("output_throughput")?,
+                1000.0 / g.value("median_tpot_ms").filter(|t| *t > 0.0)?,
             ))
         })
         .collect();
