@@ -21,6 +21,7 @@ pub mod run;
 pub mod runtime;
 pub mod schedule;
 pub mod selfcheck;
+pub mod shard;
 pub mod sim;
 pub mod telemetry;
 pub mod testing;
