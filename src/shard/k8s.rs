@@ -445,6 +445,37 @@ mod tests {
     }
 
     #[test]
+    fn every_pods_arguments_are_a_run_of_its_shard() {
+        let a = args(&["--", "--concurrency", "4", "--url", "http://vllm:8000"]);
+        let at = Utc::now();
+        let job = shard_job(&a, "tracebench-r1", "r1", at, true);
+        let argv = job["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap();
+        for index in 0..2 {
+            // What the kubelet does with $(JOB_COMPLETION_INDEX) in each pod.
+            let argv: Vec<String> = argv
+                .iter()
+                .map(|a| {
+                    a.as_str()
+                        .unwrap()
+                        .replace("$(JOB_COMPLETION_INDEX)", &index.to_string())
+                })
+                .collect();
+            let cli =
+                Cli::try_parse_from(std::iter::once("tracebench".to_string()).chain(argv)).unwrap();
+            let Command::Run(run) = cli.command else {
+                panic!("a run")
+            };
+            let config = RunConfig::from_args(&run).unwrap();
+            assert_eq!(config.shard, Some(Shard { index, count: 2 }));
+            assert_eq!(config.folder_name("r1"), format!("r1.shard-{index}-of-2"));
+            assert_eq!(config.trace.otlp_grpc.to_string(), "0.0.0.0:4317");
+            assert_eq!(config.out.to_str(), Some(RESULTS));
+        }
+    }
+
+    #[test]
     fn bad_flags_fail_before_anything_is_printed() {
         let e = manifests(&args(&["--", "--concurrency", "1"])).unwrap_err();
         assert!(

@@ -297,6 +297,57 @@ mod tests {
         assert_eq!(feed.failure(), None);
     }
 
+    /// Every request a feed makes: (position, warm-up, body).
+    async fn drain(config: WorkloadConfig) -> (Phases, Vec<(u64, bool, bytes::Bytes)>) {
+        let mut feed = Feed::start(config, TokenCounter::Estimate, &mut Vec::new())
+            .await
+            .unwrap();
+        let mut made = Vec::new();
+        while let Some(r) = feed.next().await {
+            made.push((r.index, r.warmup, r.body));
+        }
+        (feed.phases(), made)
+    }
+
+    #[tokio::test]
+    async fn shards_make_exactly_the_runs_requests_between_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: String = (0..7)
+            .map(|i| format!("{{\"prompt\": \"line {i}\"}}\n"))
+            .collect();
+        std::fs::write(dir.path().join("d.jsonl"), lines).unwrap();
+        let dataset = WorkloadConfig {
+            source: Source::Dataset {
+                path: dir.path().join("d.jsonl"),
+            },
+            ..config(Some(17), 3)
+        };
+        for whole in [config(Some(17), 3), dataset] {
+            let (_, mut all) = drain(whole.clone()).await;
+            let mut union = Vec::new();
+            for index in 0..3 {
+                let shard = Some(Shard { index, count: 3 });
+                let (phases, made) = drain(WorkloadConfig {
+                    shard,
+                    ..whole.clone()
+                })
+                .await;
+                let warm = made.iter().filter(|m| m.1).count() as u64;
+                assert_eq!(
+                    (phases.warmup, phases.measured),
+                    (warm, Some(made.len() as u64 - warm))
+                );
+                union.extend(made);
+            }
+            union.sort_by_key(|m| m.0);
+            all.sort_by_key(|m| m.0);
+            assert_eq!(
+                union, all,
+                "the same bodies at the same positions, none twice"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn a_huge_run_starts_at_once_and_holds_only_what_is_ahead() {
         let mut feed = Feed::start(
