@@ -503,3 +503,69 @@ fn a_killed_shard_leaves_a_partial_merge_that_names_it() {
         "shard 0 finished"
     );
 }
+
+#[test]
+fn ctrl_c_reaches_every_shard_and_the_merge_says_partial() {
+    let sim = Sim::start(&["--ttft-ms", "10", "--itl-ms", "10"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let launcher = Command::new(BIN)
+        .current_dir(tmp.path())
+        .args([
+            "run",
+            "--url",
+            &sim.url,
+            "--concurrency",
+            "2",
+            "--duration",
+            "60s",
+            "--max-tokens",
+            "20",
+            "--gpu",
+            "off",
+            "--server-metrics",
+            "off",
+            "--trace-header",
+            "off",
+            "--no-db",
+            "--grace-period",
+            "5s",
+            "--shards",
+            "2",
+            "--run-id",
+            "stopped",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let written = |i: u32| {
+        let path = tmp
+            .path()
+            .join(format!("results/stopped.shard-{i}-of-2/requests.jsonl"));
+        std::fs::metadata(path).map_or(0, |m| m.len()) > 0
+    };
+    while !(written(0) && written(1)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the shards sent nothing"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // As a terminal's Ctrl-C does: SIGINT to the launcher (its children have
+    // their own process group, so only the launcher can pass it on).
+    assert!(unsafe { libc::kill(launcher.id() as libc::pid_t, libc::SIGINT) } == 0);
+    let out = launcher.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{text}");
+    let run = json(&tmp.path().join("results/stopped/run.json"));
+    assert_eq!(run["partial"], true);
+    for i in 0..2 {
+        assert!(
+            run["notes"].to_string().contains(&format!("shard {i}/2")),
+            "shard {i} stopped: {run}"
+        );
+    }
+    let records = lines(&tmp.path().join("results/stopped/requests.jsonl"));
+    assert!(records.iter().any(|r| r["shard"] == 0) && records.iter().any(|r| r["shard"] == 1));
+}
