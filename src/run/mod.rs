@@ -127,9 +127,10 @@ async fn prepare(config: &RunConfig) -> anyhow::Result<Prepared> {
                 .unwrap_or("it lists no model")
         ),
     };
-    let clock_check = match config.shard.is_some() || config.start_at.is_some() {
-        true => Some(crate::shard::clock::check(&http, &config.url).await),
-        false => None,
+    let clock_check = if config.shard.is_some() || config.start_at.is_some() {
+        Some(crate::shard::clock::check(&http, &config.url).await)
+    } else {
+        None
     };
     let mut notes = Vec::new();
     let counter = match &config.source {

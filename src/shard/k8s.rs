@@ -72,7 +72,8 @@ pub struct K8sArgs {
 }
 
 /// Flags of `run` that `k8s` sets itself in each pod.
-const SET_IN_PODS: [&str; 8] = [
+const SET_IN_PODS: [&str; 9] = [
+    "--no-db",
     "--shard",
     "--shards",
     "--run-id",

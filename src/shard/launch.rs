@@ -23,16 +23,16 @@ use tokio::process::{Child, Command};
 const START_DELAY: chrono::TimeDelta = chrono::TimeDelta::seconds(3);
 
 /// Flags the launcher sets on every child, so the user's own are left out:
-/// (flag, takes a value).
-const SET_FOR_CHILDREN: [(&str, bool); 7] = [
+/// (flag, takes a value). `--trace-source` too when the launcher receives the spans.
+const SET_FOR_CHILDREN: [(&str, bool); 6] = [
     ("--shards", true),
     ("--shard", true),
     ("--run-id", true),
     ("--start-at", true),
     ("--no-tui", false),
     ("--no-db", false),
-    ("--trace-source", true),
 ];
+const TRACE_SOURCE: (&str, bool) = ("--trace-source", true);
 
 /// What the launch made: the merged run, and how its children ended.
 pub struct Launched {
@@ -77,9 +77,10 @@ pub async fn launch(args: RunArgs, count: u32, run_argv: Vec<String>) -> anyhow:
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
     let receive = config.trace.source == TraceSource::Otlp && !config.trace.is_off();
-    let mut collector = match receive {
-        true => Some(crate::trace::start_collector(&config.trace, &out_dir).await?),
-        false => None,
+    let mut collector = if receive {
+        Some(crate::trace::start_collector(&config.trace, &out_dir).await?)
+    } else {
+        None
     };
     let start_at = args.start_at.unwrap_or_else(|| Utc::now() + START_DELAY);
     let exe = std::env::current_exe().context("cannot find this program to start the shards")?;
@@ -139,7 +140,10 @@ fn child_argv(
             continue;
         }
         let name = arg.split_once('=').map_or(arg.as_str(), |(n, _)| n);
-        match SET_FOR_CHILDREN.iter().find(|(flag, _)| *flag == name) {
+        let mut set_here = SET_FOR_CHILDREN
+            .iter()
+            .chain(receive.then_some(&TRACE_SOURCE));
+        match set_here.find(|(flag, _)| *flag == name) {
             Some((_, takes_value)) => skip_value = *takes_value && !arg.contains('='),
             None => argv.push(arg.clone()),
         }
@@ -273,5 +277,12 @@ mod tests {
                 "none"
             ]
         );
+        // Spans from Jaeger: each child asks it itself, so its source stays.
+        let jaeger: Vec<String> = ["--trace-source", "jaeger", "--jaeger-url", "http://j:16686"]
+            .map(str::to_string)
+            .to_vec();
+        let argv = child_argv(&jaeger, Shard { index: 0, count: 2 }, "mine", at, false);
+        assert_eq!(argv[..4], jaeger[..]);
+        assert!(!argv.contains(&"none".to_string()));
     }
 }
