@@ -63,6 +63,9 @@ pub struct K8sArgs {
     /// Also print a Job that waits for the shards and merges them.
     #[arg(long)]
     pub merge_job: bool,
+    /// Memory of the merge Job: the join holds every span, about 1 KB a traced request.
+    #[arg(long, value_name = "QUANTITY", default_value = "2Gi")]
+    pub merge_memory: String,
     /// How long the merge Job waits for the shards before merging what is there.
     #[arg(long, default_value = "2h", value_parser = crate::units::parse_duration)]
     pub merge_wait: Duration,
@@ -88,9 +91,14 @@ const SET_IN_PODS: [&str; 9] = [
 pub fn manifests(args: &K8sArgs) -> anyhow::Result<String> {
     let run_id = args.run_id.clone().unwrap_or_else(crate::run::new_run_id);
     let name = object_name(args.name.as_deref(), &run_id)?;
-    for quantity in [Some(&args.cpu), Some(&args.memory), args.pvc_size.as_ref()]
-        .into_iter()
-        .flatten()
+    for quantity in [
+        Some(&args.cpu),
+        Some(&args.memory),
+        Some(&args.merge_memory),
+        args.pvc_size.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
     {
         check_quantity(quantity)?;
     }
@@ -342,7 +350,10 @@ fn merge_job(args: &K8sArgs, name: &str, run_id: &str) -> Value {
                         "image": args.image,
                         "command": ["tracebench"],
                         "args": merge,
-                        "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "1Gi"}},
+                        "resources": {
+                            "requests": {"cpu": "1", "memory": args.merge_memory},
+                            "limits": {"memory": args.merge_memory},
+                        },
                         "volumeMounts": [{"name": "results", "mountPath": RESULTS}],
                     }],
                     "volumes": [{"name": "results", "persistentVolumeClaim": {"claimName": args.pvc}}],
