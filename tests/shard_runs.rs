@@ -522,8 +522,6 @@ fn ctrl_c_reaches_every_shard_and_the_merge_says_partial() {
             "20",
             "--gpu",
             "off",
-            "--server-metrics",
-            "off",
             "--trace-header",
             "off",
             "--no-db",
@@ -568,4 +566,12 @@ fn ctrl_c_reaches_every_shard_and_the_merge_says_partial() {
     }
     let records = lines(&tmp.path().join("results/stopped/requests.jsonl"));
     assert!(records.iter().any(|r| r["shard"] == 0) && records.iter().any(|r| r["shard"] == 1));
+    // Both shards scraped the server's /metrics; every line says which shard took it.
+    let samples = lines(&tmp.path().join("results/stopped/server_metrics.jsonl"));
+    let shards: BTreeSet<u64> = samples
+        .iter()
+        .map(|l| l["shard"].as_u64().unwrap())
+        .collect();
+    assert_eq!(shards, BTreeSet::from([0, 1]));
+    assert_valid("server_metrics.schema.json", &samples[0]);
 }

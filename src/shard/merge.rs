@@ -363,7 +363,8 @@ fn append_spans(shards: &[ShardFolder], path: &Path) -> anyhow::Result<bool> {
 }
 
 /// Writes one sample file (`telemetry.jsonl`, `server_metrics.jsonl`) of all
-/// shards: each line on the merged clock, with the `shard` and `host` that sampled it.
+/// shards: each line on the merged clock, with the `shard` that sampled it
+/// (`run.json`'s `shards` names each shard's host).
 fn write_samples(
     shards: &[ShardFolder],
     origin: u64,
@@ -381,7 +382,6 @@ fn write_samples(
                     map.insert("t_ns".into(), (t + shift).into());
                 }
                 map.insert("shard".into(), s.info.index.into());
-                map.insert("host".into(), s.manifest.host.hostname.clone().into());
             }
             let writer = match &mut out {
                 Some(w) => w,
