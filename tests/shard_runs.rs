@@ -386,9 +386,17 @@ fn merge_refuses_shards_of_other_runs_or_settings_and_names_missing_ones() {
     );
 
     // Two of three shards merge, and the result says which one is missing.
-    let text = ok(&merge(
-        &["results/r.shard-0-of-3", "results/r.shard-2-of-3"],
-        "m5",
+    let text = ok(&tracebench(
+        dir,
+        &[
+            "merge",
+            "results/r.shard-0-of-3",
+            "results/r.shard-2-of-3",
+            "--out",
+            "m5",
+            "--db",
+            "history.db",
+        ],
     ));
     assert!(text.contains("merged (partial)"), "{text}");
     let run = json(&dir.join("m5/run.json"));
@@ -405,6 +413,24 @@ fn merge_refuses_shards_of_other_runs_or_settings_and_names_missing_ones() {
         ),
         (true.into(), 2.into())
     );
+    // The merged run is in the history, partial, with its records.
+    let db = rusqlite::Connection::open(dir.join("history.db")).unwrap();
+    let (partial, requests): (bool, i64) = db
+        .query_row(
+            "SELECT partial, requests FROM runs WHERE run_id = 'r'",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((partial, requests), (true, 2));
+    let rows: i64 = db
+        .query_row(
+            "SELECT count(*) FROM requests WHERE run_id = 'r'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 2);
     let e = failed(&merge(&["results/r.shard-0-of-3"], "m5"));
     assert!(e.contains("already holds a run"), "{e}");
 }
