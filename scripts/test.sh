@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test. Installs what the tests need on a fresh machine first:
 # Debian's chromium (the HTML report renders in a real browser) and tmux (the
-# dashboard in a real terminal).
+# dashboard in a real terminal), and the Kubernetes manifest validator.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
@@ -15,6 +15,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "missing ${missing[*]} and cannot install here (needs root and apt-get)" >&2
   fi
 fi
-export TRACEBENCH_REQUIRE_BROWSER=1 TRACEBENCH_REQUIRE_TMUX=1
+# The Kubernetes schema validator of the `tracebench k8s` manifests (npm).
+scripts/k8s-validate/setup.sh
+export TRACEBENCH_REQUIRE_BROWSER=1 TRACEBENCH_REQUIRE_TMUX=1 TRACEBENCH_REQUIRE_K8S_VALIDATOR=1
 cargo test --all-targets "$@"
 cargo test --doc

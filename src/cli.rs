@@ -67,6 +67,10 @@ pub enum Command {
     Compare(CompareArgs),
     /// Run an experiment file: grids, repeats, saturation stops, capacity searches, servers.
     Experiment(ExperimentArgs),
+    /// Merge the shard folders of a sharded run (`run --shard I/N`) into one run folder.
+    Merge(MergeArgs),
+    /// Print the Kubernetes manifests of a sharded run (an Indexed Job and what it needs).
+    K8s(Box<crate::shard::k8s::K8sArgs>),
 }
 
 /// `tracebench experiment`.
@@ -217,6 +221,20 @@ pub struct RunArgs {
     pub trace: TraceArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+
+    /// This process is shard I of N of one run (0-based): it sends its share
+    /// of the load, requests and dataset lines into `RUN_ID.shard-I-of-N`
+    /// (needs --run-id; `tracebench merge` puts the shards back together).
+    #[arg(long, value_name = "I/N", env = "TRACEBENCH_SHARD")]
+    pub shard: Option<crate::shard::Shard>,
+    /// Run N shards of this run as child processes of this one, then merge
+    /// them into one run folder.
+    #[arg(long, value_name = "N", conflicts_with = "shard", value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::shard::MAX_SHARDS)))]
+    pub shards: Option<u32>,
+    /// Start sending at this wall-clock instant (RFC 3339, e.g.
+    /// 2026-01-31T12:00:00Z), so that shards on several hosts start together.
+    #[arg(long, value_name = "TIME", value_parser = crate::shard::clock::parse_start_at)]
+    pub start_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Telemetry flags of `tracebench run`.
@@ -338,6 +356,27 @@ pub struct CompareArgs {
     /// moves within the repeats' noise do not count).
     #[arg(long, value_name = "LIMITS")]
     pub fail_on: Option<String>,
+}
+
+/// `tracebench merge`.
+#[derive(Args, Debug, Clone)]
+pub struct MergeArgs {
+    /// The shard folders (`RUN_ID.shard-I-of-N`) of one run.
+    #[arg(required = true, num_args = 1..)]
+    pub shards: Vec<PathBuf>,
+    /// The merged run folder to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Wait up to this long for shard folders that are missing or still
+    /// running (e.g. `10m` in a merge Job), then merge what is there.
+    #[arg(long, value_name = "DURATION", value_parser = crate::units::parse_duration)]
+    pub wait: Option<Duration>,
+    /// The SQLite history database.
+    #[arg(long, env = "TRACEBENCH_DB", default_value = "results/tracebench.db")]
+    pub db: PathBuf,
+    /// Do not record the merged run in the history database.
+    #[arg(long)]
+    pub no_db: bool,
 }
 
 /// `on` / `off` for a flag.

@@ -3,7 +3,9 @@
 //! code (see [`crate::cli::EXIT_CODES`]); errors bubble up as exit code 2.
 
 use crate::analysis::{Slo, Summary};
-use crate::cli::{Cli, Command, CompareArgs, DemoArgs, JoinArgs, ReportArgs, RunArgs, ShowArgs};
+use crate::cli::{
+    Cli, Command, CompareArgs, DemoArgs, JoinArgs, MergeArgs, ReportArgs, RunArgs, ShowArgs,
+};
 use crate::config::{RunConfig, StopAfter};
 use crate::report::console::print;
 use crate::report::run_folder::RunFolder;
@@ -19,7 +21,10 @@ pub async fn run_command(cli: Cli) -> anyhow::Result<i32> {
     let threads = cli.worker_threads();
     let idle_spin = cli.idle_spin;
     match cli.command {
-        Command::Run(args) => run(*args).await,
+        Command::Run(args) => match args.shards {
+            Some(count) => launch(*args, count).await,
+            None => run(*args).await,
+        },
         Command::Demo(args) => demo(args).await,
         Command::Sim(args) => crate::sim::run_until_ctrl_c(*args).await.map(|()| 0),
         Command::Selfcheck(args) => crate::selfcheck::selfcheck(args, threads, idle_spin).await,
@@ -34,7 +39,57 @@ pub async fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::Report(args) => report(args),
         Command::Compare(args) => compare(args),
         Command::Experiment(args) => crate::experiment::run_experiment(args, command_line()).await,
+        Command::Merge(args) => merge(args).await,
+        Command::K8s(args) => {
+            print(&crate::shard::k8s::manifests(&args)?);
+            Ok(0)
+        }
     }
+}
+
+/// `run --shards N`: the shards as child processes, then their merge.
+async fn launch(args: RunArgs, count: u32) -> anyhow::Result<i32> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let launched = crate::shard::launch::launch(args, count, argv).await?;
+    print_merged(&launched.merged);
+    Ok(launched.exit_code())
+}
+
+/// `tracebench merge SHARD_DIR... --out DIR`.
+async fn merge(args: MergeArgs) -> anyhow::Result<i32> {
+    if let Some(wait) = args.wait {
+        crate::shard::merge::wait_for_shards(&args.shards, wait).await;
+    }
+    let shards: Vec<_> = match args.wait {
+        // After a wait, a folder that never appeared is a missing shard.
+        Some(_) => args
+            .shards
+            .into_iter()
+            .filter(|d| d.join("run.json").is_file())
+            .collect(),
+        None => args.shards,
+    };
+    if shards.is_empty() {
+        anyhow::bail!("none of the shard folders appeared");
+    }
+    let db = (!args.no_db).then_some(args.db.as_path());
+    let merged = crate::shard::merge::merge(&shards, &args.out, db).await?;
+    print_merged(&merged);
+    Ok(0)
+}
+
+/// Prints a merged run's summary, its notes and where it is.
+fn print_merged(merged: &crate::shard::merge::Merged) {
+    print(&crate::report::console::render(&merged.summary));
+    for note in &merged.notes {
+        eprintln!("note: {note}");
+    }
+    print(&format!(
+        "merged{}: {}  (report: {})\n",
+        if merged.partial { " (partial)" } else { "" },
+        merged.run_dir.display(),
+        merged.run_dir.join("report.html").display()
+    ));
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<i32> {

@@ -7,11 +7,13 @@ use crate::cli::RunArgs;
 use crate::client::ClientOptions;
 use crate::record::Endpoint;
 use crate::schedule::Schedule;
+use crate::shard::Shard;
 use crate::telemetry::TelemetryConfig;
 use crate::workload::feed::WorkloadConfig;
 use crate::workload::BodyOptions;
 use crate::workload::Source;
 use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
 use clap::Parser;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use serde::Serialize;
@@ -68,11 +70,23 @@ pub struct RunConfig {
     pub trace: crate::trace::TraceConfig,
     #[serde(skip)]
     pub telemetry: TelemetryConfig,
+    /// `--shard I/N`: this process sends shard I's share of the run.
+    pub shard: Option<Shard>,
+    /// `--start-at`: the wall-clock instant the load starts.
+    #[serde(serialize_with = "as_rfc3339")]
+    pub start_at: Option<DateTime<Utc>>,
 }
 
 /// Most connections `--preconnect` opens; an open loop without
 /// `--max-concurrency` gets this many.
 pub const MAX_PRECONNECT: usize = 1024;
+
+fn as_rfc3339<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&t.to_rfc3339()),
+        None => s.serialize_none(),
+    }
+}
 
 fn as_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
@@ -141,6 +155,20 @@ impl RunConfig {
         if args.max_tokens == Some(0) {
             bail!("--max-tokens must be at least 1");
         }
+        if let Some(shard) = args.shard {
+            if args.run_id.is_none() {
+                bail!("--shard {shard} needs --run-id: every shard of a run names the same run");
+            }
+            Shard::check_split(shard.count, &schedule)?;
+            if let StopAfter::Requests(n) = stop {
+                if n < u64::from(shard.count) {
+                    bail!(
+                        "--requests {n} over {} shards leaves some shard nothing to send",
+                        shard.count
+                    );
+                }
+            }
+        }
         Ok(Self {
             url,
             endpoint: args.endpoint,
@@ -170,6 +198,8 @@ impl RunConfig {
             db: (!args.no_db).then(|| args.db.clone()),
             trace: crate::trace::TraceConfig::from_args(&args.trace)?,
             telemetry: TelemetryConfig::from_args(&args.telemetry)?,
+            shard: args.shard,
+            start_at: args.start_at,
         })
     }
 
@@ -181,10 +211,29 @@ impl RunConfig {
             StopAfter::Duration(_) => u64::MAX,
         };
         let sends = usize::try_from(sends).unwrap_or(usize::MAX);
-        self.schedule
+        self.load_schedule()
             .in_flight_limit()
             .min(sends)
             .min(MAX_PRECONNECT)
+    }
+
+    /// The load this process sends: the run's, or its shard's share of it.
+    pub fn load_schedule(&self) -> Schedule {
+        match self.shard {
+            Some(shard) => shard.schedule(&self.schedule),
+            None => self.schedule.clone(),
+        }
+    }
+
+    /// The seed of this process's arrivals (a shard's is derived from the run's).
+    pub fn arrival_seed(&self) -> u64 {
+        self.shard.map_or(self.seed, |s| s.arrival_seed(self.seed))
+    }
+
+    /// The name of this process's run folder under `out`.
+    pub fn folder_name(&self, run_id: &str) -> String {
+        self.shard
+            .map_or_else(|| run_id.to_string(), |s| s.folder_name(run_id))
     }
 
     /// What the workload needs of this run.
@@ -206,7 +255,10 @@ impl RunConfig {
                 temperature: self.temperature,
                 extra_body: self.extra_body.clone(),
             },
-            run_id: run_id.to_string(),
+            run_id: self
+                .shard
+                .map_or_else(|| run_id.to_string(), |s| s.request_id_prefix(run_id)),
+            shard: self.shard,
         }
     }
 
@@ -222,6 +274,7 @@ impl RunConfig {
             first_byte_timeout: self.first_byte_timeout,
             request_timeout: self.request_timeout,
             run_id: run_id.to_string(),
+            shard: self.shard,
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod run;
 pub mod runtime;
 pub mod schedule;
 pub mod selfcheck;
+pub mod shard;
 pub mod sim;
 pub mod telemetry;
 pub mod testing;

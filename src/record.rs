@@ -263,6 +263,9 @@ pub struct RequestRecord {
     pub decomposition: Option<Decomposition>,
     pub trace_url: Option<String>,
     pub gpu: Option<GpuAttribution>,
+    /// The shard (`--shard I/N`) that sent it; absent for a run of one process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<u32>,
 }
 
 impl RequestRecord {

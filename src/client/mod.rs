@@ -22,6 +22,7 @@ use crate::record::{
     ConnectionInfo, CountSource, Endpoint, ErrorKind, Instants, RequestError, RequestRecord,
     Timeline, REQUEST_SCHEMA,
 };
+use crate::shard::Shard;
 use bytes::Bytes;
 use chunk::{error_message, parse_chunk, Usage};
 use connection::TlsTarget;
@@ -59,6 +60,8 @@ pub struct ClientOptions {
     pub first_byte_timeout: Duration,
     pub request_timeout: Duration,
     pub run_id: String,
+    /// The shard this client sends for: its records say so, its trace ids begin with it.
+    pub shard: Option<Shard>,
 }
 
 impl ClientOptions {
@@ -75,6 +78,7 @@ impl ClientOptions {
             first_byte_timeout: Duration::from_secs(300),
             request_timeout: Duration::from_secs(600),
             run_id: run_id.to_string(),
+            shard: None,
         }
     }
 }
@@ -170,7 +174,11 @@ impl Client {
         let trace = self
             .options
             .trace_header
-            .then(|| TraceParent::random(&mut rand::rng()));
+            .then(|| TraceParent::random(&mut rand::rng()))
+            .map(|t| match self.options.shard {
+                Some(shard) => t.with_prefix(shard.trace_prefix()),
+                None => t,
+            });
         let mut progress = Progress::new(request.max_tokens);
         // A token of its own: polling the run's shared token on every chunk would
         // make all in-flight requests contend for one lock.
@@ -393,6 +401,7 @@ impl Client {
             decomposition: None,
             trace_url: None,
             gpu: None,
+            shard: self.options.shard.map(|s| s.index),
         }
     }
 

@@ -101,6 +101,13 @@ impl TraceParent {
         }
     }
 
+    /// The same ids with the trace id's leading bytes replaced by `prefix`
+    /// (a shard's index, so trace ids of different shards never collide).
+    pub fn with_prefix(mut self, prefix: [u8; 2]) -> Self {
+        self.trace_id.0[..2].copy_from_slice(&prefix);
+        self
+    }
+
     /// The header value.
     pub fn header_value(&self) -> String {
         format!(

@@ -45,7 +45,7 @@ struct Flag {
 }
 
 /// Keys a point may not set, and what sets them instead.
-const RESERVED: [(&str, &str); 11] = [
+const RESERVED: [(&str, &str); 14] = [
     ("url", "the model alias's `url`"),
     ("endpoint", "the model alias's `endpoint`"),
     ("model", "the model alias's `model`"),
@@ -59,6 +59,18 @@ const RESERVED: [(&str, &str); 11] = [
     (
         "no_tui",
         "the experiment (`tracebench experiment --no-tui`)",
+    ),
+    (
+        "shard",
+        "`tracebench run` alone: a point runs in one process",
+    ),
+    (
+        "shards",
+        "`tracebench run` alone: a point runs in one process",
+    ),
+    (
+        "start_at",
+        "`tracebench run` alone: a point starts when the one before ends",
     ),
 ];
 

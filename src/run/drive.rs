@@ -62,14 +62,17 @@ pub async fn drive(
         eprintln!("note: {note}");
         notes.push(note);
     }
-    let total = match config.stop {
-        StopAfter::Requests(n) => Some(n),
-        StopAfter::Duration(_) => None,
-    };
+    let phases = feed.phases();
+    let total = phases.measured;
     let live = Arc::new(Mutex::new(LiveStats::new(total)));
     let stops = Stops::default();
-    let (dispatcher, finished) =
-        Dispatcher::new(client, config.schedule.clone(), config.seed, stops.clone());
+    let stop = stops.stop.clone();
+    let (dispatcher, finished) = Dispatcher::new(
+        client,
+        config.load_schedule(),
+        config.arrival_seed(),
+        stops.clone(),
+    );
     let log = RecordLog::create(&run_dir.join("requests.jsonl"))?;
     let aggregator = tokio::spawn(aggregate(
         finished,
@@ -103,12 +106,16 @@ pub async fn drive(
         StopAfter::Requests(_) => None,
     };
     let load = async move {
+        let late = match config.start_at {
+            Some(at) => crate::shard::clock::wait_until(at, &stop).await,
+            None => None,
+        };
         dispatcher
-            .run_phase(&mut feed, Some(config.warmup), None)
+            .run_phase(&mut feed, Some(phases.warmup), None)
             .await;
         let deadline = deadline.map(|d| tokio::time::Instant::now() + d);
         dispatcher.run_phase(&mut feed, total, deadline).await;
-        feed.failure()
+        late.into_iter().chain(feed.failure()).collect::<Vec<_>>()
     };
     let extras = || {
         (
@@ -117,16 +124,16 @@ pub async fn drive(
         )
     };
     let clock = observers.clock;
-    let workload_failure = tokio::select! {
-        failure = load => failure,
-        _ = publish_snapshots(snapshot_tx, &live, &in_flight, clock, extras) => None,
+    let load_notes = tokio::select! {
+        notes = load => notes,
+        _ = publish_snapshots(snapshot_tx, &live, &in_flight, clock, extras) => Vec::new(),
     };
     let mut driven = aggregator.await??;
     view.finish().await;
     interrupter.abort();
     driven.interrupted = interrupted.load(Ordering::SeqCst);
     notes.append(&mut driven.notes);
-    notes.extend(workload_failure);
+    notes.extend(load_notes);
     driven.notes = notes;
     Ok(driven)
 }

@@ -31,6 +31,27 @@ pub struct RunManifest {
     pub server: Server,
     /// What a reader of the results should know (approximations, missing pieces).
     pub notes: Vec<String>,
+    /// Hash of the settings every shard of the run shares ([`crate::shard::config_hash`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+    /// This process's shard, when it was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardInfo>,
+    /// What the host knew of its clock (shards and `--start-at` runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<crate::shard::clock::ClockCheck>,
+    /// A merged run: the shards it was merged from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<Vec<crate::shard::merge::MergedShard>>,
+}
+
+/// A shard's place in its run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    pub index: u32,
+    pub count: u32,
+    /// Wall clock of the origin of the shard's `instants_ns`, ns since the Unix epoch.
+    pub clock_origin_unix_ns: u64,
 }
 
 /// The tracebench that made the run.
@@ -93,6 +114,10 @@ impl RunManifest {
                 models: server.models.clone(),
             },
             notes: Vec::new(),
+            config_hash: Some(crate::shard::config_hash(config)),
+            shard: None,
+            clock: None,
+            shards: None,
         }
     }
 

@@ -99,13 +99,15 @@ struct Prepared {
     clock: RunClock,
     client: Client,
     feed: Feed,
+    /// What this host knows of its clock (shards and `--start-at` runs).
+    clock_check: Option<crate::shard::clock::ClockCheck>,
     notes: Vec<String>,
 }
 
 /// Discovers the server, picks the model, starts the workload feed.
 async fn prepare(config: &RunConfig) -> anyhow::Result<Prepared> {
     let run_id = config.run_id.clone().unwrap_or_else(new_run_id);
-    let run_dir = config.out.join(&run_id);
+    let run_dir = config.out.join(config.folder_name(&run_id));
     if run_dir.join("requests.jsonl").exists() {
         bail!(
             "{} already holds a run: choose another --run-id or --out",
@@ -124,6 +126,11 @@ async fn prepare(config: &RunConfig) -> anyhow::Result<Prepared> {
                 .as_deref()
                 .unwrap_or("it lists no model")
         ),
+    };
+    let clock_check = if config.shard.is_some() || config.start_at.is_some() {
+        Some(crate::shard::clock::check(&http, &config.url).await)
+    } else {
+        None
     };
     let mut notes = Vec::new();
     let counter = match &config.source {
@@ -144,6 +151,7 @@ async fn prepare(config: &RunConfig) -> anyhow::Result<Prepared> {
         clock,
         client,
         feed,
+        clock_check,
         notes,
     })
 }
@@ -164,13 +172,19 @@ async fn open(
     let run_dir = &prepared.run_dir;
     std::fs::create_dir_all(run_dir)
         .with_context(|| format!("cannot create {}", run_dir.display()))?;
-    let manifest = RunManifest::at_start(
+    let mut manifest = RunManifest::at_start(
         config,
         &prepared.run_id,
         command_line,
         &prepared.model,
         &prepared.server,
     );
+    manifest.shard = config.shard.map(|shard| manifest::ShardInfo {
+        index: shard.index,
+        count: shard.count,
+        clock_origin_unix_ns: prepared.clock.start_unix_ns(),
+    });
+    manifest.clock = prepared.clock_check.clone();
     manifest.write(run_dir)?;
     let clock = prepared.clock;
     let collector = crate::trace::start_collector(&config.trace, run_dir).await?;

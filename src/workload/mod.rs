@@ -131,6 +131,15 @@ pub struct Item {
     pub max_tokens: Option<u64>,
 }
 
+impl Item {
+    /// The key that keeps items together when a run is split into shards:
+    /// every item of one key goes to the same shard. An item is its own unit,
+    /// keyed by its `line` (0-based) in the dataset.
+    pub fn unit_key(&self, line: usize) -> String {
+        line.to_string()
+    }
+}
+
 impl BodyOptions {
     /// The JSON body of one request.
     pub fn body(&self, item: &Item) -> Bytes {
