@@ -19,11 +19,11 @@ pub use preconnect::Preconnected;
 
 use crate::clock::RunClock;
 use crate::record::{
-    ConnectionInfo, CountSource, Endpoint, ErrorKind, Instants, RequestError, RequestRecord,
-    Timeline, REQUEST_SCHEMA,
+    ConnectionInfo, CountSource, Endpoint, ErrorKind, ImagesInfo, Instants, RequestError,
+    RequestRecord, Timeline, TtftMethod, REQUEST_SCHEMA,
 };
 use bytes::Bytes;
-use chunk::{error_message, parse_chunk, Usage};
+use chunk::{answer_text, error_message, parse_chunk, Usage};
 use connection::TlsTarget;
 use http1::{ConnectionStory, Http1Error, Http1Pool, Http1Response};
 use sse::{SseEvent, SseFramer};
@@ -43,6 +43,23 @@ pub struct PreparedRequest {
     pub max_tokens: Option<u64>,
     pub input_tokens: Option<u64>,
     pub input_tokens_source: Option<CountSource>,
+    pub meta: RequestMeta,
+}
+
+/// What a request carries beyond its body: for its record, its timing and
+/// how it is sent.
+#[derive(Debug, Clone, Default)]
+pub struct RequestMeta {
+    /// Sent as `X-Session-Id` (so routers can keep a session on one replica).
+    pub session_id: Option<Arc<str>>,
+    pub turn: Option<u32>,
+    pub images: Option<ImagesInfo>,
+    /// Trace replay: when, after the trace's first request, this one is meant to go.
+    pub at: Option<Duration>,
+    /// `--ttft-method two-pass`: the body of the first pass (`max_tokens: 1`).
+    pub first_pass: Option<Bytes>,
+    /// Keep the answer's text (a session's next turn sends it back).
+    pub keep_reply: bool,
 }
 
 /// How every request of a run is sent.
@@ -171,7 +188,37 @@ impl Client {
             .options
             .trace_header
             .then(|| TraceParent::random(&mut rand::rng()));
-        let mut progress = Progress::new(request.max_tokens);
+        let Some(first_pass) = &request.meta.first_pass else {
+            let (progress, error) = self.exchange(request, &request.body, trace, cancel).await;
+            return self.build_record(request, intended, trace, progress, error);
+        };
+        // Two passes: the first (max_tokens 1, no traceparent) times the first token.
+        let (first, error) = self.exchange(request, first_pass, None, cancel).await;
+        if error.is_some() {
+            return self.build_record(request, intended, None, first, error);
+        }
+        let (progress, error) = self.exchange(request, &request.body, trace, cancel).await;
+        let mut record = self.build_record(request, intended, trace, progress, error);
+        record.ttft_method = TtftMethod::TwoPass;
+        let first_e2e = first.end.map(|end| (end - first.sent).as_secs_f64() * 1e3);
+        record.ttft_ms = first_e2e;
+        record.ttfo_ms = first_e2e;
+        record.tpot_ms = match (record.e2e_ms, first_e2e, record.output_tokens) {
+            (Some(full), Some(first), Some(n)) if n > 1 => Some((full - first) / (n - 1) as f64),
+            _ => None,
+        };
+        record
+    }
+
+    /// One HTTP exchange of `body`: what was seen of it, and its error if it failed.
+    async fn exchange(
+        &self,
+        request: &PreparedRequest,
+        body: &Bytes,
+        trace: Option<TraceParent>,
+        cancel: &CancellationToken,
+    ) -> (Progress, Option<RequestError>) {
+        let mut progress = Progress::new(request.max_tokens, request.meta.keep_reply);
         // A token of its own: polling the run's shared token on every chunk would
         // make all in-flight requests contend for one lock.
         let cancel = cancel.child_token();
@@ -185,7 +232,7 @@ impl Client {
             }),
             result = tokio::time::timeout(
                 self.options.request_timeout,
-                self.drive(request, trace, &mut progress),
+                self.drive(request, body, trace, &mut progress),
             ) => result.unwrap_or_else(|_| Err(RequestError {
                 kind: ErrorKind::Timeout,
                 message: format!(
@@ -199,7 +246,7 @@ impl Client {
         if outcome.is_err() && progress.end.is_none() {
             progress.end = Some(Instant::now());
         }
-        self.build_record(request, intended, trace, progress, outcome.err())
+        (progress, outcome.err())
     }
 
     /// Sends and reads the response, filling `progress` as it goes. `sent` is
@@ -208,13 +255,14 @@ impl Client {
     async fn drive(
         &self,
         request: &PreparedRequest,
+        body: &Bytes,
         trace: Option<TraceParent>,
         progress: &mut Progress,
     ) -> Result<(), RequestError> {
         let first_byte_deadline = tokio::time::Instant::now() + self.options.first_byte_timeout;
         progress.sent = Instant::now();
         progress.sent_unix_ns = crate::units::unix_now_ns();
-        let post = self.post(request, trace, &mut progress.connection);
+        let post = self.post(request, body, trace, &mut progress.connection);
         let mut response = tokio::time::timeout_at(first_byte_deadline, post)
             .await
             .map_err(|_| self.first_byte_timeout())??;
@@ -290,6 +338,7 @@ impl Client {
     async fn post(
         &self,
         request: &PreparedRequest,
+        body: &Bytes,
         trace: Option<TraceParent>,
         story: &mut ConnectionStory,
     ) -> Result<Http1Response, RequestError> {
@@ -298,8 +347,11 @@ impl Client {
         if let Some(value) = &traceparent {
             headers.push(("traceparent", value));
         }
+        if let Some(session) = &request.meta.session_id {
+            headers.push(("x-session-id", session));
+        }
         self.pool
-            .post(&headers, &request.body, story)
+            .post(&headers, body, story)
             .await
             .map_err(|e| match e {
                 Http1Error::Send(message) => RequestError {
@@ -352,6 +404,10 @@ impl Client {
         let connection = connection_info(&progress.connection);
         let timeline = self.timeline(intended, &progress, output_tokens, ok);
         let derived = timeline.derive();
+        let reasoning_tokens = progress.reasoning_tokens(output_tokens);
+        let ttfo_ms = progress
+            .first_answer
+            .map(|at| (at - progress.sent).as_secs_f64() * 1e3);
         let server_missing_reason = if trace.is_none() {
             Some("tracing_off".to_string())
         } else {
@@ -388,6 +444,22 @@ impl Client {
             chunks: progress.token_events,
             itl_chunk_ms: derived.itl_chunk_ms,
             itl_token_ms: derived.itl_token_ms,
+            session_id: request.meta.session_id.as_deref().map(str::to_string),
+            turn: request.meta.turn,
+            ttfo_ms,
+            reasoning_tokens,
+            answer_tokens: reasoning_tokens.and_then(|r| output_tokens?.checked_sub(r)),
+            cached_tokens: progress.usage.cached_tokens(),
+            multi_token_chunks: progress
+                .tokens_per_chunk
+                .as_ref()
+                .map(|counts| counts.iter().filter(|n| **n > 1).count() as u64),
+            images: request.meta.images,
+            ttft_method: match self.options.stream {
+                true => TtftMethod::Stream,
+                false => TtftMethod::Whole,
+            },
+            reply: progress.reply,
             server: None,
             server_missing_reason,
             decomposition: None,
@@ -447,6 +519,8 @@ struct Progress {
     headers: Option<Instant>,
     first_byte: Option<Instant>,
     first_token: Option<Instant>,
+    /// First token of the answer (reasoning excluded).
+    first_answer: Option<Instant>,
     last_token: Option<Instant>,
     end: Option<Instant>,
     status: Option<u16>,
@@ -458,11 +532,16 @@ struct Progress {
     /// Tokens carried by each token-bearing chunk, while every chunk's count is known.
     tokens_per_chunk: Option<Vec<u64>>,
     last_completion_tokens: Option<u64>,
+    /// Reasoning-only token chunks, and their tokens while every count is known.
+    reasoning_chunks: u64,
+    reasoning_chunk_tokens: Option<u64>,
+    /// The answer's text, when kept.
+    reply: Option<String>,
     done: bool,
 }
 
 impl Progress {
-    fn new(max_tokens: Option<u64>) -> Self {
+    fn new(max_tokens: Option<u64>, keep_reply: bool) -> Self {
         let capacity = max_tokens.unwrap_or(128).min(8192) as usize;
         Self {
             sent: Instant::now(),
@@ -471,6 +550,7 @@ impl Progress {
             headers: None,
             first_byte: None,
             first_token: None,
+            first_answer: None,
             last_token: None,
             end: None,
             status: None,
@@ -481,7 +561,28 @@ impl Progress {
             chunk_arrivals: Vec::with_capacity(capacity),
             tokens_per_chunk: Some(Vec::with_capacity(capacity)),
             last_completion_tokens: None,
+            reasoning_chunks: 0,
+            reasoning_chunk_tokens: Some(0),
+            reply: keep_reply.then(String::new),
             done: false,
+        }
+    }
+
+    /// Reasoning tokens: the server's count, else counted per chunk when every
+    /// chunk's count is known or the chunks were one token each (their number
+    /// is the usage count); `None` when no reasoning was seen and none reported.
+    fn reasoning_tokens(&self, output_tokens: Option<u64>) -> Option<u64> {
+        if let Some(n) = self.usage.reasoning_tokens() {
+            return Some(n);
+        }
+        if self.reasoning_chunks == 0 {
+            return None;
+        }
+        let one_each = output_tokens == Some(self.token_events);
+        match (self.tokens_per_chunk.is_some(), one_each) {
+            (true, _) => self.reasoning_chunk_tokens,
+            (false, true) => Some(self.reasoning_chunks),
+            (false, false) => None,
         }
     }
 
@@ -528,8 +629,16 @@ impl Progress {
             None => chunk.carries_token,
         };
         if let Some(usage) = chunk.usage {
-            self.usage.prompt_tokens = usage.prompt_tokens.or(self.usage.prompt_tokens);
-            self.usage.completion_tokens = usage.completion_tokens.or(self.usage.completion_tokens);
+            let kept = &mut self.usage;
+            kept.prompt_tokens = usage.prompt_tokens.or(kept.prompt_tokens);
+            kept.completion_tokens = usage.completion_tokens.or(kept.completion_tokens);
+            kept.prompt_tokens_details = usage.prompt_tokens_details.or(kept.prompt_tokens_details);
+            kept.completion_tokens_details = usage
+                .completion_tokens_details
+                .or(kept.completion_tokens_details);
+        }
+        if let Some(reply) = self.reply.as_mut() {
+            reply.push_str(&answer_text(event.data).unwrap_or_default());
         }
         if carries {
             self.token_events += 1;
@@ -540,6 +649,13 @@ impl Progress {
             match (known, self.tokens_per_chunk.as_mut()) {
                 (Some(n), Some(counts)) => counts.push(n),
                 _ => self.tokens_per_chunk = None,
+            }
+            if chunk.answers {
+                self.first_answer.get_or_insert(arrived);
+            } else {
+                self.reasoning_chunks += 1;
+                self.reasoning_chunk_tokens =
+                    self.reasoning_chunk_tokens.zip(known).map(|(a, b)| a + b);
             }
         }
         if chunk.finish_reason.is_some() {
@@ -624,8 +740,12 @@ fn finish_whole(body: &[u8], at: Instant, progress: &mut Progress) -> Result<(),
         .and_then(|v| v.as_str())
         .map(str::to_string);
     progress.first_token = Some(at);
+    progress.first_answer = Some(at);
     progress.last_token = Some(at);
     progress.tokens_per_chunk = None;
+    if let Some(reply) = progress.reply.as_mut() {
+        reply.push_str(&answer_text(body).unwrap_or_default());
+    }
     Ok(())
 }
 

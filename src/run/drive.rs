@@ -64,7 +64,7 @@ pub async fn drive(
     }
     let total = match config.stop {
         StopAfter::Requests(n) => Some(n),
-        StopAfter::Duration(_) => None,
+        StopAfter::Duration(_) | StopAfter::WorkloadEnd => None,
     };
     let live = Arc::new(Mutex::new(LiveStats::new(total)));
     let stops = Stops::default();
@@ -93,7 +93,7 @@ pub async fn drive(
     let in_flight = dispatcher.in_flight();
     let deadline = match config.stop {
         StopAfter::Duration(d) => Some(d),
-        StopAfter::Requests(_) => None,
+        StopAfter::Requests(_) | StopAfter::WorkloadEnd => None,
     };
     let load = async move {
         dispatcher
@@ -101,7 +101,7 @@ pub async fn drive(
             .await;
         let deadline = deadline.map(|d| tokio::time::Instant::now() + d);
         dispatcher.run_phase(&mut feed, total, deadline).await;
-        feed.failure()
+        feed.notes()
     };
     let extras = || {
         (
@@ -112,7 +112,7 @@ pub async fn drive(
     let clock = observers.clock;
     let workload_failure = tokio::select! {
         failure = load => failure,
-        _ = publish_snapshots(snapshot_tx, &live, &in_flight, clock, extras) => None,
+        _ = publish_snapshots(snapshot_tx, &live, &in_flight, clock, extras) => Vec::new(),
     };
     let mut driven = aggregator.await??;
     view.finish().await;
