@@ -47,6 +47,8 @@ pub(crate) struct AppState {
     pub pacing: Pacing,
     pub response: Arc<ResponseContext>,
     pub ids: Mutex<StdRng>,
+    pub prefix_cache: Option<super::prefix::PrefixCache>,
+    pub reasoning_tokens: u32,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -181,6 +183,35 @@ enum Content {
 struct ContentPart {
     #[serde(default)]
     text: Option<String>,
+    #[serde(default)]
+    image_url: Option<ImageUrl>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ImageUrl {
+    url: String,
+}
+
+/// Encoded image bytes that cost one prompt token (a 50 kB JPEG: ~800 tokens).
+const IMAGE_BYTES_PER_TOKEN: usize = 64;
+/// Tokens of an image given by URL (not fetched).
+const IMAGE_URL_TOKENS: u32 = 256;
+
+/// Prompt tokens of the messages' images: a `data:` URL's decoded bytes
+/// over [`IMAGE_BYTES_PER_TOKEN`], a fixed count for other URLs.
+fn image_tokens(messages: &[Message]) -> u32 {
+    let parts = messages.iter().filter_map(|m| match &m.content {
+        Some(Content::Parts(parts)) => Some(parts),
+        _ => None,
+    });
+    parts
+        .flatten()
+        .filter_map(|p| p.image_url.as_ref())
+        .map(|image| match image.url.split_once(";base64,") {
+            Some((_, data)) => (data.len() * 3 / 4).div_ceil(IMAGE_BYTES_PER_TOKEN).max(1) as u32,
+            None => IMAGE_URL_TOKENS,
+        })
+        .sum()
 }
 
 /// The words of a prompt or of a conversation's message contents: the
@@ -344,12 +375,17 @@ async fn create_completion(
     let request: CompletionRequest =
         serde_json::from_slice(body).map_err(|e| ApiError::invalid_body(&e, body))?;
     check_model(state, request.model.as_deref())?;
-    let prompt_tokens = match api {
-        Api::Chat => {
-            prompt_token_count(None, Some(request.messages.as_deref().unwrap_or_default()))?
-        }
-        Api::Completions => prompt_token_count(request.prompt.as_ref(), None)?,
+    let messages = request.messages.as_deref().unwrap_or_default();
+    let words = match (api, &request.prompt) {
+        (Api::Chat, _) => prompt_words(None, Some(messages))?,
+        (Api::Completions, Some(Prompt::TokenIds(_))) => Vec::new(),
+        (Api::Completions, prompt) => prompt_words(prompt.as_ref(), None)?,
     };
+    let prompt_tokens = match (api, &request.prompt) {
+        (Api::Chat, _) => words.len() as u32 + image_tokens(messages),
+        (Api::Completions, prompt) => prompt_token_count(prompt.as_ref(), None)?,
+    };
+    let cached_tokens = state.prefix_cache.as_ref().map(|c| c.cached(&words));
     if request.n.is_some_and(|n| n != 1) {
         return Err(ApiError::bad_request(
             "the simulator serves n=1 only".into(),
@@ -389,6 +425,8 @@ async fn create_completion(
         stream: request.stream,
         include_usage: options.include_usage,
         continuous_usage: options.include_usage && options.continuous_usage_stats,
+        cached_tokens,
+        reasoning_tokens: state.reasoning_tokens,
         traceparent: headers
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
@@ -402,7 +440,7 @@ async fn create_completion(
             info.enqueued = Instant::now();
             TokenSource::Engine(
                 engine
-                    .submit(prompt_tokens, max_tokens)
+                    .submit(prompt_tokens - cached_tokens.unwrap_or(0), max_tokens)
                     .ok_or_else(ApiError::unavailable)?,
             )
         }
@@ -437,8 +475,13 @@ struct Usage {
     prompt_tokens: u32,
     total_tokens: u32,
     completion_tokens: u32,
-    prompt_tokens_details: Option<()>,
+    prompt_tokens_details: Option<PromptDetails>,
     completion_tokens_details: Option<()>,
+}
+
+#[derive(Serialize)]
+struct PromptDetails {
+    cached_tokens: u32,
 }
 
 #[derive(Serialize)]
@@ -516,7 +559,9 @@ fn complete_body(info: &RequestInfo, model: &str) -> Response {
         prompt_tokens: info.prompt_tokens,
         total_tokens: info.prompt_tokens + info.max_tokens,
         completion_tokens: info.max_tokens,
-        prompt_tokens_details: None,
+        prompt_tokens_details: info
+            .cached_tokens
+            .map(|cached_tokens| PromptDetails { cached_tokens }),
         completion_tokens_details: None,
     };
     match info.api {

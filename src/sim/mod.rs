@@ -7,6 +7,7 @@ mod api;
 mod engine;
 mod flavor;
 mod metrics;
+mod prefix;
 mod recorder;
 mod request;
 mod spans;
@@ -89,6 +90,14 @@ pub struct SimArgs {
     /// Seed of the random response ids.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Cache prompt prefixes in 16-token blocks: repeated leading blocks cost
+    /// no prefill and are reported as `usage.prompt_tokens_details.cached_tokens`.
+    #[arg(long)]
+    pub prefix_caching: bool,
+    /// Chat: stream the first N output tokens as `delta.reasoning_content`,
+    /// like a reasoning model.
+    #[arg(long, default_value_t = 0)]
+    pub reasoning_tokens: u32,
 }
 
 /// Parses no arguments, so [`SimArgs::default`] equals the flags' defaults.
@@ -279,6 +288,10 @@ pub async fn spawn(args: SimArgs) -> anyhow::Result<SimServer> {
             stamp_writes,
         }),
         ids: Mutex::new(rand::rngs::StdRng::seed_from_u64(args.seed)),
+        prefix_cache: args
+            .prefix_caching
+            .then(|| prefix::PrefixCache::new(args.kv_capacity_tokens)),
+        reasoning_tokens: args.reasoning_tokens,
     });
     let (stop, stopped) = oneshot::channel::<()>();
     let listener = listener.tap_io(|tcp| {
