@@ -311,21 +311,21 @@ mod tests {
         }
     }
 
+    fn request(index: u64) -> PreparedRequest {
+        PreparedRequest {
+            index,
+            request_id: format!("r{index}"),
+            warmup: false,
+            body: bytes::Bytes::new(),
+            max_tokens: None,
+            input_tokens: None,
+            input_tokens_source: None,
+            meta: Default::default(),
+        }
+    }
+
     fn requests(n: u64) -> Feed {
-        Feed::from_requests(
-            (0..n)
-                .map(|index| PreparedRequest {
-                    index,
-                    request_id: format!("r{index}"),
-                    warmup: false,
-                    body: bytes::Bytes::new(),
-                    max_tokens: None,
-                    input_tokens: None,
-                    input_tokens_source: None,
-                    meta: Default::default(),
-                })
-                .collect(),
-        )
+        Feed::from_requests((0..n).map(request).collect())
     }
 
     async fn dispatch(schedule: Schedule, durations: &[u64], n: u64) -> Vec<Finished<Sent>> {
@@ -399,6 +399,130 @@ mod tests {
         assert_eq!(starts(&out), [0, 0, 50, 50, 70]);
         let intended: Vec<u64> = out.iter().map(|f| f.record.intended_ms).collect();
         assert_eq!(intended, [0, 0, 50, 50, 70]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replay_sends_each_request_at_its_own_offset_and_a_cap_shows_as_lag() {
+        let replay = |offsets: Vec<u64>, cap| async move {
+            let requests = offsets
+                .into_iter()
+                .enumerate()
+                .map(|(i, ms)| PreparedRequest {
+                    meta: crate::client::RequestMeta {
+                        at: Some(Duration::from_millis(1000 + ms)),
+                        ..Default::default()
+                    },
+                    ..request(i as u64)
+                });
+            let sender = Sleeper {
+                durations: Arc::new(vec![200]),
+                origin: Instant::now(),
+            };
+            let schedule = Schedule::Replay {
+                max_concurrency: cap,
+            };
+            let (dispatcher, mut rx) = Dispatcher::new(sender, schedule, 0, Stops::default());
+            let mut feed = Feed::from_requests(requests.collect());
+            dispatcher.run_phase(&mut feed, None, None).await;
+            drop(dispatcher);
+            let mut out = Vec::new();
+            while let Some(f) = rx.recv().await {
+                out.push((f.record.intended_ms, f.record.started_ms));
+            }
+            out.sort();
+            out
+        };
+        // Offsets count from the phase's first request (the trace's 1000 ms is its start).
+        let free = replay(vec![0, 100, 100, 350], None).await;
+        assert_eq!(free, [(0, 0), (100, 100), (100, 100), (350, 350)]);
+        let capped = replay(vec![0, 100, 350], Some(1)).await;
+        assert_eq!(capped, [(0, 0), (100, 200), (350, 400)]);
+    }
+
+    /// Answers in 10 ms with a reply naming the request; notes each turn's start.
+    #[derive(Clone)]
+    struct Turns {
+        origin: Instant,
+    }
+
+    impl RequestSender for Turns {
+        /// Request id, start (ms), the reply, earlier replies the body carried.
+        type Record = (String, u64, Option<String>, usize);
+        async fn send(
+            &self,
+            request: PreparedRequest,
+            _: Instant,
+            _: CancellationToken,
+        ) -> Self::Record {
+            let started = (Instant::now() - self.origin).as_millis() as u64;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let reply = request
+                .meta
+                .keep_reply
+                .then(|| format!("reply to {}", request.request_id));
+            let replies = String::from_utf8_lossy(&request.body)
+                .matches("reply to r-")
+                .count();
+            (request.request_id, started, reply, replies)
+        }
+
+        fn take_reply(record: &mut Self::Record) -> Option<String> {
+            record.2.take()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sessions_turns_go_in_order_on_its_slot_after_each_answer_and_think_time() {
+        use crate::workload::sessions::{Session, SessionRun, Turn};
+        let body = Arc::new(crate::workload::BodyOptions::new(
+            crate::record::Endpoint::Chat,
+            "m",
+        ));
+        let session = |index: u64| {
+            let turn = |delay_ms| Turn {
+                messages: vec![serde_json::json!({"role": "user", "content": "q"})],
+                max_tokens: Some(4),
+                delay: Duration::from_millis(delay_ms),
+                images: Vec::new(),
+            };
+            let session = Session {
+                id: format!("s{index}").into(),
+                turns: vec![turn(0), turn(100), turn(50)],
+            };
+            Work::Session(SessionRun::new(
+                session,
+                index,
+                false,
+                body.clone(),
+                "r".into(),
+            ))
+        };
+        let sender = Turns {
+            origin: Instant::now(),
+        };
+        let schedule = Schedule::Closed { concurrency: 1 };
+        let (dispatcher, mut rx) = Dispatcher::new(sender, schedule, 0, Stops::default());
+        let mut feed = Feed::from_work(vec![session(0), session(1)]);
+        dispatcher.run_phase(&mut feed, None, None).await;
+        drop(dispatcher);
+        let mut seen = Vec::new();
+        while let Some(finished) = rx.recv().await {
+            seen.push((finished.record.0, finished.record.1, finished.record.3));
+        }
+        let expect = |id: &str, ms, replies| (id.to_string(), ms, replies);
+        // One slot: session 1 waits for all of session 0; each turn waits for
+        // the answer (10 ms) and its think time.
+        assert_eq!(
+            seen,
+            [
+                expect("r-000000-t0", 0, 0),
+                expect("r-000000-t1", 110, 1),
+                expect("r-000000-t2", 170, 2),
+                expect("r-000001-t0", 180, 0),
+                expect("r-000001-t1", 290, 1),
+                expect("r-000001-t2", 350, 2),
+            ]
+        );
     }
 
     #[tokio::test(start_paused = true)]

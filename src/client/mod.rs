@@ -195,7 +195,9 @@ impl Client {
         // Two passes: the first (max_tokens 1, no traceparent) times the first token.
         let (first, error) = self.exchange(request, first_pass, None, cancel).await;
         if error.is_some() {
-            return self.build_record(request, intended, None, first, error);
+            let mut record = self.build_record(request, intended, None, first, error);
+            record.ttft_method = TtftMethod::TwoPass;
+            return record;
         }
         let (progress, error) = self.exchange(request, &request.body, trace, cancel).await;
         let mut record = self.build_record(request, intended, trace, progress, error);
