@@ -218,7 +218,9 @@ impl<S: RequestSender> Dispatcher<S> {
             tasks.spawn(async move {
                 match work {
                     Work::Request(request) => drop(worker.send_one(request, intended).await),
-                    Work::Session(session) => worker.send_session(session, intended).await,
+                    Work::Session(session) => {
+                        worker.send_session(session, intended, deadline).await
+                    }
                 }
                 drop(slot);
             });
@@ -248,13 +250,22 @@ impl<S: RequestSender> Worker<S> {
     }
 
     /// A session's turns in order: each after the previous answer and its
-    /// think time. A failed turn, or a stopped run, ends the session (a later
-    /// turn would build on an answer that never came).
-    async fn send_session(&self, mut session: SessionRun, intended: Instant) {
+    /// think time. A failed turn, a stopped run, or a turn that would start
+    /// after the phase's deadline ends the session (a later turn would build
+    /// on an answer that never came).
+    async fn send_session(
+        &self,
+        mut session: SessionRun,
+        intended: Instant,
+        deadline: Option<Instant>,
+    ) {
         let mut intended = intended;
         while let Some((request, think)) = session.next_turn() {
             if request.meta.turn != Some(0) {
                 intended = Instant::now() + think;
+                if deadline.is_some_and(|d| intended >= d) {
+                    return;
+                }
                 tokio::select! {
                     _ = tokio::time::sleep_until(intended) => {}
                     _ = self.stop.cancelled() => return,
@@ -471,8 +482,9 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_sessions_turns_go_in_order_on_its_slot_after_each_answer_and_think_time() {
+    /// Two sessions of three turns (think times 0, 100, 50 ms) on one slot:
+    /// each turn's id, start (ms) and the earlier replies its body carried.
+    async fn two_sessions(deadline_ms: Option<u64>) -> Vec<(String, u64, usize)> {
         use crate::workload::sessions::{Session, SessionRun, Turn};
         let body = Arc::new(crate::workload::BodyOptions::new(
             crate::record::Endpoint::Chat,
@@ -497,23 +509,27 @@ mod tests {
                 "r".into(),
             ))
         };
-        let sender = Turns {
-            origin: Instant::now(),
-        };
+        let origin = Instant::now();
         let schedule = Schedule::Closed { concurrency: 1 };
-        let (dispatcher, mut rx) = Dispatcher::new(sender, schedule, 0, Stops::default());
+        let (dispatcher, mut rx) = Dispatcher::new(Turns { origin }, schedule, 0, Stops::default());
         let mut feed = Feed::from_work(vec![session(0), session(1)]);
-        dispatcher.run_phase(&mut feed, None, None).await;
+        let deadline = deadline_ms.map(|ms| origin + Duration::from_millis(ms));
+        dispatcher.run_phase(&mut feed, None, deadline).await;
         drop(dispatcher);
         let mut seen = Vec::new();
         while let Some(finished) = rx.recv().await {
             seen.push((finished.record.0, finished.record.1, finished.record.3));
         }
+        seen
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sessions_turns_go_in_order_on_its_slot_after_each_answer_and_think_time() {
         let expect = |id: &str, ms, replies| (id.to_string(), ms, replies);
         // One slot: session 1 waits for all of session 0; each turn waits for
-        // the answer (10 ms) and its think time.
+        // the answer (10 ms) and its think time, and carries the earlier replies.
         assert_eq!(
-            seen,
+            two_sessions(None).await,
             [
                 expect("r-000000-t0", 0, 0),
                 expect("r-000000-t1", 110, 1),
@@ -521,6 +537,15 @@ mod tests {
                 expect("r-000001-t0", 180, 0),
                 expect("r-000001-t1", 290, 1),
                 expect("r-000001-t2", 350, 2),
+            ]
+        );
+        // A deadline at 150 ms: no turn starts after it.
+        assert_eq!(
+            two_sessions(Some(150)).await,
+            [
+                expect("r-000000-t0", 0, 0),
+                expect("r-000000-t1", 110, 1),
+                expect("r-000001-t0", 120, 0),
             ]
         );
     }
