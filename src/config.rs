@@ -109,27 +109,7 @@ impl RunConfig {
         let source = source(args)?;
         let images = images(args)?;
         let two_pass = args.workload.ttft_method == TtftMethod::TwoPass;
-        let sessions = matches!(
-            &source,
-            Source::Synthetic {
-                sessions: Some(_),
-                ..
-            }
-        ) || matches!(
-            &source,
-            Source::Dataset {
-                format: DatasetFormat::Sessions,
-                ..
-            }
-        ) || matches!(
-            &source,
-            Source::Dataset {
-                sharegpt_turns: Turns::All,
-                format: DatasetFormat::Sharegpt,
-                ..
-            }
-        );
-        if two_pass && sessions {
+        if two_pass && source.is_sessions() {
             bail!(
                 "--ttft-method two-pass sends single prompts; it cannot time multi-turn sessions"
             );

@@ -66,7 +66,9 @@ pub async fn drive(
         StopAfter::Requests(n) => Some(n),
         StopAfter::Duration(_) | StopAfter::WorkloadEnd => None,
     };
-    let live = Arc::new(Mutex::new(LiveStats::new(total)));
+    // Sessions: --requests counts sessions, and their turns are not known ahead.
+    let live_total = total.filter(|_| !config.source.is_sessions());
+    let live = Arc::new(Mutex::new(LiveStats::new(live_total)));
     let stops = Stops::default();
     let (dispatcher, finished) =
         Dispatcher::new(client, config.schedule.clone(), config.seed, stops.clone());

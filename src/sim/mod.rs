@@ -8,6 +8,7 @@ mod engine;
 mod flavor;
 mod metrics;
 mod prefix;
+mod prompt;
 mod recorder;
 mod request;
 mod spans;

@@ -56,6 +56,25 @@ pub enum Source {
     },
 }
 
+impl Source {
+    /// Sends multi-turn sessions (so `--requests` counts sessions, not requests).
+    pub fn is_sessions(&self) -> bool {
+        match self {
+            Source::Synthetic { sessions, .. } => sessions.is_some(),
+            Source::Dataset {
+                format,
+                sharegpt_turns,
+                ..
+            } => {
+                *format == DatasetFormat::Sessions
+                    || (*format == DatasetFormat::Sharegpt
+                        && *sharegpt_turns == sharegpt::Turns::All)
+            }
+            Source::Trace { .. } => false,
+        }
+    }
+}
+
 /// What a `--dataset` file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
