@@ -69,6 +69,51 @@ pub struct ChunkSummary {
     pub note: String,
 }
 
+impl WorkloadSummary {
+    /// The console's lines: TTFT by turn, the cache, TTFT by images, ITL's basis.
+    pub fn lines(&self) -> String {
+        let mut out = String::new();
+        let percent = |rate: Option<f64>| rate.map_or("-".into(), |r| format!("{:.0}%", r * 100.0));
+        for (turn, t) in sorted_turns(&self.by_turn) {
+            let p50 = t
+                .ttft_ms
+                .as_ref()
+                .map_or("-".into(), |s| format!("{:.2} ms", s.p50));
+            out.push_str(&format!(
+                "turn {turn}: {} requests, TTFT p50 {p50}, cache hit {}\n",
+                t.requests,
+                percent(t.cache_hit_rate)
+            ));
+        }
+        if let Some(c) = &self.cache {
+            out.push_str(&format!(
+                "prefix cache: {} of {} prompt tokens cached ({}) over {} requests\n",
+                c.cached_tokens,
+                c.prompt_tokens,
+                percent(Some(c.hit_rate)),
+                c.requests
+            ));
+        }
+        for (count, s) in &self.ttft_by_image_count {
+            out.push_str(&format!(
+                "{count} images a request: {} requests, TTFT p50 {:.2} ms\n",
+                s.count, s.p50
+            ));
+        }
+        if let Some(chunks) = self.chunks.as_ref().filter(|c| c.itl != "per_token") {
+            out.push_str(&format!("{}\n", chunks.note));
+        }
+        out
+    }
+}
+
+/// Turns in numeric order (`"32+"` last).
+fn sorted_turns(by_turn: &BTreeMap<String, TurnSummary>) -> Vec<(&String, &TurnSummary)> {
+    let mut turns: Vec<_> = by_turn.iter().collect();
+    turns.sort_by_key(|(k, _)| k.trim_end_matches('+').parse::<u32>().unwrap_or(u32::MAX));
+    turns
+}
+
 /// Prompt tokens from the prefix cache: the client's usage, else SGLang's
 /// `cached_tokens` span attribute.
 pub fn cached_tokens(record: &RequestRecord) -> Option<u64> {
@@ -301,6 +346,19 @@ mod tests {
             (1, 4)
         );
         assert!(chunks.note.contains("not per token"), "{}", chunks.note);
+        let lines = summary_lines();
+        assert!(
+            lines.contains("turn 1: 1 requests, TTFT p50 20.00 ms, cache hit 80%"),
+            "{lines}"
+        );
+        assert!(lines.find("turn 1:") < lines.find("turn 32+:"), "{lines}");
+    }
+
+    fn summary_lines() -> String {
+        let mut builder = WorkloadBuilder::default();
+        builder.observe(&record(Some(40), 30.0, Some(90)));
+        builder.observe(&record(Some(1), 20.0, Some(80)));
+        builder.finish().unwrap().lines()
     }
 
     #[test]
