@@ -551,3 +551,64 @@ async fn a_session_turn_carries_its_session_id_and_keeps_the_reply() {
     );
     assert!(record.ttfo_ms.unwrap() >= record.ttft_ms.unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_file_is_checked_at_its_start_and_a_later_bad_line_ends_the_run_keeping_its_records(
+) {
+    let sim = sim(|args| {
+        args.ttft_ms = Some(0.0);
+        args.itl_ms = Some(0.0);
+    })
+    .await;
+    let out = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // 1,500 lines of 12 kB (over the 16 MiB checked whole); line 1,400 is bad.
+    let words = "word ".repeat(2400);
+    let mut text = String::new();
+    for line in 1..=1500 {
+        match line {
+            1400 => text.push_str("{\"prompt\": 7}\n"),
+            _ => text.push_str(&format!(
+                "{{\"prompt\": \"{line} {words}\", \"max_tokens\": 1}}\n"
+            )),
+        }
+    }
+    let path = dir.path().join("big.jsonl");
+    std::fs::write(&path, text).unwrap();
+    let path = path.display().to_string();
+    let (outcome, records) = run(
+        &sim,
+        out.path(),
+        &[
+            "--dataset",
+            &path,
+            "--requests",
+            "2000",
+            "--concurrency",
+            "16",
+        ],
+    )
+    .await;
+    assert_eq!(
+        records.len(),
+        1399,
+        "every request before the bad line, none after"
+    );
+    assert!(records.iter().all(|r| r.ok()));
+    let manifest: tracebench::run::RunManifest =
+        serde_json::from_slice(&std::fs::read(outcome.run_dir.join("run.json")).unwrap()).unwrap();
+    let notes = manifest.notes.join("\n");
+    assert!(
+        notes.contains("is large: its first 1024 entries were checked before the run"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("the workload stopped at request 1399"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("big.jsonl:1400: needs a non-empty string `prompt`"),
+        "{notes}"
+    );
+    sim.shutdown().await.unwrap();
+}
