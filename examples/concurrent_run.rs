@@ -31,6 +31,8 @@ async fn main() -> anyhow::Result<()> {
                 input_tokens: None,
                 input_tokens_source: CountSource::Usage,
                 max_tokens: Some(24),
+                images: Vec::new(),
+                at: None,
             };
             body.prepare(i, "example", false, &item)
         })

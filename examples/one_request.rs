@@ -26,6 +26,8 @@ async fn main() -> anyhow::Result<()> {
         input_tokens: None,
         input_tokens_source: CountSource::Usage,
         max_tokens: Some(32),
+        images: Vec::new(),
+        at: None,
     };
     let request = body.prepare(0, "example", false, &item);
     let client = Client::new(

@@ -183,9 +183,12 @@ pub struct RunArgs {
     /// A tokenizer.json for exact prompt lengths (else the server's /tokenize, else an estimate).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    /// JSONL prompts: {"prompt": ...} or {"messages": [...]} per line, optional "max_tokens".
+    /// A dataset file: JSONL prompts ({"prompt": ...} or {"messages": [...]} per line,
+    /// optional "max_tokens" and "images"), ShareGPT, or sessions; see --dataset-format.
     #[arg(long)]
     pub dataset: Option<PathBuf>,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
 
     /// Folder for results; each run gets a subfolder.
     #[arg(long, env = "TRACEBENCH_OUT", default_value = "results")]
@@ -235,6 +238,60 @@ pub struct RunArgs {
     /// 2026-01-31T12:00:00Z), so that shards on several hosts start together.
     #[arg(long, value_name = "TIME", value_parser = crate::shard::clock::parse_start_at)]
     pub start_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Workload flags of `tracebench run`: dataset formats, sessions, trace
+/// replay, images, prefix groups, and how TTFT is taken.
+#[derive(Args, Debug, Clone)]
+pub struct WorkloadArgs {
+    /// What --dataset holds (default: told from its first entry).
+    #[arg(long, value_enum)]
+    pub dataset_format: Option<crate::workload::DatasetFormat>,
+    /// ShareGPT: `first` sends each conversation's first exchange; `all` sends
+    /// the whole conversation as a multi-turn session.
+    #[arg(long, value_enum, default_value_t = crate::workload::sharegpt::Turns::First)]
+    pub sharegpt_turns: crate::workload::sharegpt::Turns,
+    /// ShareGPT: skip prompts (and outputs, unless --max-tokens) shorter than this.
+    #[arg(long, default_value_t = 4)]
+    pub sharegpt_min_tokens: u64,
+    /// ShareGPT: skip prompts longer than this.
+    #[arg(long, default_value_t = 1024)]
+    pub sharegpt_max_prompt_tokens: u64,
+    /// ShareGPT: skip conversations whose prompt plus output is longer than this.
+    #[arg(long, default_value_t = 2048)]
+    pub sharegpt_max_total_tokens: u64,
+    /// Synthetic multi-turn sessions: turns per session, MEAN or MEAN:STDDEV.
+    #[arg(long, value_name = "MEAN[:STD]")]
+    pub turns: Option<crate::workload::Lengths>,
+    /// Synthetic sessions: wait between an answer and the next turn, e.g. 2s or 2s:1s.
+    #[arg(long, value_name = "MEAN[:STD]")]
+    pub think_time: Option<crate::workload::sessions::ThinkTime>,
+    /// Replay a timed trace: Mooncake JSONL (timestamp ms, input_length,
+    /// output_length, hash_ids) or a timestamp,input_length,output_length CSV.
+    #[arg(long, value_name = "FILE")]
+    pub trace_replay: Option<PathBuf>,
+    /// Trace replay: multiply the trace's time gaps by this (0.5: twice as fast).
+    #[arg(long, default_value_t = 1.0)]
+    pub time_scale: f64,
+    /// Images per request (chat only), generated from the seed or from --image-dir.
+    #[arg(long, default_value_t = 0)]
+    pub images: u32,
+    /// Generated images' size, WxH, or a list with weights: 512x512:3,1024x768:1.
+    #[arg(long)]
+    pub image_size: Option<crate::workload::images::ImageSizes>,
+    /// Generated images' encoding.
+    #[arg(long, value_enum)]
+    pub image_format: Option<crate::workload::images::ImageFormat>,
+    /// Send real image files from this folder instead of generated ones.
+    #[arg(long)]
+    pub image_dir: Option<PathBuf>,
+    /// Distinct shared prefixes (of --shared-prefix-tokens each); every prompt draws one.
+    #[arg(long, default_value_t = 1)]
+    pub prefix_groups: u64,
+    /// How TTFT is taken: `stream` (first token event), or `two-pass` for
+    /// endpoints that cannot stream (each prompt sent with max_tokens 1, then in full).
+    #[arg(long, value_enum, default_value_t = crate::record::TtftMethod::Stream)]
+    pub ttft_method: crate::record::TtftMethod,
 }
 
 /// Telemetry flags of `tracebench run`.

@@ -189,7 +189,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
             }
             .into(),
             shared_prefix_tokens: 0,
+            prefix_groups: 1,
             tokenizer: None,
+            sessions: None,
         },
         ignore_eos: true,
         slo: Slo {

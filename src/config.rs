@@ -6,12 +6,15 @@ use crate::analysis::Slo;
 use crate::cli::RunArgs;
 use crate::client::ClientOptions;
 use crate::record::Endpoint;
+use crate::record::TtftMethod;
 use crate::schedule::Schedule;
 use crate::shard::Shard;
 use crate::telemetry::TelemetryConfig;
 use crate::workload::feed::WorkloadConfig;
-use crate::workload::BodyOptions;
-use crate::workload::Source;
+use crate::workload::images::{ImageConfig, ImageSource};
+use crate::workload::sessions::SyntheticSessions;
+use crate::workload::sharegpt::{LengthFilters, Turns};
+use crate::workload::{BodyOptions, DatasetFormat, Source};
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use clap::Parser;
@@ -27,6 +30,8 @@ pub enum StopAfter {
     Requests(u64),
     #[serde(serialize_with = "as_seconds")]
     Duration(Duration),
+    /// Until the workload ends (a trace replay without --requests or --duration).
+    WorkloadEnd,
 }
 
 /// Everything a run needs, checked. Serialized into `run.json` (without secrets).
@@ -51,6 +56,9 @@ pub struct RunConfig {
     pub preconnect: bool,
     pub seed: u64,
     pub source: Source,
+    /// Images added to every request.
+    pub images: Option<ImageConfig>,
+    pub ttft_method: TtftMethod,
     pub out: PathBuf,
     pub run_id: Option<String>,
     #[serde(serialize_with = "as_seconds")]
@@ -104,6 +112,7 @@ impl RunConfig {
             (Some(n), None) => StopAfter::Requests(n),
             (None, Some(d)) if d.is_zero() => bail!("--duration must be longer than 0s"),
             (None, Some(d)) => StopAfter::Duration(d),
+            (None, None) if args.workload.trace_replay.is_some() => StopAfter::WorkloadEnd,
             (None, None) => StopAfter::Requests(100),
         };
         let extra_body = match &args.extra_body {
@@ -114,32 +123,17 @@ impl RunConfig {
                 Err(e) => bail!("--extra-body is not JSON: {e}"),
             },
         };
-        let source = match &args.dataset {
-            Some(path) => {
-                if args.tokenizer.is_some() || args.shared_prefix_tokens > 0 {
-                    bail!("--tokenizer and --shared-prefix-tokens apply to synthetic prompts, not --dataset");
-                }
-                std::fs::metadata(path)
-                    .with_context(|| format!("--dataset {}: cannot read it", path.display()))?;
-                Source::Dataset { path: path.clone() }
-            }
-            None => {
-                if let Some(path) = &args.tokenizer {
-                    std::fs::metadata(path).with_context(|| {
-                        format!("--tokenizer {}: cannot read it", path.display())
-                    })?;
-                }
-                if args.shared_prefix_tokens >= args.input_tokens.mean {
-                    bail!("--shared-prefix-tokens must be smaller than --input-tokens");
-                }
-                Source::Synthetic {
-                    input_tokens: args.input_tokens.into(),
-                    output_tokens: args.output_tokens.into(),
-                    shared_prefix_tokens: args.shared_prefix_tokens,
-                    tokenizer: args.tokenizer.clone(),
-                }
-            }
-        };
+        let source = source(args)?;
+        let images = images(args)?;
+        let two_pass = args.workload.ttft_method == TtftMethod::TwoPass;
+        if two_pass && source.is_sessions() {
+            bail!(
+                "--ttft-method two-pass sends single prompts; it cannot time multi-turn sessions"
+            );
+        }
+        if images.is_some() && args.endpoint == Endpoint::Completions {
+            bail!("--images need --endpoint chat (images are chat content parts)");
+        }
         if !(0.0..=1.0).contains(&args.max_error_rate) {
             bail!("--max-error-rate must be between 0 and 1");
         }
@@ -175,7 +169,7 @@ impl RunConfig {
             model: args.model.clone(),
             headers,
             header_names,
-            stream: !args.no_stream,
+            stream: !args.no_stream && !two_pass,
             max_tokens: args.max_tokens,
             ignore_eos: args.ignore_eos,
             temperature: args.temperature,
@@ -186,6 +180,8 @@ impl RunConfig {
             preconnect: !args.no_preconnect,
             seed: args.seed,
             source,
+            images,
+            ttft_method: args.workload.ttft_method,
             out: args.out.clone(),
             run_id: args.run_id.clone(),
             request_timeout: args.request_timeout,
@@ -208,7 +204,7 @@ impl RunConfig {
     pub fn preconnect_connections(&self) -> usize {
         let sends = match self.stop {
             StopAfter::Requests(n) => n.saturating_add(self.warmup),
-            StopAfter::Duration(_) => u64::MAX,
+            StopAfter::Duration(_) | StopAfter::WorkloadEnd => u64::MAX,
         };
         let sends = usize::try_from(sends).unwrap_or(usize::MAX);
         self.load_schedule()
@@ -245,7 +241,7 @@ impl RunConfig {
             warmup: self.warmup,
             requests: match self.stop {
                 StopAfter::Requests(n) => Some(n),
-                StopAfter::Duration(_) => None,
+                StopAfter::Duration(_) | StopAfter::WorkloadEnd => None,
             },
             body: BodyOptions {
                 endpoint: self.endpoint,
@@ -254,11 +250,13 @@ impl RunConfig {
                 ignore_eos: self.ignore_eos,
                 temperature: self.temperature,
                 extra_body: self.extra_body.clone(),
+                two_pass: self.ttft_method == TtftMethod::TwoPass,
             },
             run_id: self
                 .shard
                 .map_or_else(|| run_id.to_string(), |s| s.request_id_prefix(run_id)),
             shard: self.shard,
+            images: self.images.clone(),
         }
     }
 
@@ -324,7 +322,161 @@ fn headers(raw: &[String], api_key: Option<&str>) -> anyhow::Result<(HeaderMap, 
     Ok((map, names))
 }
 
+/// Where the prompts come from: a dataset, a trace, or synthetic prompts
+/// (alone, in prefix groups, or as sessions), each flag checked against the others.
+fn source(args: &RunArgs) -> anyhow::Result<Source> {
+    let w = &args.workload;
+    let readable = |flag: &str, path: &std::path::Path| {
+        std::fs::metadata(path)
+            .map(drop)
+            .with_context(|| format!("{flag} {}: cannot read it", path.display()))
+    };
+    if let Some(path) = &args.tokenizer {
+        readable("--tokenizer", path)?;
+    }
+    let synthetic_only = [
+        (w.turns.is_some(), "--turns"),
+        (w.think_time.is_some(), "--think-time"),
+        (args.shared_prefix_tokens > 0, "--shared-prefix-tokens"),
+        (w.prefix_groups != 1, "--prefix-groups"),
+    ];
+    let given = synthetic_only
+        .iter()
+        .find(|(given, _)| *given)
+        .map(|(_, flag)| *flag);
+    if let (Some(flag), true) = (given, args.dataset.is_some() || w.trace_replay.is_some()) {
+        bail!("{flag} shapes synthetic prompts; it does not apply to --dataset or --trace-replay");
+    }
+    if w.think_time.is_some() && w.turns.is_none() {
+        bail!("--think-time is the wait between turns: it needs --turns");
+    }
+    match (&args.dataset, &w.trace_replay) {
+        (Some(_), Some(_)) => bail!("--dataset and --trace-replay: give one of them"),
+        (None, Some(path)) => {
+            readable("--trace-replay", path)?;
+            if !(w.time_scale > 0.0 && w.time_scale.is_finite()) {
+                bail!("--time-scale must be a positive number (0.5 replays twice as fast)");
+            }
+            Ok(Source::Trace {
+                path: path.clone(),
+                time_scale: w.time_scale,
+                tokenizer: args.tokenizer.clone(),
+            })
+        }
+        (Some(path), None) => {
+            readable("--dataset", path)?;
+            let format = match w.dataset_format {
+                Some(format) => format,
+                None => detect_format(path)?,
+            };
+            if args.tokenizer.is_some() && format != DatasetFormat::Sharegpt {
+                bail!("--tokenizer counts synthetic, ShareGPT and trace prompts; a {format:?} dataset is sent as written");
+            }
+            if w.sharegpt_turns == Turns::All && format != DatasetFormat::Sharegpt {
+                bail!("--sharegpt-turns applies to a ShareGPT --dataset");
+            }
+            Ok(Source::Dataset {
+                path: path.clone(),
+                format,
+                sharegpt_turns: w.sharegpt_turns,
+                filters: LengthFilters {
+                    min_tokens: w.sharegpt_min_tokens,
+                    max_prompt_tokens: w.sharegpt_max_prompt_tokens,
+                    max_total_tokens: w.sharegpt_max_total_tokens,
+                },
+                tokenizer: args.tokenizer.clone(),
+            })
+        }
+        (None, None) => {
+            if args.shared_prefix_tokens >= args.input_tokens.mean {
+                bail!("--shared-prefix-tokens must be smaller than --input-tokens");
+            }
+            if w.prefix_groups == 0 || (w.prefix_groups > 1 && args.shared_prefix_tokens == 0) {
+                bail!("--prefix-groups G needs G >= 1 and --shared-prefix-tokens N > 0");
+            }
+            Ok(Source::Synthetic {
+                input_tokens: args.input_tokens.into(),
+                output_tokens: args.output_tokens.into(),
+                shared_prefix_tokens: args.shared_prefix_tokens,
+                prefix_groups: w.prefix_groups,
+                tokenizer: args.tokenizer.clone(),
+                sessions: w.turns.map(|turns| SyntheticSessions {
+                    turns: turns.into(),
+                    think_time: w.think_time.unwrap_or_default(),
+                }),
+            })
+        }
+    }
+}
+
+/// The dataset's format, told from its first entry.
+fn detect_format(path: &std::path::Path) -> anyhow::Result<DatasetFormat> {
+    use crate::workload::reader::{EntryReader, Layout};
+    let mut reader = EntryReader::open(path)?;
+    let first = reader.next_entry()?;
+    let format = match (&first, reader.layout()) {
+        (_, Layout::Array) => Some(DatasetFormat::Sharegpt),
+        (Some(entry), Layout::Lines) => DatasetFormat::detect(&entry.value),
+        (None, _) => bail!("dataset {} has no entries", path.display()),
+    };
+    format.with_context(|| {
+        format!(
+            "cannot tell what {} holds from its first entry: give --dataset-format prompts, sharegpt or sessions",
+            path.display()
+        )
+    })
+}
+
+/// `--images` with `--image-size` / `--image-format`, or from `--image-dir`.
+fn images(args: &RunArgs) -> anyhow::Result<Option<ImageConfig>> {
+    let w = &args.workload;
+    let per_request = match (w.images, &w.image_dir) {
+        (0, Some(_)) => 1,
+        (n, _) => n,
+    };
+    if per_request == 0 {
+        if w.image_size.is_some() || w.image_format.is_some() {
+            bail!("--image-size and --image-format shape generated images: add --images N");
+        }
+        return Ok(None);
+    }
+    let source = match &w.image_dir {
+        Some(dir) => {
+            if w.image_size.is_some() || w.image_format.is_some() {
+                bail!(
+                    "--image-size and --image-format shape generated images, not --image-dir files"
+                );
+            }
+            ImageSource::folder(dir)?
+        }
+        None => ImageSource::Generated {
+            sizes: w
+                .image_size
+                .clone()
+                .unwrap_or_else(|| "512x512".parse().expect("a valid size")),
+            format: w
+                .image_format
+                .unwrap_or(crate::workload::images::ImageFormat::Jpeg),
+        },
+    };
+    Ok(Some(ImageConfig {
+        per_request,
+        source,
+    }))
+}
+
 fn schedule(args: &RunArgs) -> anyhow::Result<Schedule> {
+    if args.workload.trace_replay.is_some() {
+        if args.concurrency.is_some() || args.rate.is_some() || args.batch_size.is_some() {
+            bail!("--trace-replay sends at the trace's timestamps: leave out --concurrency, --rate and --batch-size (--max-concurrency may cap it)");
+        }
+        if args.max_concurrency == Some(0) {
+            bail!("--max-concurrency must be at least 1");
+        }
+        return Ok(Schedule::Replay {
+            max_concurrency: args.max_concurrency,
+        });
+    }
     if args.max_concurrency.is_some() && args.rate.is_none() {
         bail!("--max-concurrency caps an open-loop --rate run; with --concurrency it is implied");
     }

@@ -1,13 +1,16 @@
 //! The one send loop every load shape shares: it takes requests in order,
-//! waits for each one's intended instant (open loop) or a free slot (closed
-//! loop, batches), sends it on its own task and hands the finished record on.
+//! waits for each one's intended instant (open loop, trace replay) or a free
+//! slot (closed loop, batches), sends it on its own task and hands the
+//! finished record on. A session is one unit of work: its turns go in order
+//! on the slot it took, each after the previous answer and its think time.
 //! The schedule only decides *when*; this loop decides nothing else. It runs
 //! on tokio's clock, so its timing is tested under paused time.
 
 use crate::client::{Client, PreparedRequest};
 use crate::record::RequestRecord;
 use crate::schedule::Schedule;
-use crate::workload::feed::Feed;
+use crate::workload::feed::{Feed, Work};
+use crate::workload::sessions::SessionRun;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,6 +28,12 @@ pub trait RequestSender: Clone + Send + Sync + 'static {
         intended: Instant,
         cancel: CancellationToken,
     ) -> impl Future<Output = Self::Record> + Send;
+
+    /// The answer's text of a request that finished well and asked to keep
+    /// it (a session's next turn needs it); `None` otherwise.
+    fn take_reply(_record: &mut Self::Record) -> Option<String> {
+        None
+    }
 }
 
 impl RequestSender for Client {
@@ -36,6 +45,11 @@ impl RequestSender for Client {
         cancel: CancellationToken,
     ) -> RequestRecord {
         Client::send(self, &request, intended.into_std(), &cancel).await
+    }
+
+    fn take_reply(record: &mut RequestRecord) -> Option<String> {
+        let reply = record.reply.take();
+        reply.filter(|_| record.ok())
     }
 }
 
@@ -49,14 +63,32 @@ pub struct Finished<R> {
 
 /// The one send loop every schedule shares.
 pub struct Dispatcher<S: RequestSender = Client> {
-    sender: S,
+    worker: Worker<S>,
     schedule: Schedule,
     seed: u64,
+}
+
+/// What a request's task needs: cheap to clone.
+struct Worker<S: RequestSender> {
+    sender: S,
     stop: CancellationToken,
     cancel: CancellationToken,
     finished: mpsc::UnboundedSender<Finished<S::Record>>,
     in_flight: Arc<AtomicU64>,
     started: Arc<AtomicU64>,
+}
+
+impl<S: RequestSender> Clone for Worker<S> {
+    fn clone(&self) -> Self {
+        Self {
+            sender: self.sender.clone(),
+            stop: self.stop.clone(),
+            cancel: self.cancel.clone(),
+            finished: self.finished.clone(),
+            in_flight: self.in_flight.clone(),
+            started: self.started.clone(),
+        }
+    }
 }
 
 /// Ends a dispatch early: `stop` sends nothing more, `cancel` abandons requests in flight.
@@ -77,22 +109,25 @@ impl<S: RequestSender> Dispatcher<S> {
         stops: Stops,
     ) -> (Self, mpsc::UnboundedReceiver<Finished<S::Record>>) {
         let (finished, rx) = mpsc::unbounded_channel();
-        let dispatcher = Self {
+        let worker = Worker {
             sender,
-            schedule,
-            seed,
             stop: stops.stop,
             cancel: stops.cancel,
             finished,
             in_flight: Arc::new(AtomicU64::new(0)),
             started: Arc::new(AtomicU64::new(0)),
         };
+        let dispatcher = Self {
+            worker,
+            schedule,
+            seed,
+        };
         (dispatcher, rx)
     }
 
     /// Requests in flight now (for the live view).
     pub fn in_flight(&self) -> Arc<AtomicU64> {
-        self.in_flight.clone()
+        self.worker.in_flight.clone()
     }
 
     /// Sends up to `count` requests of `feed` (all when `None`) by the
@@ -106,22 +141,39 @@ impl<S: RequestSender> Dispatcher<S> {
             Schedule::Batch { size } => Some(size),
             _ => None,
         };
+        let replay = matches!(self.schedule, Schedule::Replay { .. });
+        // Replay: the phase's first request goes at once, the rest by the trace.
+        let mut replay_base = None;
+        let stop = &self.worker.stop;
         let start = Instant::now();
         let mut batch_start = start;
         let mut sent_in_batch = 0usize;
         let mut sent = 0u64;
         let mut tasks = tokio::task::JoinSet::new();
         let past_deadline = || deadline.is_some_and(|d| Instant::now() >= d);
-        while count.is_none_or(|n| sent < n) && !self.stop.is_cancelled() && !past_deadline() {
-            let arrival = arrivals
-                .as_mut()
-                .and_then(|a| a.next())
-                .map(|offset| start + offset);
+        while count.is_none_or(|n| sent < n) && !stop.is_cancelled() && !past_deadline() {
+            // Trace replay: the work itself says when it goes.
+            let mut taken = None;
+            if replay {
+                let Some(work) = feed.next().await else {
+                    break;
+                };
+                let at = work.at().unwrap_or_default();
+                let base = *replay_base.get_or_insert(at);
+                taken = Some((work, start + at.saturating_sub(base)));
+            }
+            let arrival = match &taken {
+                Some((_, at)) => Some(*at),
+                None => arrivals
+                    .as_mut()
+                    .and_then(|a| a.next())
+                    .map(|offset| start + offset),
+            };
             if let Some(at) = arrival {
                 let wake = deadline.map_or(at, |d| at.min(d));
                 tokio::select! {
                     _ = tokio::time::sleep_until(wake) => {}
-                    _ = self.stop.cancelled() => break,
+                    _ = stop.cancelled() => break,
                 }
                 if past_deadline() {
                     break;
@@ -132,7 +184,7 @@ impl<S: RequestSender> Dispatcher<S> {
                     // Wait for the whole batch to finish before the next one.
                     tokio::select! {
                         permits = slots.acquire_many(size as u32) => drop(permits),
-                        _ = self.stop.cancelled() => break,
+                        _ = stop.cancelled() => break,
                     }
                     sent_in_batch = 0;
                 }
@@ -142,14 +194,18 @@ impl<S: RequestSender> Dispatcher<S> {
             }
             let slot = tokio::select! {
                 slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-                _ = self.stop.cancelled() => break,
+                _ = stop.cancelled() => break,
             };
             // A closed loop waits for its slot: the deadline may have passed meanwhile.
             if past_deadline() {
                 break;
             }
-            let Some(request) = feed.next().await else {
-                break;
+            let work = match taken {
+                Some((work, _)) => work,
+                None => match feed.next().await {
+                    Some(work) => work,
+                    None => break,
+                },
             };
             let intended = match (arrival, batch) {
                 (Some(at), _) => at,
@@ -158,34 +214,69 @@ impl<S: RequestSender> Dispatcher<S> {
             };
             sent_in_batch += 1;
             sent += 1;
-            tasks.spawn(self.send_one(request, intended, slot));
+            let worker = self.worker.clone();
+            tasks.spawn(async move {
+                match work {
+                    Work::Request(request) => drop(worker.send_one(request, intended).await),
+                    Work::Session(session) => {
+                        worker.send_session(session, intended, deadline).await
+                    }
+                }
+                drop(slot);
+            });
             // Reap finished tasks without waiting, so memory stays flat in long runs.
             while tasks.try_join_next().is_some() {}
         }
         while tasks.join_next().await.is_some() {}
     }
+}
 
-    /// One request's task: send, note whether it overlapped another, hand it on.
-    fn send_one(
+impl<S: RequestSender> Worker<S> {
+    /// Sends one request, notes whether it overlapped another and hands it
+    /// on; returns the reply it kept.
+    async fn send_one(&self, request: PreparedRequest, intended: Instant) -> Option<String> {
+        let others_before = self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let started_before = self.started.fetch_add(1, Ordering::SeqCst);
+        let mut record = self
+            .sender
+            .send(request, intended, self.cancel.clone())
+            .await;
+        let started_during = self.started.load(Ordering::SeqCst) - started_before - 1;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let alone = others_before == 0 && started_during == 0;
+        let reply = S::take_reply(&mut record);
+        let _ = self.finished.send(Finished { record, alone });
+        reply
+    }
+
+    /// A session's turns in order: each after the previous answer and its
+    /// think time. A failed turn, a stopped run, or a turn that would start
+    /// after the phase's deadline ends the session (a later turn would build
+    /// on an answer that never came).
+    async fn send_session(
         &self,
-        request: PreparedRequest,
+        mut session: SessionRun,
         intended: Instant,
-        slot: tokio::sync::OwnedSemaphorePermit,
-    ) -> impl Future<Output = ()> + Send + 'static {
-        let sender = self.sender.clone();
-        let cancel = self.cancel.clone();
-        let finished = self.finished.clone();
-        let in_flight = self.in_flight.clone();
-        let started = self.started.clone();
-        async move {
-            let others_before = in_flight.fetch_add(1, Ordering::SeqCst);
-            let started_before = started.fetch_add(1, Ordering::SeqCst);
-            let record = sender.send(request, intended, cancel).await;
-            let started_during = started.load(Ordering::SeqCst) - started_before - 1;
-            in_flight.fetch_sub(1, Ordering::SeqCst);
-            drop(slot);
-            let alone = others_before == 0 && started_during == 0;
-            let _ = finished.send(Finished { record, alone });
+        deadline: Option<Instant>,
+    ) {
+        let mut intended = intended;
+        while let Some((request, think)) = session.next_turn() {
+            if request.meta.turn != Some(0) {
+                intended = Instant::now() + think;
+                if deadline.is_some_and(|d| intended >= d) {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep_until(intended) => {}
+                    _ = self.stop.cancelled() => return,
+                }
+            }
+            let last = request.meta.turn.map(|t| t as usize + 1) == Some(session.turns());
+            match self.send_one(request, intended).await {
+                Some(reply) => session.answered(reply),
+                None if !last => return,
+                None => {}
+            }
         }
     }
 }
@@ -231,20 +322,21 @@ mod tests {
         }
     }
 
+    fn request(index: u64) -> PreparedRequest {
+        PreparedRequest {
+            index,
+            request_id: format!("r{index}"),
+            warmup: false,
+            body: bytes::Bytes::new(),
+            max_tokens: None,
+            input_tokens: None,
+            input_tokens_source: None,
+            meta: Default::default(),
+        }
+    }
+
     fn requests(n: u64) -> Feed {
-        Feed::from_requests(
-            (0..n)
-                .map(|index| PreparedRequest {
-                    index,
-                    request_id: format!("r{index}"),
-                    warmup: false,
-                    body: bytes::Bytes::new(),
-                    max_tokens: None,
-                    input_tokens: None,
-                    input_tokens_source: None,
-                })
-                .collect(),
-        )
+        Feed::from_requests((0..n).map(request).collect())
     }
 
     async fn dispatch(schedule: Schedule, durations: &[u64], n: u64) -> Vec<Finished<Sent>> {
@@ -318,6 +410,144 @@ mod tests {
         assert_eq!(starts(&out), [0, 0, 50, 50, 70]);
         let intended: Vec<u64> = out.iter().map(|f| f.record.intended_ms).collect();
         assert_eq!(intended, [0, 0, 50, 50, 70]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replay_sends_each_request_at_its_own_offset_and_a_cap_shows_as_lag() {
+        let replay = |offsets: Vec<u64>, cap| async move {
+            let requests = offsets
+                .into_iter()
+                .enumerate()
+                .map(|(i, ms)| PreparedRequest {
+                    meta: crate::client::RequestMeta {
+                        at: Some(Duration::from_millis(1000 + ms)),
+                        ..Default::default()
+                    },
+                    ..request(i as u64)
+                });
+            let sender = Sleeper {
+                durations: Arc::new(vec![200]),
+                origin: Instant::now(),
+            };
+            let schedule = Schedule::Replay {
+                max_concurrency: cap,
+            };
+            let (dispatcher, mut rx) = Dispatcher::new(sender, schedule, 0, Stops::default());
+            let mut feed = Feed::from_requests(requests.collect());
+            dispatcher.run_phase(&mut feed, None, None).await;
+            drop(dispatcher);
+            let mut out = Vec::new();
+            while let Some(f) = rx.recv().await {
+                out.push((f.record.intended_ms, f.record.started_ms));
+            }
+            out.sort();
+            out
+        };
+        // Offsets count from the phase's first request (the trace's 1000 ms is its start).
+        let free = replay(vec![0, 100, 100, 350], None).await;
+        assert_eq!(free, [(0, 0), (100, 100), (100, 100), (350, 350)]);
+        let capped = replay(vec![0, 100, 350], Some(1)).await;
+        assert_eq!(capped, [(0, 0), (100, 200), (350, 400)]);
+    }
+
+    /// Answers in 10 ms with a reply naming the request; notes each turn's start.
+    #[derive(Clone)]
+    struct Turns {
+        origin: Instant,
+    }
+
+    impl RequestSender for Turns {
+        /// Request id, start (ms), the reply, earlier replies the body carried.
+        type Record = (String, u64, Option<String>, usize);
+        async fn send(
+            &self,
+            request: PreparedRequest,
+            _: Instant,
+            _: CancellationToken,
+        ) -> Self::Record {
+            let started = (Instant::now() - self.origin).as_millis() as u64;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let reply = request
+                .meta
+                .keep_reply
+                .then(|| format!("reply to {}", request.request_id));
+            let replies = String::from_utf8_lossy(&request.body)
+                .matches("reply to r-")
+                .count();
+            (request.request_id, started, reply, replies)
+        }
+
+        fn take_reply(record: &mut Self::Record) -> Option<String> {
+            record.2.take()
+        }
+    }
+
+    /// Two sessions of three turns (think times 0, 100, 50 ms) on one slot:
+    /// each turn's id, start (ms) and the earlier replies its body carried.
+    async fn two_sessions(deadline_ms: Option<u64>) -> Vec<(String, u64, usize)> {
+        use crate::workload::sessions::{Session, SessionRun, Turn};
+        let body = Arc::new(crate::workload::BodyOptions::new(
+            crate::record::Endpoint::Chat,
+            "m",
+        ));
+        let session = |index: u64| {
+            let turn = |delay_ms| Turn {
+                messages: vec![serde_json::json!({"role": "user", "content": "q"})],
+                max_tokens: Some(4),
+                delay: Duration::from_millis(delay_ms),
+                images: Vec::new(),
+            };
+            let session = Session {
+                id: format!("s{index}").into(),
+                turns: vec![turn(0), turn(100), turn(50)],
+            };
+            Work::Session(SessionRun::new(
+                session,
+                index,
+                false,
+                body.clone(),
+                "r".into(),
+            ))
+        };
+        let origin = Instant::now();
+        let schedule = Schedule::Closed { concurrency: 1 };
+        let (dispatcher, mut rx) = Dispatcher::new(Turns { origin }, schedule, 0, Stops::default());
+        let mut feed = Feed::from_work(vec![session(0), session(1)]);
+        let deadline = deadline_ms.map(|ms| origin + Duration::from_millis(ms));
+        dispatcher.run_phase(&mut feed, None, deadline).await;
+        drop(dispatcher);
+        let mut seen = Vec::new();
+        while let Some(finished) = rx.recv().await {
+            seen.push((finished.record.0, finished.record.1, finished.record.3));
+        }
+        seen
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sessions_turns_go_in_order_on_its_slot_after_each_answer_and_think_time() {
+        let expect = |id: &str, ms, replies| (id.to_string(), ms, replies);
+        // One slot: session 1 waits for all of session 0; each turn waits for
+        // the answer (10 ms) and its think time, and carries the earlier replies.
+        assert_eq!(
+            two_sessions(None).await,
+            [
+                expect("r-000000-t0", 0, 0),
+                expect("r-000000-t1", 110, 1),
+                expect("r-000000-t2", 170, 2),
+                expect("r-000001-t0", 180, 0),
+                expect("r-000001-t1", 290, 1),
+                expect("r-000001-t2", 350, 2),
+            ]
+        );
+        // A deadline at 150 ms: no turn starts after it.
+        assert_eq!(
+            two_sessions(Some(150)).await,
+            [
+                expect("r-000000-t0", 0, 0),
+                expect("r-000000-t1", 110, 1),
+                expect("r-000001-t0", 120, 0),
+            ]
+        );
     }
 
     #[tokio::test(start_paused = true)]

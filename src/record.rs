@@ -216,6 +216,30 @@ pub enum GpuAttribution {
     Unattributed(String),
 }
 
+/// A request's images, as its record tells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagesInfo {
+    pub count: u32,
+    /// Width x height summed over the images; `None` when one is a URL of unknown size.
+    pub pixels: Option<u64>,
+    /// Encoded bytes summed over the images; `None` when one is a URL.
+    pub bytes: Option<u64>,
+}
+
+/// How a record's TTFT was taken.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum TtftMethod {
+    /// The first token-bearing event of a stream.
+    #[default]
+    Stream,
+    /// A non-streamed answer: TTFT is its E2E.
+    #[value(skip)]
+    Whole,
+    /// The E2E of a `max_tokens: 1` pass of the same prompt, sent first.
+    TwoPass,
+}
+
 /// One request: what the client saw, and (after the join) what the server did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestRecord {
@@ -257,6 +281,34 @@ pub struct RequestRecord {
     pub itl_chunk_ms: Vec<f64>,
     /// Per-token gaps, only when tokens per chunk were known.
     pub itl_token_ms: Option<Vec<f64>>,
+    // Workloads (sessions, reasoning, prefix cache, images); `default` so
+    // records written before these fields still read.
+    /// The session this request is a turn of (also sent as `X-Session-Id`).
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// 0-based turn within its session.
+    #[serde(default)]
+    pub turn: Option<u32>,
+    /// Time to the first answer token (reasoning does not count).
+    #[serde(default)]
+    pub ttfo_ms: Option<f64>,
+    #[serde(default)]
+    pub reasoning_tokens: Option<u64>,
+    #[serde(default)]
+    pub answer_tokens: Option<u64>,
+    /// Prompt tokens served from the server's prefix cache.
+    #[serde(default)]
+    pub cached_tokens: Option<u64>,
+    /// Chunks that carried more than one token, when every chunk's count was known.
+    #[serde(default)]
+    pub multi_token_chunks: Option<u64>,
+    #[serde(default)]
+    pub images: Option<ImagesInfo>,
+    #[serde(default)]
+    pub ttft_method: TtftMethod,
+    /// The answer's text, kept only for a session's next turn; never written.
+    #[serde(skip)]
+    pub reply: Option<String>,
     pub server: Option<ServerView>,
     /// Why `server` is null (`pending` until the join has run).
     pub server_missing_reason: Option<String>,

@@ -36,6 +36,9 @@ pub enum Schedule {
     },
     /// Send `size` at once, wait for all of them, send the next `size`.
     Batch { size: usize },
+    /// Trace replay: each request goes at its own timestamp (from the
+    /// workload); an optional cap delays (never drops) requests beyond it.
+    Replay { max_concurrency: Option<usize> },
 }
 
 /// Most requests an uncapped open-loop run may have in flight at once.
@@ -48,7 +51,8 @@ impl Schedule {
             Schedule::Closed { concurrency } => *concurrency,
             Schedule::Open {
                 max_concurrency, ..
-            } => max_concurrency.unwrap_or(UNCAPPED),
+            }
+            | Schedule::Replay { max_concurrency } => max_concurrency.unwrap_or(UNCAPPED),
             Schedule::Batch { size } => *size,
         }
     }

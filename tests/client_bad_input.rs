@@ -116,6 +116,7 @@ fn request() -> PreparedRequest {
         max_tokens: Some(16),
         input_tokens: None,
         input_tokens_source: None,
+        meta: Default::default(),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod goodput;
 pub mod live;
 pub mod stats;
 pub mod summary;
+pub mod workload;
 
 pub use goodput::{Goodput, Slo};
 pub use stats::Stats;

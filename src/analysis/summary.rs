@@ -4,10 +4,13 @@
 //!
 //! A [`SummaryBuilder`] sees the records one at a time, so a run of any size
 //! is summarised in bounded memory (see [`super::stats`] for what stays exact).
+//! What the workloads add (TTFT by session turn, the prefix-cache hit rate,
+//! TTFT against images, chunks carrying several tokens) is in [`super::workload`].
 
 use super::diagnosis::TtftSplit;
 use super::goodput::{Goodput, GoodputCounter, Slo};
 use super::stats::{Distribution, Stats};
+use super::workload::{WorkloadBuilder, WorkloadSummary};
 use crate::record::{ErrorKind, RequestRecord};
 use serde::{Deserialize, Serialize};
 use std::borrow::Borrow;
@@ -66,6 +69,9 @@ pub struct Summary {
     /// Server `/metrics` summary, when scraped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_metrics: Option<serde_json::Value>,
+    /// Sessions, prefix cache, images and tokens per chunk, when the run had any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadSummary>,
     /// vLLM-spelled keys (`mean_ttft_ms`, `p99_itl_ms`, `request_throughput`, ...).
     #[serde(flatten)]
     pub vllm_keys: BTreeMap<String, serde_json::Value>,
@@ -81,6 +87,14 @@ pub const CLIENT_METRICS: [&str; 8] = [
     "schedule_lag_ms",
     "input_tokens",
     "output_tokens",
+];
+
+/// Metrics of reasoning models and prefix caches, present when records carry them.
+pub const WORKLOAD_METRICS: [&str; 4] = [
+    "ttfo_ms",
+    "reasoning_tokens",
+    "answer_tokens",
+    "cached_tokens",
 ];
 
 /// Server and decomposition metrics, by name, in display order.
@@ -116,6 +130,10 @@ fn push_metric_values(record: &RequestRecord, name: &str, out: &mut Vec<f64>) {
         "schedule_lag_ms" => out.push(record.schedule_lag_ms),
         "input_tokens" => one(record.input_tokens.map(|v| v as f64)),
         "output_tokens" => one(record.output_tokens.map(|v| v as f64)),
+        "ttfo_ms" => one(record.ttfo_ms),
+        "reasoning_tokens" => one(record.reasoning_tokens.map(|v| v as f64)),
+        "answer_tokens" => one(record.answer_tokens.map(|v| v as f64)),
+        "cached_tokens" => one(super::workload::cached_tokens(record).map(|v| v as f64)),
         "server.queue_ms" => one(server.and_then(|s| s.queue_ms)),
         "server.prefill_ms" => one(server.and_then(|s| s.prefill_ms)),
         "server.decode_ms" => one(server.and_then(|s| s.decode_ms)),
@@ -175,6 +193,7 @@ pub struct SummaryBuilder {
     total_output_tokens: u64,
     join: JoinStats,
     goodput: Option<GoodputCounter>,
+    workload: WorkloadBuilder,
     values: Vec<f64>,
 }
 
@@ -183,6 +202,7 @@ impl SummaryBuilder {
         Self {
             metrics: CLIENT_METRICS
                 .iter()
+                .chain(WORKLOAD_METRICS.iter())
                 .chain(SERVER_METRICS.iter())
                 .map(|name| (*name, Distribution::default()))
                 .collect(),
@@ -193,6 +213,7 @@ impl SummaryBuilder {
             total_output_tokens: 0,
             join: JoinStats::default(),
             goodput: (!slo.is_empty()).then(|| GoodputCounter::new(slo)),
+            workload: WorkloadBuilder::default(),
             values: Vec::new(),
         }
     }
@@ -216,6 +237,7 @@ impl SummaryBuilder {
         }
         let ok = record.ok();
         if ok {
+            self.workload.observe(record);
             self.counts.ok += 1;
             self.total_input_tokens += record.input_tokens.unwrap_or(0);
             self.total_output_tokens += record.output_tokens.unwrap_or(0);
@@ -283,6 +305,7 @@ impl SummaryBuilder {
             diagnosis: None,
             gpu: None,
             server_metrics: None,
+            workload: self.workload.finish(),
             vllm_keys: BTreeMap::new(),
         };
         summary.vllm_keys = vllm_keys(&summary);

@@ -8,6 +8,11 @@
 //! ids. A chat delta that only announces the role (`{"role":"assistant",
 //! "content":""}`) and a final `delta: {}` carry none. With
 //! `continuous_usage_stats` the rise of `usage.completion_tokens` decides.
+//!
+//! Reasoning (`delta.reasoning_content`, vLLM and DeepSeek; `delta.reasoning`,
+//! newer vLLM and OpenRouter) counts as a token but not as an *answer*
+//! token ([`ChunkInfo::answers`], for TTFO). Logprobs (chat `logprobs.content`,
+//! completions `logprobs.tokens`) give the chunk's token count when asked for.
 
 use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -21,6 +26,35 @@ pub struct Usage {
     pub prompt_tokens: Option<u64>,
     #[serde(default)]
     pub completion_tokens: Option<u64>,
+    #[serde(default)]
+    pub prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    pub completion_tokens_details: Option<CompletionDetails>,
+}
+
+/// `usage.prompt_tokens_details` (vLLM with `--enable-prompt-tokens-details`, OpenAI).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct PromptDetails {
+    #[serde(default)]
+    pub cached_tokens: Option<u64>,
+}
+
+/// `usage.completion_tokens_details` (OpenAI reasoning models).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct CompletionDetails {
+    #[serde(default)]
+    pub reasoning_tokens: Option<u64>,
+}
+
+impl Usage {
+    pub fn cached_tokens(&self) -> Option<u64> {
+        self.prompt_tokens_details.and_then(|d| d.cached_tokens)
+    }
+
+    pub fn reasoning_tokens(&self) -> Option<u64> {
+        self.completion_tokens_details
+            .and_then(|d| d.reasoning_tokens)
+    }
 }
 
 /// What one chunk says.
@@ -31,7 +65,10 @@ pub struct ChunkInfo<'a> {
     pub choices: u32,
     /// Some choice carried generated output.
     pub carries_token: bool,
-    /// Token ids the chunk listed (vLLM `return_token_ids`), when it did.
+    /// Some choice carried answer output (text, content, tool calls), not only reasoning.
+    pub answers: bool,
+    /// Token ids the chunk listed (vLLM `return_token_ids`) or its logprobs
+    /// entries, when it had either.
     pub token_ids: Option<u64>,
     pub usage: Option<Usage>,
     pub finish_reason: Option<String>,
@@ -52,6 +89,7 @@ pub fn parse_chunk(data: &[u8]) -> Result<ChunkInfo<'_>, ChunkError> {
         id: raw.id,
         choices: choices.count,
         carries_token: choices.carries_token,
+        answers: choices.answers,
         token_ids: choices.token_ids,
         usage: raw.usage,
         finish_reason: choices.finish_reason,
@@ -85,6 +123,7 @@ struct RawChunk<'a> {
 struct ChoicesScan {
     count: u32,
     carries_token: bool,
+    answers: bool,
     token_ids: Option<u64>,
     finish_reason: Option<String>,
 }
@@ -99,6 +138,17 @@ struct ChoiceScan {
     finish_reason: Option<String>,
     #[serde(default)]
     token_ids: Option<Count>,
+    #[serde(default)]
+    logprobs: Option<LogprobsScan>,
+}
+
+/// Chat `logprobs: {"content": [...]}` or completions `logprobs: {"tokens": [...]}`.
+#[derive(Deserialize)]
+struct LogprobsScan {
+    #[serde(default)]
+    content: Option<Count>,
+    #[serde(default)]
+    tokens: Option<Count>,
 }
 
 #[derive(Deserialize)]
@@ -118,6 +168,30 @@ struct DeltaScan {
 }
 
 impl ChoiceScan {
+    /// Tokens the choice says it carries: token ids, else logprobs entries.
+    fn token_count(&self) -> Option<u64> {
+        let ids = self
+            .token_ids
+            .or(self.delta.as_ref().and_then(|d| d.token_ids));
+        let logprobs = self.logprobs.as_ref().and_then(|l| l.content.or(l.tokens));
+        ids.or(logprobs).map(|c| c.0)
+    }
+
+    /// Carries answer output: a token that is not only reasoning.
+    fn answers(&self) -> bool {
+        if let Some(text) = self.text {
+            return text.present;
+        }
+        let Some(delta) = &self.delta else {
+            return self.carries_token();
+        };
+        let non_empty = |t: Option<Text>| t.is_some_and(|t| t.non_empty);
+        let reasons = non_empty(delta.reasoning_content) || non_empty(delta.reasoning);
+        non_empty(delta.content)
+            || delta.tool_calls.is_some_and(|c| c.0 > 0)
+            || (!reasons && self.carries_token())
+    }
+
     fn carries_token(&self) -> bool {
         if self.token_ids.is_some_and(|c| c.0 > 0) {
             return true;
@@ -203,11 +277,9 @@ impl<'de> Deserialize<'de> for ChoicesScan {
                 while let Some(choice) = seq.next_element::<ChoiceScan>()? {
                     scan.count += 1;
                     scan.carries_token |= choice.carries_token();
-                    if let Some(ids) = choice
-                        .token_ids
-                        .or(choice.delta.as_ref().and_then(|d| d.token_ids))
-                    {
-                        *scan.token_ids.get_or_insert(0) += ids.0;
+                    scan.answers |= choice.answers();
+                    if let Some(n) = choice.token_count() {
+                        *scan.token_ids.get_or_insert(0) += n;
                     }
                     if choice.finish_reason.is_some() {
                         scan.finish_reason = choice.finish_reason;
@@ -218,6 +290,36 @@ impl<'de> Deserialize<'de> for ChoicesScan {
         }
         d.deserialize_seq(ChoicesVisitor)
     }
+}
+
+/// The answer text of a chunk's first choice (`delta.content` or `text`),
+/// for a session's next turn; read only when a reply is kept.
+pub fn answer_text(data: &[u8]) -> Option<Cow<'_, str>> {
+    #[derive(Deserialize)]
+    struct Raw<'a> {
+        #[serde(borrow, default)]
+        choices: Vec<RawChoice<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct RawChoice<'a> {
+        #[serde(borrow, default)]
+        delta: Option<RawDelta<'a>>,
+        #[serde(borrow, default)]
+        message: Option<RawDelta<'a>>,
+        #[serde(borrow, default)]
+        text: Option<Cow<'a, str>>,
+    }
+    #[derive(Deserialize)]
+    struct RawDelta<'a> {
+        #[serde(borrow, default)]
+        content: Option<Cow<'a, str>>,
+    }
+    let raw: Raw<'_> = serde_json::from_slice(data).ok()?;
+    let choice = raw.choices.into_iter().next()?;
+    choice
+        .text
+        .or(choice.delta.and_then(|d| d.content))
+        .or(choice.message.and_then(|m| m.content))
 }
 
 #[cfg(test)]
@@ -265,7 +367,8 @@ mod tests {
             usage.usage,
             Some(Usage {
                 prompt_tokens: Some(15),
-                completion_tokens: Some(16)
+                completion_tokens: Some(16),
+                ..Usage::default()
             })
         );
     }
@@ -310,6 +413,44 @@ mod tests {
             !parse_chunk(br#"{"choices":[{"delta":{"content":null}}]}"#)
                 .unwrap()
                 .carries_token
+        );
+        for reasoning in [
+            r#"{"choices":[{"delta":{"reasoning_content":"hmm","content":null}}]}"#,
+            r#"{"choices":[{"delta":{"reasoning":"so","content":""}}]}"#,
+        ] {
+            let chunk = parse_chunk(reasoning.as_bytes()).unwrap();
+            assert!(chunk.carries_token && !chunk.answers, "{reasoning}");
+        }
+        let answer = parse_chunk(br#"{"choices":[{"delta":{"content":"4"}}]}"#).unwrap();
+        assert!(answer.carries_token && answer.answers);
+        // A bundled first chunk with two logprobs entries carries two tokens.
+        let bundled = parse_chunk(
+            br#"{"choices":[{"delta":{"content":"ab"},"logprobs":{"content":[{"token":"a"},{"token":"b"}]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(bundled.token_ids, Some(2));
+        let text = parse_chunk(
+            br#"{"choices":[{"text":" x y","logprobs":{"tokens":[" x"," y"],"token_logprobs":[-1,-2]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!((text.token_ids, text.answers), (Some(2), true));
+        let usage = parse_chunk(
+            br#"{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":8},"completion_tokens_details":{"reasoning_tokens":3}}}"#,
+        )
+        .unwrap()
+        .usage
+        .unwrap();
+        assert_eq!(
+            (usage.cached_tokens(), usage.reasoning_tokens()),
+            (Some(8), Some(3))
+        );
+        assert_eq!(
+            answer_text(br#"{"choices":[{"delta":{"content":"h\u00e9"}}]}"#).as_deref(),
+            Some("h\u{e9}")
+        );
+        assert_eq!(
+            answer_text(br#"{"choices":[{"text":"t"}]}"#).as_deref(),
+            Some("t")
         );
         let ids =
             parse_chunk(br#"{"choices":[{"delta":{"content":""},"token_ids":[5,6,7]}]}"#).unwrap();

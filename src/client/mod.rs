@@ -12,6 +12,7 @@ pub mod discover;
 mod framing;
 mod http1;
 mod preconnect;
+mod progress;
 pub mod sse;
 pub mod traceparent;
 
@@ -19,16 +20,16 @@ pub use preconnect::Preconnected;
 
 use crate::clock::RunClock;
 use crate::record::{
-    ConnectionInfo, CountSource, Endpoint, ErrorKind, Instants, RequestError, RequestRecord,
-    Timeline, REQUEST_SCHEMA,
+    ConnectionInfo, CountSource, Endpoint, ErrorKind, ImagesInfo, Instants, RequestError,
+    RequestRecord, Timeline, TtftMethod, REQUEST_SCHEMA,
 };
 use crate::shard::Shard;
 use bytes::Bytes;
-use chunk::{error_message, parse_chunk, Usage};
+use chunk::error_message;
 use connection::TlsTarget;
 use http1::{ConnectionStory, Http1Error, Http1Pool, Http1Response};
-use sse::{SseEvent, SseFramer};
-use std::ops::ControlFlow;
+use progress::{finish_whole, BodyReader, Progress};
+use sse::SseFramer;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -44,6 +45,23 @@ pub struct PreparedRequest {
     pub max_tokens: Option<u64>,
     pub input_tokens: Option<u64>,
     pub input_tokens_source: Option<CountSource>,
+    pub meta: RequestMeta,
+}
+
+/// What a request carries beyond its body: for its record, its timing and
+/// how it is sent.
+#[derive(Debug, Clone, Default)]
+pub struct RequestMeta {
+    /// Sent as `X-Session-Id` (so routers can keep a session on one replica).
+    pub session_id: Option<Arc<str>>,
+    pub turn: Option<u32>,
+    pub images: Option<ImagesInfo>,
+    /// Trace replay: when, after the trace's first request, this one is meant to go.
+    pub at: Option<Duration>,
+    /// `--ttft-method two-pass`: the body of the first pass (`max_tokens: 1`).
+    pub first_pass: Option<Bytes>,
+    /// Keep the answer's text (a session's next turn sends it back).
+    pub keep_reply: bool,
 }
 
 /// How every request of a run is sent.
@@ -179,7 +197,39 @@ impl Client {
                 Some(shard) => t.with_prefix(shard.trace_prefix()),
                 None => t,
             });
-        let mut progress = Progress::new(request.max_tokens);
+        let Some(first_pass) = &request.meta.first_pass else {
+            let (progress, error) = self.exchange(request, &request.body, trace, cancel).await;
+            return self.build_record(request, intended, trace, progress, error);
+        };
+        // Two passes: the first (max_tokens 1, no traceparent) times the first token.
+        let (first, error) = self.exchange(request, first_pass, None, cancel).await;
+        if error.is_some() {
+            let mut record = self.build_record(request, intended, None, first, error);
+            record.ttft_method = TtftMethod::TwoPass;
+            return record;
+        }
+        let (progress, error) = self.exchange(request, &request.body, trace, cancel).await;
+        let mut record = self.build_record(request, intended, trace, progress, error);
+        record.ttft_method = TtftMethod::TwoPass;
+        let first_e2e = first.end.map(|end| (end - first.sent).as_secs_f64() * 1e3);
+        record.ttft_ms = first_e2e;
+        record.ttfo_ms = first_e2e;
+        record.tpot_ms = match (record.e2e_ms, first_e2e, record.output_tokens) {
+            (Some(full), Some(first), Some(n)) if n > 1 => Some((full - first) / (n - 1) as f64),
+            _ => None,
+        };
+        record
+    }
+
+    /// One HTTP exchange of `body`: what was seen of it, and its error if it failed.
+    async fn exchange(
+        &self,
+        request: &PreparedRequest,
+        body: &Bytes,
+        trace: Option<TraceParent>,
+        cancel: &CancellationToken,
+    ) -> (Progress, Option<RequestError>) {
+        let mut progress = Progress::new(request.max_tokens, request.meta.keep_reply);
         // A token of its own: polling the run's shared token on every chunk would
         // make all in-flight requests contend for one lock.
         let cancel = cancel.child_token();
@@ -193,7 +243,7 @@ impl Client {
             }),
             result = tokio::time::timeout(
                 self.options.request_timeout,
-                self.drive(request, trace, &mut progress),
+                self.drive(request, body, trace, &mut progress),
             ) => result.unwrap_or_else(|_| Err(RequestError {
                 kind: ErrorKind::Timeout,
                 message: format!(
@@ -207,7 +257,7 @@ impl Client {
         if outcome.is_err() && progress.end.is_none() {
             progress.end = Some(Instant::now());
         }
-        self.build_record(request, intended, trace, progress, outcome.err())
+        (progress, outcome.err())
     }
 
     /// Sends and reads the response, filling `progress` as it goes. `sent` is
@@ -216,13 +266,14 @@ impl Client {
     async fn drive(
         &self,
         request: &PreparedRequest,
+        body: &Bytes,
         trace: Option<TraceParent>,
         progress: &mut Progress,
     ) -> Result<(), RequestError> {
         let first_byte_deadline = tokio::time::Instant::now() + self.options.first_byte_timeout;
         progress.sent = Instant::now();
         progress.sent_unix_ns = crate::units::unix_now_ns();
-        let post = self.post(request, trace, &mut progress.connection);
+        let post = self.post(request, body, trace, &mut progress.connection);
         let mut response = tokio::time::timeout_at(first_byte_deadline, post)
             .await
             .map_err(|_| self.first_byte_timeout())??;
@@ -298,6 +349,7 @@ impl Client {
     async fn post(
         &self,
         request: &PreparedRequest,
+        body: &Bytes,
         trace: Option<TraceParent>,
         story: &mut ConnectionStory,
     ) -> Result<Http1Response, RequestError> {
@@ -306,8 +358,11 @@ impl Client {
         if let Some(value) = &traceparent {
             headers.push(("traceparent", value));
         }
+        if let Some(session) = &request.meta.session_id {
+            headers.push(("x-session-id", session));
+        }
         self.pool
-            .post(&headers, &request.body, story)
+            .post(&headers, body, story)
             .await
             .map_err(|e| match e {
                 Http1Error::Send(message) => RequestError {
@@ -360,6 +415,10 @@ impl Client {
         let connection = connection_info(&progress.connection);
         let timeline = self.timeline(intended, &progress, output_tokens, ok);
         let derived = timeline.derive();
+        let reasoning_tokens = progress.reasoning_tokens(output_tokens);
+        let ttfo_ms = progress
+            .first_answer
+            .map(|at| (at - progress.sent).as_secs_f64() * 1e3);
         let server_missing_reason = if trace.is_none() {
             Some("tracing_off".to_string())
         } else {
@@ -396,6 +455,22 @@ impl Client {
             chunks: progress.token_events,
             itl_chunk_ms: derived.itl_chunk_ms,
             itl_token_ms: derived.itl_token_ms,
+            session_id: request.meta.session_id.as_deref().map(str::to_string),
+            turn: request.meta.turn,
+            ttfo_ms,
+            reasoning_tokens,
+            answer_tokens: reasoning_tokens.and_then(|r| output_tokens?.checked_sub(r)),
+            cached_tokens: progress.usage.cached_tokens(),
+            multi_token_chunks: progress
+                .tokens_per_chunk
+                .as_ref()
+                .map(|counts| counts.iter().filter(|n| **n > 1).count() as u64),
+            images: request.meta.images,
+            ttft_method: match self.options.stream {
+                true => TtftMethod::Stream,
+                false => TtftMethod::Whole,
+            },
+            reply: progress.reply,
             server: None,
             server_missing_reason,
             decomposition: None,
@@ -446,196 +521,6 @@ fn connection_info(story: &ConnectionStory) -> Option<ConnectionInfo> {
         connect_ms: ms(story.connect),
         tls_ms: ms(story.tls),
     })
-}
-
-/// What has been seen of one response so far.
-struct Progress {
-    sent: Instant,
-    sent_unix_ns: u64,
-    connection: ConnectionStory,
-    headers: Option<Instant>,
-    first_byte: Option<Instant>,
-    first_token: Option<Instant>,
-    last_token: Option<Instant>,
-    end: Option<Instant>,
-    status: Option<u16>,
-    response_id: Option<String>,
-    finish_reason: Option<String>,
-    usage: Usage,
-    token_events: u64,
-    chunk_arrivals: Vec<Instant>,
-    /// Tokens carried by each token-bearing chunk, while every chunk's count is known.
-    tokens_per_chunk: Option<Vec<u64>>,
-    last_completion_tokens: Option<u64>,
-    done: bool,
-}
-
-impl Progress {
-    fn new(max_tokens: Option<u64>) -> Self {
-        let capacity = max_tokens.unwrap_or(128).min(8192) as usize;
-        Self {
-            sent: Instant::now(),
-            sent_unix_ns: 0,
-            connection: ConnectionStory::default(),
-            headers: None,
-            first_byte: None,
-            first_token: None,
-            last_token: None,
-            end: None,
-            status: None,
-            response_id: None,
-            finish_reason: None,
-            usage: Usage::default(),
-            token_events: 0,
-            chunk_arrivals: Vec::with_capacity(capacity),
-            tokens_per_chunk: Some(Vec::with_capacity(capacity)),
-            last_completion_tokens: None,
-            done: false,
-        }
-    }
-
-    /// Applies one SSE event that arrived at `arrived`.
-    fn on_event(&mut self, event: SseEvent<'_>, arrived: Instant) -> Result<(), RequestError> {
-        if event.event == Some("error") {
-            return Err(stream_error(format!(
-                "the server sent an error event: {}",
-                String::from_utf8_lossy(event.data)
-            )));
-        }
-        if event.data == b"[DONE]" {
-            self.done = true;
-            self.end = Some(arrived);
-            return Ok(());
-        }
-        let chunk = parse_chunk(event.data).map_err(|e| RequestError {
-            kind: ErrorKind::InvalidResponse,
-            message: e.to_string(),
-            status: None,
-            body_excerpt: Some(excerpt(event.data)),
-        })?;
-        if let Some(message) = chunk.error {
-            return Err(stream_error(format!(
-                "the server reported an error mid-stream: {message}"
-            )));
-        }
-        if self.response_id.is_none() {
-            self.response_id = chunk.id.map(|id| id.into_owned());
-        }
-        // With continuous usage stats (usage on chunks that have choices), the rise
-        // of completion_tokens is the token count; the final usage-only chunk is not a token.
-        let continuous = chunk.choices > 0;
-        let usage_tokens = chunk
-            .usage
-            .filter(|_| continuous)
-            .and_then(|u| u.completion_tokens)
-            .map(|now| {
-                let before = self.last_completion_tokens.replace(now).unwrap_or(0);
-                now.saturating_sub(before)
-            });
-        let carries = match usage_tokens {
-            Some(n) => n > 0,
-            None => chunk.carries_token,
-        };
-        if let Some(usage) = chunk.usage {
-            self.usage.prompt_tokens = usage.prompt_tokens.or(self.usage.prompt_tokens);
-            self.usage.completion_tokens = usage.completion_tokens.or(self.usage.completion_tokens);
-        }
-        if carries {
-            self.token_events += 1;
-            self.first_token.get_or_insert(arrived);
-            self.last_token = Some(arrived);
-            self.chunk_arrivals.push(arrived);
-            let known = usage_tokens.filter(|n| *n > 0).or(chunk.token_ids);
-            match (known, self.tokens_per_chunk.as_mut()) {
-                (Some(n), Some(counts)) => counts.push(n),
-                _ => self.tokens_per_chunk = None,
-            }
-        }
-        if chunk.finish_reason.is_some() {
-            self.finish_reason = chunk.finish_reason;
-        }
-        Ok(())
-    }
-}
-
-/// The body being read: the SSE framer for streams, the bytes for JSON answers.
-struct BodyReader {
-    framer: SseFramer,
-    whole: Vec<u8>,
-}
-
-impl BodyReader {
-    fn feed_stream(
-        &mut self,
-        bytes: &[u8],
-        arrived: Instant,
-        progress: &mut Progress,
-    ) -> Result<(), RequestError> {
-        let failed = self
-            .framer
-            .feed(bytes, |event| match progress.on_event(event, arrived) {
-                Ok(()) => ControlFlow::Continue(()),
-                Err(e) => ControlFlow::Break(e),
-            })
-            .map_err(|e| stream_error(e.to_string()))?;
-        match failed {
-            Some(error) => Err(error),
-            None => Ok(()),
-        }
-    }
-
-    fn finish_stream(&self, progress: &mut Progress) -> Result<(), RequestError> {
-        if progress.done {
-            return Ok(());
-        }
-        if progress.token_events == 0 && progress.response_id.is_none() {
-            return Err(RequestError {
-                kind: ErrorKind::InvalidResponse,
-                message: "the body is not an SSE stream of completion chunks".into(),
-                status: progress.status,
-                body_excerpt: None,
-            });
-        }
-        if self.framer.has_partial_event() {
-            return Err(stream_error(
-                "the stream was cut off in the middle of an event".into(),
-            ));
-        }
-        if progress.finish_reason.is_none() {
-            return Err(stream_error(
-                "the stream ended before [DONE] and before any finish_reason".into(),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// A non-streaming answer: one JSON body, all tokens at once.
-fn finish_whole(body: &[u8], at: Instant, progress: &mut Progress) -> Result<(), RequestError> {
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| RequestError {
-        kind: ErrorKind::InvalidResponse,
-        message: format!("the response is not JSON: {e}"),
-        status: progress.status,
-        body_excerpt: Some(excerpt(body)),
-    })?;
-    if let Some(error) = value.get("error") {
-        return Err(stream_error(format!(
-            "the server reported an error: {}",
-            error_message(error)
-        )));
-    }
-    progress.response_id = value.get("id").and_then(|v| v.as_str()).map(str::to_string);
-    if let Some(usage) = value.get("usage") {
-        progress.usage = serde_json::from_value(usage.clone()).unwrap_or_default();
-    }
-    progress.finish_reason = value
-        .pointer("/choices/0/finish_reason")
-        .and_then(|v| v.as_str())
-        .map(str::to_string);
-    progress.first_token = Some(at);
-    progress.last_token = Some(at);
-    progress.tokens_per_chunk = None;
-    Ok(())
 }
 
 fn stream_error(message: String) -> RequestError {

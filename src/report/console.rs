@@ -7,8 +7,9 @@ use serde_json::Value;
 use std::fmt::Write;
 
 /// Rows of the latency table: (metric key, label).
-const ROWS: [(&str, &str); 11] = [
+const ROWS: [(&str, &str); 12] = [
     ("ttft_ms", "TTFT (ms)"),
+    ("ttfo_ms", "TTFO, answer (ms)"),
     ("tpot_ms", "TPOT (ms)"),
     ("itl_chunk_ms", "ITL per chunk (ms)"),
     ("itl_token_ms", "ITL per token (ms)"),
@@ -128,6 +129,9 @@ pub fn render(summary: &Summary) -> String {
     }
     if let Some(gpu) = &summary.gpu {
         out.push_str(&gpu_lines(gpu));
+    }
+    if let Some(workload) = &summary.workload {
+        out.push_str(&workload.lines());
     }
     if let Some(diagnosis) = &summary.diagnosis {
         let _ = writeln!(out, "{diagnosis}");

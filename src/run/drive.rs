@@ -64,7 +64,9 @@ pub async fn drive(
     }
     let phases = feed.phases();
     let total = phases.measured;
-    let live = Arc::new(Mutex::new(LiveStats::new(total)));
+    // Sessions: --requests counts sessions, and their turns are not known ahead.
+    let live_total = total.filter(|_| !config.source.is_sessions());
+    let live = Arc::new(Mutex::new(LiveStats::new(live_total)));
     let stops = Stops::default();
     let stop = stops.stop.clone();
     let (dispatcher, finished) = Dispatcher::new(
@@ -103,7 +105,7 @@ pub async fn drive(
     let in_flight = dispatcher.in_flight();
     let deadline = match config.stop {
         StopAfter::Duration(d) => Some(d),
-        StopAfter::Requests(_) => None,
+        StopAfter::Requests(_) | StopAfter::WorkloadEnd => None,
     };
     let load = async move {
         let late = match config.start_at {
@@ -115,7 +117,7 @@ pub async fn drive(
             .await;
         let deadline = deadline.map(|d| tokio::time::Instant::now() + d);
         dispatcher.run_phase(&mut feed, total, deadline).await;
-        late.into_iter().chain(feed.failure()).collect::<Vec<_>>()
+        late.into_iter().chain(feed.notes()).collect::<Vec<_>>()
     };
     let extras = || {
         (

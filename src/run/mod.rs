@@ -23,7 +23,7 @@ use crate::report::sqlite::HistoryWriter;
 use crate::trace::ClientSpanExporter;
 use crate::workload::feed::Feed;
 use crate::workload::tokens::TokenCounter;
-use crate::workload::Source;
+use crate::workload::{DatasetFormat, Source};
 use anyhow::{bail, Context};
 use drive::{Driven, Observers};
 use live::Countdown;
@@ -134,7 +134,13 @@ async fn prepare(config: &RunConfig) -> anyhow::Result<Prepared> {
     };
     let mut notes = Vec::new();
     let counter = match &config.source {
-        Source::Synthetic { tokenizer, .. } => {
+        Source::Synthetic { tokenizer, .. }
+        | Source::Trace { tokenizer, .. }
+        | Source::Dataset {
+            format: DatasetFormat::Sharegpt,
+            tokenizer,
+            ..
+        } => {
             TokenCounter::choose(tokenizer.as_deref(), &http, &config.url, &model, &mut notes)
                 .await?
         }

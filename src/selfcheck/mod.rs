@@ -456,6 +456,8 @@ fn level_requests(
                 input_tokens: None,
                 input_tokens_source: crate::record::CountSource::Estimate,
                 max_tokens: Some(args.tokens),
+                images: Vec::new(),
+                at: None,
             };
             body.prepare(index, run_id, false, &item)
         })

@@ -77,6 +77,10 @@ impl Shard {
                 burstiness: *burstiness,
                 max_concurrency: max_concurrency.map(share),
             },
+            // A trace's requests keep their timestamps; each shard sends its share of them.
+            Schedule::Replay { max_concurrency } => Schedule::Replay {
+                max_concurrency: max_concurrency.map(share),
+            },
         }
     }
 
@@ -96,12 +100,6 @@ impl Shard {
     /// prompts): round robin, which splits any count as [`Shard::share`] does.
     pub fn owns_index(&self, index: u64) -> bool {
         index % u64::from(self.count) == u64::from(self.index)
-    }
-
-    /// Whether a workload unit (a dataset line, a session) is this shard's:
-    /// a stable hash of its key, the same on every host and every build.
-    pub fn owns_key(&self, key: &str) -> bool {
-        fnv1a(key.as_bytes()) % u64::from(self.count) == u64::from(self.index)
     }
 
     /// The prefix of this shard's request ids (`RUN_ID-sI`), so that they say
@@ -128,8 +126,11 @@ impl Shard {
             Schedule::Open {
                 max_concurrency: Some(n),
                 ..
+            }
+            | Schedule::Replay {
+                max_concurrency: Some(n),
             } => ("--max-concurrency", *n),
-            Schedule::Open { .. } => return Ok(()),
+            Schedule::Open { .. } | Schedule::Replay { .. } => return Ok(()),
         };
         if (n as u64) < u64::from(count) {
             anyhow::bail!(
@@ -170,48 +171,6 @@ pub fn config_hash(config: &RunConfig) -> String {
     }
     // serde_json's maps are sorted by key, so the text is canonical.
     format!("{:016x}", fnv1a(value.to_string().as_bytes()))
-}
-
-/// Which workload units (dataset lines) a shard owns, and how many requests
-/// of a range of global positions are its, for a workload that cycles
-/// through `owned.len()` units.
-#[derive(Debug, Clone)]
-pub struct UnitOwnership {
-    /// `prefix[k]`: owned units among the first `k`.
-    prefix: Vec<u64>,
-}
-
-impl UnitOwnership {
-    /// Ownership of the units whose keys are `keys`, in workload order.
-    pub fn new<'a>(shard: Shard, keys: impl IntoIterator<Item = &'a str>) -> Self {
-        let mut prefix = vec![0];
-        for key in keys {
-            let last = *prefix.last().expect("starts with 0");
-            prefix.push(last + u64::from(shard.owns_key(key)));
-        }
-        Self { prefix }
-    }
-
-    fn units(&self) -> u64 {
-        (self.prefix.len() - 1) as u64
-    }
-
-    /// Units this shard owns.
-    pub fn owned(&self) -> u64 {
-        *self.prefix.last().expect("starts with 0")
-    }
-
-    /// Whether the request at global position `index` is this shard's.
-    pub fn owns(&self, index: u64) -> bool {
-        let unit = (index % self.units()) as usize;
-        self.prefix[unit + 1] > self.prefix[unit]
-    }
-
-    /// This shard's requests among global positions `0..end`.
-    pub fn count_below(&self, end: u64) -> u64 {
-        let (cycles, rest) = (end / self.units(), end % self.units());
-        cycles * self.owned() + self.prefix[rest as usize]
-    }
 }
 
 #[cfg(test)]
@@ -302,28 +261,6 @@ mod tests {
         assert_eq!(seeds.len(), 8);
         assert_eq!(shard(3, 8).arrival_seed(42), shard(3, 8).arrival_seed(42));
         assert_ne!(shard(3, 8).arrival_seed(42), shard(3, 8).arrival_seed(43));
-    }
-
-    #[test]
-    fn every_unit_has_exactly_one_owner_and_counts_match_a_walk() {
-        let keys: Vec<String> = (0..37).map(|i| i.to_string()).collect();
-        let owners: Vec<UnitOwnership> = (0..3)
-            .map(|i| UnitOwnership::new(shard(i, 3), keys.iter().map(String::as_str)))
-            .collect();
-        for g in 0..200u64 {
-            assert_eq!(
-                owners.iter().filter(|o| o.owns(g)).count(),
-                1,
-                "position {g}"
-            );
-        }
-        assert_eq!(owners.iter().map(UnitOwnership::owned).sum::<u64>(), 37);
-        for o in &owners {
-            for end in [0u64, 5, 37, 38, 150] {
-                let walked = (0..end).filter(|g| o.owns(*g)).count() as u64;
-                assert_eq!(o.count_below(end), walked);
-            }
-        }
     }
 
     #[test]

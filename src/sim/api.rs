@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::engine::{EngineHandle, PacedTokens, TokenSource};
+use super::prompt::{image_tokens, prompt_token_count, prompt_words, Message, Prompt};
 use super::request::TOKEN_TEXT;
 use super::request::{Api, RequestInfo};
 use super::stream::{Generation, ResponseContext, SseStream, SYSTEM_FINGERPRINT};
@@ -49,6 +50,8 @@ pub(crate) struct AppState {
     pub ids: Mutex<StdRng>,
     /// `/health` answers 503 until then (`--ready-after`).
     pub ready_at: std::time::Instant,
+    pub prefix_cache: Option<super::prefix::PrefixCache>,
+    pub reasoning_tokens: u32,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -59,12 +62,20 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/tokenize", post(tokenize))
         .route("/health", get(health))
         // vLLM's admin calls, accepted so experiments can reset and profile.
-        .route("/reset_prefix_cache", post(|| async { StatusCode::OK }))
+        .route("/reset_prefix_cache", post(reset_prefix_cache))
         .route("/start_profile", post(|| async { StatusCode::OK }))
         .route("/stop_profile", post(|| async { StatusCode::OK }))
         .route("/version", get(version))
         .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// Empties the prefix cache (when `--prefix-caching` keeps one), as vLLM does.
+async fn reset_prefix_cache(State(state): State<Arc<AppState>>) -> StatusCode {
+    if let Some(cache) = &state.prefix_cache {
+        cache.reset();
+    }
+    StatusCode::OK
 }
 
 /// 200 once the start-up delay (`--ready-after`) has passed, 503 before.
@@ -78,7 +89,7 @@ async fn health(State(state): State<Arc<AppState>>) -> StatusCode {
 
 /// An error response in vLLM's shape.
 #[derive(Debug)]
-struct ApiError {
+pub(super) struct ApiError {
     status: StatusCode,
     kind: &'static str,
     message: String,
@@ -100,7 +111,7 @@ struct ErrorDetail<'a> {
 }
 
 impl ApiError {
-    fn bad_request(message: String, param: Option<&str>) -> Self {
+    pub(super) fn bad_request(message: String, param: Option<&str>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             kind: "BadRequestError",
@@ -169,84 +180,6 @@ fn token_id(word: &str) -> u32 {
         (h ^ b as u32).wrapping_mul(0x0100_0193)
     });
     hash % 32_000
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Prompt {
-    Text(String),
-    Texts(Vec<String>),
-    TokenIds(Vec<u32>),
-}
-
-#[derive(Debug, Deserialize)]
-struct Message {
-    #[serde(default)]
-    content: Option<Content>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Content {
-    Text(String),
-    Parts(Vec<ContentPart>),
-}
-
-#[derive(Debug, Deserialize)]
-struct ContentPart {
-    #[serde(default)]
-    text: Option<String>,
-}
-
-/// The words of a prompt or of a conversation's message contents: the
-/// simulator's tokenizer makes one token of each whitespace-separated word.
-fn prompt_words<'a>(
-    prompt: Option<&'a Prompt>,
-    messages: Option<&'a [Message]>,
-) -> Result<Vec<&'a str>, ApiError> {
-    let mut words = Vec::new();
-    match (prompt, messages) {
-        (Some(Prompt::Text(text)), _) => words.extend(text.split_whitespace()),
-        (Some(Prompt::Texts(texts)), _) if texts.len() == 1 => {
-            words.extend(texts[0].split_whitespace())
-        }
-        (Some(Prompt::Texts(_)), _) => {
-            return Err(ApiError::bad_request(
-                "the simulator serves one prompt per request".into(),
-                Some("prompt"),
-            ))
-        }
-        (Some(Prompt::TokenIds(_)), _) => {}
-        (None, Some(messages)) => {
-            for content in messages.iter().filter_map(|m| m.content.as_ref()) {
-                match content {
-                    Content::Text(text) => words.extend(text.split_whitespace()),
-                    Content::Parts(parts) => {
-                        for text in parts.iter().filter_map(|p| p.text.as_deref()) {
-                            words.extend(text.split_whitespace());
-                        }
-                    }
-                }
-            }
-        }
-        (None, None) => {
-            return Err(ApiError::bad_request(
-                "the request needs `prompt` or `messages`".into(),
-                None,
-            ))
-        }
-    }
-    Ok(words)
-}
-
-fn prompt_token_count(
-    prompt: Option<&Prompt>,
-    messages: Option<&[Message]>,
-) -> Result<u32, ApiError> {
-    match prompt {
-        Some(Prompt::TokenIds(ids)) => Ok(ids.len() as u32),
-        _ => Ok(prompt_words(prompt, messages)?.len() as u32),
-    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -359,12 +292,17 @@ async fn create_completion(
     let request: CompletionRequest =
         serde_json::from_slice(body).map_err(|e| ApiError::invalid_body(&e, body))?;
     check_model(state, request.model.as_deref())?;
-    let prompt_tokens = match api {
-        Api::Chat => {
-            prompt_token_count(None, Some(request.messages.as_deref().unwrap_or_default()))?
-        }
-        Api::Completions => prompt_token_count(request.prompt.as_ref(), None)?,
+    let messages = request.messages.as_deref().unwrap_or_default();
+    let words = match (api, &request.prompt) {
+        (Api::Chat, _) => prompt_words(None, Some(messages))?,
+        (Api::Completions, Some(Prompt::TokenIds(_))) => Vec::new(),
+        (Api::Completions, prompt) => prompt_words(prompt.as_ref(), None)?,
     };
+    let prompt_tokens = match (api, &request.prompt) {
+        (Api::Chat, _) => words.len() as u32 + image_tokens(messages),
+        (Api::Completions, prompt) => prompt_token_count(prompt.as_ref(), None)?,
+    };
+    let cached_tokens = state.prefix_cache.as_ref().map(|c| c.cached(&words));
     if request.n.is_some_and(|n| n != 1) {
         return Err(ApiError::bad_request(
             "the simulator serves n=1 only".into(),
@@ -404,6 +342,8 @@ async fn create_completion(
         stream: request.stream,
         include_usage: options.include_usage,
         continuous_usage: options.include_usage && options.continuous_usage_stats,
+        cached_tokens,
+        reasoning_tokens: state.reasoning_tokens,
         traceparent: headers
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
@@ -417,7 +357,7 @@ async fn create_completion(
             info.enqueued = Instant::now();
             TokenSource::Engine(
                 engine
-                    .submit(prompt_tokens, max_tokens)
+                    .submit(prompt_tokens - cached_tokens.unwrap_or(0), max_tokens)
                     .ok_or_else(ApiError::unavailable)?,
             )
         }
@@ -452,8 +392,13 @@ struct Usage {
     prompt_tokens: u32,
     total_tokens: u32,
     completion_tokens: u32,
-    prompt_tokens_details: Option<()>,
+    prompt_tokens_details: Option<PromptDetails>,
     completion_tokens_details: Option<()>,
+}
+
+#[derive(Serialize)]
+struct PromptDetails {
+    cached_tokens: u32,
 }
 
 #[derive(Serialize)]
@@ -531,7 +476,9 @@ fn complete_body(info: &RequestInfo, model: &str) -> Response {
         prompt_tokens: info.prompt_tokens,
         total_tokens: info.prompt_tokens + info.max_tokens,
         completion_tokens: info.max_tokens,
-        prompt_tokens_details: None,
+        prompt_tokens_details: info
+            .cached_tokens
+            .map(|cached_tokens| PromptDetails { cached_tokens }),
         completion_tokens_details: None,
     };
     match info.api {
@@ -682,31 +629,6 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn words_are_tokens_for_prompts_and_messages() {
-        let messages: Vec<Message> = serde_json::from_value(serde_json::json!([
-            {"role": "system", "content": "be  brief"},
-            {"role": "user", "content": [{"type": "text", "text": "one two three"}, {"type": "image_url"}]},
-            {"role": "assistant", "content": null},
-        ]))
-        .expect("messages");
-        assert_eq!(prompt_token_count(None, Some(&messages)).ok(), Some(5));
-        let prompt = Prompt::Text(" a\tb\nc ".into());
-        assert_eq!(prompt_token_count(Some(&prompt), None).ok(), Some(3));
-        assert_eq!(
-            prompt_token_count(Some(&Prompt::TokenIds(vec![1, 2])), None).ok(),
-            Some(2)
-        );
-        assert_eq!(
-            prompt_token_count(Some(&Prompt::Text(String::new())), None).ok(),
-            Some(0)
-        );
-        assert!(
-            prompt_token_count(Some(&Prompt::Texts(vec!["a".into(), "b".into()])), None).is_err()
-        );
-        assert_eq!(token_id("word"), token_id("word"));
-    }
 
     #[test]
     fn malformed_json_points_at_the_byte_like_vllm() {

@@ -7,6 +7,8 @@ mod api;
 mod engine;
 mod flavor;
 mod metrics;
+mod prefix;
+mod prompt;
 mod recorder;
 mod request;
 mod spans;
@@ -92,6 +94,14 @@ pub struct SimArgs {
     /// Answer `/health` with 503 for this long after start (a model loading), e.g. `5s`.
     #[arg(long, default_value = "0s", value_parser = crate::units::parse_duration)]
     pub ready_after: Duration,
+    /// Cache prompt prefixes in 16-token blocks: repeated leading blocks cost
+    /// no prefill and are reported as `usage.prompt_tokens_details.cached_tokens`.
+    #[arg(long)]
+    pub prefix_caching: bool,
+    /// Chat: stream the first N output tokens as `delta.reasoning_content`,
+    /// like a reasoning model.
+    #[arg(long, default_value_t = 0)]
+    pub reasoning_tokens: u32,
 }
 
 /// Parses no arguments, so [`SimArgs::default`] equals the flags' defaults.
@@ -283,6 +293,10 @@ pub async fn spawn(args: SimArgs) -> anyhow::Result<SimServer> {
         }),
         ids: Mutex::new(rand::rngs::StdRng::seed_from_u64(args.seed)),
         ready_at: std::time::Instant::now() + args.ready_after,
+        prefix_cache: args
+            .prefix_caching
+            .then(|| prefix::PrefixCache::new(args.kv_capacity_tokens)),
+        reasoning_tokens: args.reasoning_tokens,
     });
     let (stop, stopped) = oneshot::channel::<()>();
     let listener = listener.tap_io(|tcp| {

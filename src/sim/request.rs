@@ -36,6 +36,10 @@ pub(crate) struct RequestInfo {
     pub stream: bool,
     pub include_usage: bool,
     pub continuous_usage: bool,
+    /// Prompt tokens served from the prefix cache (`None`: caching off).
+    pub cached_tokens: Option<u32>,
+    /// Leading output tokens streamed as reasoning.
+    pub reasoning_tokens: u32,
     pub traceparent: Option<TraceParent>,
     /// When the handler had the parsed request (vLLM's arrival time).
     pub arrival: Instant,
@@ -145,6 +149,8 @@ pub(crate) mod tests {
                 stream: true,
                 include_usage: true,
                 continuous_usage: false,
+                cached_tokens: None,
+                reasoning_tokens: 0,
                 traceparent: None,
                 arrival,
                 enqueued: arrival,

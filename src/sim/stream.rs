@@ -29,8 +29,12 @@ pub(crate) struct ChunkEncoder {
     prompt_tokens: u32,
     completion_tokens: u32,
     continuous_usage: bool,
+    cached_tokens: Option<u32>,
+    /// Chat: the first this many tokens are `delta.reasoning_content`.
+    reasoning_tokens: u32,
     /// The chunk of every token but the last (shared, never rebuilt).
     plain_token: Bytes,
+    plain_reasoning: Bytes,
 }
 
 impl ChunkEncoder {
@@ -51,9 +55,17 @@ impl ChunkEncoder {
             prompt_tokens: info.prompt_tokens,
             completion_tokens: info.max_tokens,
             continuous_usage: info.continuous_usage,
+            cached_tokens: info.cached_tokens,
+            reasoning_tokens: match info.api {
+                Api::Chat => info.reasoning_tokens,
+                Api::Completions => 0,
+            },
             plain_token: Bytes::new(),
+            plain_reasoning: Bytes::new(),
         };
-        encoder.plain_token = Bytes::from(encoder.build_token(1, false));
+        let after_reasoning = encoder.reasoning_tokens + 1;
+        encoder.plain_token = Bytes::from(encoder.build_token(after_reasoning, false));
+        encoder.plain_reasoning = Bytes::from(encoder.build_token(1, false));
         encoder
     }
 
@@ -73,6 +85,8 @@ impl ChunkEncoder {
         let last = produced >= self.completion_tokens;
         if last || self.continuous_usage {
             Bytes::from(self.build_token(produced, last))
+        } else if produced <= self.reasoning_tokens {
+            self.plain_reasoning.clone()
         } else {
             self.plain_token.clone()
         }
@@ -84,8 +98,12 @@ impl ChunkEncoder {
         match self.api {
             Api::Chat => {
                 let stop = if last { r#","stop_reason":null"# } else { "" };
+                let field = match produced <= self.reasoning_tokens {
+                    true => "reasoning_content",
+                    false => "content",
+                };
                 out.push_str(&format!(
-                    r#"[{{"index":0,"delta":{{"content":"{TOKEN_TEXT}"}},"logprobs":null,"finish_reason":{finish}{stop},"token_ids":null}}]"#
+                    r#"[{{"index":0,"delta":{{"{field}":"{TOKEN_TEXT}"}},"logprobs":null,"finish_reason":{finish}{stop},"token_ids":null}}]"#
                 ));
             }
             Api::Completions => out.push_str(&format!(
@@ -109,8 +127,12 @@ impl ChunkEncoder {
 
     /// The final usage chunk (`stream_options.include_usage`).
     pub fn usage(&self) -> Bytes {
+        let details = match self.cached_tokens {
+            Some(n) => format!(",\"prompt_tokens_details\":{{\"cached_tokens\":{n}}}"),
+            None => String::new(),
+        };
         Bytes::from(format!(
-            "{}[],\"usage\":{{\"prompt_tokens\":{},\"total_tokens\":{},\"completion_tokens\":{}}},\"system_fingerprint\":\"{SYSTEM_FINGERPRINT}\"}}\n\n",
+            "{}[],\"usage\":{{\"prompt_tokens\":{},\"total_tokens\":{},\"completion_tokens\":{}{details}}},\"system_fingerprint\":\"{SYSTEM_FINGERPRINT}\"}}\n\n",
             self.prefix,
             self.prompt_tokens,
             self.prompt_tokens + self.completion_tokens,

@@ -1,19 +1,30 @@
-//! What to send: synthetic prompts with chosen token-length distributions, or
-//! a JSONL dataset; each turned into a ready request body a bounded distance
-//! ahead of the schedule ([`feed`]).
+//! What to send: synthetic prompts with chosen token-length distributions
+//! (alone, in shared-prefix groups or as multi-turn sessions), dataset files
+//! (JSONL prompts, ShareGPT, sessions), timed traces (Mooncake JSONL, CSV),
+//! and images for vision models; each turned into a ready request body a
+//! bounded distance ahead of the schedule ([`feed`]), read lazily from files
+//! ([`reader`]).
 
 pub mod dataset;
 pub mod feed;
+pub mod images;
+pub mod reader;
+pub mod sessions;
+pub mod sharegpt;
 pub mod synthetic;
 pub mod tokens;
+pub mod trace;
 
-use crate::client::PreparedRequest;
+use crate::client::{PreparedRequest, RequestMeta};
 use crate::record::{CountSource, Endpoint};
 use crate::units::BadValue;
 use bytes::Bytes;
+use images::Image;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Where prompts come from.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -23,11 +34,74 @@ pub enum Source {
         input_tokens: LengthsConfig,
         output_tokens: LengthsConfig,
         shared_prefix_tokens: u64,
+        /// Distinct shared prefixes (`--prefix-groups`); each prompt draws one.
+        prefix_groups: u64,
         tokenizer: Option<PathBuf>,
+        /// Multi-turn sessions (`--turns`, `--think-time`), when asked for.
+        sessions: Option<sessions::SyntheticSessions>,
     },
     Dataset {
         path: PathBuf,
+        format: DatasetFormat,
+        /// ShareGPT: the first exchange only, or the whole conversation as a session.
+        sharegpt_turns: sharegpt::Turns,
+        filters: sharegpt::LengthFilters,
+        tokenizer: Option<PathBuf>,
     },
+    /// `--trace-replay`: requests at their timestamps.
+    Trace {
+        path: PathBuf,
+        time_scale: f64,
+        tokenizer: Option<PathBuf>,
+    },
+}
+
+impl Source {
+    /// Sends multi-turn sessions (so `--requests` counts sessions, not requests).
+    pub fn is_sessions(&self) -> bool {
+        match self {
+            Source::Synthetic { sessions, .. } => sessions.is_some(),
+            Source::Dataset {
+                format,
+                sharegpt_turns,
+                ..
+            } => {
+                *format == DatasetFormat::Sessions
+                    || (*format == DatasetFormat::Sharegpt
+                        && *sharegpt_turns == sharegpt::Turns::All)
+            }
+            Source::Trace { .. } => false,
+        }
+    }
+}
+
+/// What a `--dataset` file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum DatasetFormat {
+    /// JSONL `{"prompt"}` or `{"messages"}` lines, optional `max_tokens` and `images`.
+    Prompts,
+    /// ShareGPT: a JSON array (or JSONL) of `{"id", "conversations": [{"from", "value"}]}`.
+    Sharegpt,
+    /// JSONL `{"session_id", "turns": [{"messages"|"prompt", "max_tokens", "delay_ms"}]}`.
+    Sessions,
+}
+
+impl DatasetFormat {
+    /// The format an entry's keys show, when they show one.
+    pub fn detect(entry: &Value) -> Option<Self> {
+        let has = |key| entry.get(key).is_some();
+        match (
+            has("conversations"),
+            has("turns"),
+            has("prompt") || has("messages"),
+        ) {
+            (true, false, false) => Some(Self::Sharegpt),
+            (false, true, false) => Some(Self::Sessions),
+            (false, false, true) => Some(Self::Prompts),
+            _ => None,
+        }
+    }
 }
 
 /// Serializable view of [`Lengths`].
@@ -99,6 +173,8 @@ pub struct BodyOptions {
     pub temperature: Option<f64>,
     /// Merged (deeply) into every body last, so it can override anything.
     pub extra_body: Option<Map<String, Value>>,
+    /// `--ttft-method two-pass`: every request also gets a `max_tokens: 1` first pass.
+    pub two_pass: bool,
 }
 
 impl BodyOptions {
@@ -111,6 +187,7 @@ impl BodyOptions {
             ignore_eos: false,
             temperature: None,
             extra_body: None,
+            two_pass: false,
         }
     }
 }
@@ -129,14 +206,43 @@ pub struct Item {
     pub input_tokens: Option<u64>,
     pub input_tokens_source: CountSource,
     pub max_tokens: Option<u64>,
+    /// Sent as `image_url` parts of the last user message.
+    pub images: Vec<Arc<Image>>,
+    /// Trace replay: when, after the trace's first request, this one is meant to go.
+    pub at: Option<Duration>,
 }
 
 impl Item {
-    /// The key that keeps items together when a run is split into shards:
-    /// every item of one key goes to the same shard. An item is its own unit,
-    /// keyed by its `line` (0-based) in the dataset.
-    pub fn unit_key(&self, line: usize) -> String {
-        line.to_string()
+    /// An item of text or messages, nothing else known.
+    pub fn new(prompt: Prompt, max_tokens: Option<u64>) -> Self {
+        Self {
+            prompt,
+            input_tokens: None,
+            input_tokens_source: CountSource::Usage,
+            max_tokens,
+            images: Vec::new(),
+            at: None,
+        }
+    }
+
+    /// The item with `tag` and a space before its prompt's first text.
+    fn tagged(&self, tag: &str) -> Self {
+        let mut item = self.clone();
+        match &mut item.prompt {
+            Prompt::Text(text) => *text = format!("{tag} {text}"),
+            Prompt::Messages(messages) => {
+                if let Some(content) = messages.pointer_mut("/0/content") {
+                    match content {
+                        Value::String(text) => *text = format!("{tag} {text}"),
+                        Value::Array(parts) => {
+                            parts.insert(0, json!({"type": "text", "text": tag}))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        item
     }
 }
 
@@ -147,13 +253,14 @@ impl BodyOptions {
         body.insert("model".into(), json!(self.model));
         match (&item.prompt, self.endpoint) {
             (Prompt::Text(text), Endpoint::Chat) => {
-                body.insert(
-                    "messages".into(),
-                    json!([{"role": "user", "content": text}]),
-                );
+                let mut messages = json!([{"role": "user", "content": text}]);
+                attach_images(&mut messages, &item.images);
+                body.insert("messages".into(), messages);
             }
             (Prompt::Messages(messages), Endpoint::Chat) => {
-                body.insert("messages".into(), messages.clone());
+                let mut messages = messages.clone();
+                attach_images(&mut messages, &item.images);
+                body.insert("messages".into(), messages);
             }
             (Prompt::Text(text), Endpoint::Completions) => {
                 body.insert("prompt".into(), json!(text));
@@ -181,18 +288,72 @@ impl BodyOptions {
         Bytes::from(serde_json::to_vec(&Value::Object(body)).expect("JSON values serialize"))
     }
 
-    /// Turns an item into a request ready to send.
+    /// Turns an item into a request ready to send. With two passes, each
+    /// pass's prompt begins with its own tag, so the second cannot be served
+    /// from the prefix cache the first filled.
     pub fn prepare(&self, index: u64, run_id: &str, warmup: bool, item: &Item) -> PreparedRequest {
+        let request_id = format!("{run_id}-{index:06}");
+        let (body, first_pass) = match self.two_pass {
+            false => (self.body(item), None),
+            true => {
+                let mut first = item.tagged(&pass_tag(&request_id, 1));
+                first.max_tokens = Some(1);
+                let full = self.body(&item.tagged(&pass_tag(&request_id, 2)));
+                (full, Some(self.body(&first)))
+            }
+        };
         PreparedRequest {
             index,
-            request_id: format!("{run_id}-{index:06}"),
+            request_id,
             warmup,
-            body: self.body(item),
+            body,
             max_tokens: item.max_tokens,
             input_tokens: item.input_tokens,
             input_tokens_source: Some(item.input_tokens_source),
+            meta: RequestMeta {
+                images: images::info(&item.images),
+                at: item.at,
+                first_pass,
+                ..RequestMeta::default()
+            },
         }
     }
+}
+
+/// A short tag unique to a request and pass (`pass 1a2b3c4d:`).
+fn pass_tag(request_id: &str, pass: u8) -> String {
+    let hash = request_id
+        .bytes()
+        .chain([pass])
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("pass {:08x}:", hash as u32)
+}
+
+/// Adds `images` as `image_url` parts to the last user message (its text
+/// content becomes a text part first).
+fn attach_images(messages: &mut Value, images: &[Arc<Image>]) {
+    if images.is_empty() {
+        return;
+    }
+    let Some(message) = messages
+        .as_array_mut()
+        .and_then(|m| m.iter_mut().rev().find(|m| m["role"] == "user"))
+    else {
+        return;
+    };
+    let mut parts = match message["content"].take() {
+        Value::String(text) => vec![json!({"type": "text", "text": text})],
+        Value::Array(parts) => parts,
+        _ => Vec::new(),
+    };
+    parts.extend(
+        images
+            .iter()
+            .map(|i| json!({"type": "image_url", "image_url": {"url": i.url}})),
+    );
+    message["content"] = Value::Array(parts);
 }
 
 /// Chat messages as one completions prompt: their text contents, one per line.
@@ -240,16 +401,50 @@ mod tests {
             ignore_eos: true,
             temperature: Some(0.0),
             extra_body: extra.map(|v| v.as_object().unwrap().clone()),
+            two_pass: false,
         }
     }
 
     fn item(prompt: Prompt) -> Item {
         Item {
-            prompt,
             input_tokens: Some(3),
             input_tokens_source: CountSource::Estimate,
-            max_tokens: Some(16),
+            ..Item::new(prompt, Some(16))
         }
+    }
+
+    #[test]
+    fn images_become_parts_of_the_last_user_message() {
+        let image = Arc::new(images::generate(1, 8, 8, images::ImageFormat::Png));
+        let mut with_images = item(Prompt::Text("look".into()));
+        with_images.images = vec![image.clone(), image];
+        let body = options(Endpoint::Chat, None).body(&with_images);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        let parts = v["messages"][0]["content"].as_array().unwrap();
+        assert_eq!(parts[0], json!({"type": "text", "text": "look"}));
+        assert_eq!(parts.len(), 3);
+        assert!(parts[2]["image_url"]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("data:image/png;base64,"));
+        let prepared = options(Endpoint::Chat, None).prepare(0, "r", false, &with_images);
+        assert_eq!(prepared.meta.images.unwrap().count, 2);
+    }
+
+    #[test]
+    fn two_passes_differ_in_their_tag_and_the_first_asks_for_one_token() {
+        let mut two = options(Endpoint::Chat, None);
+        two.two_pass = true;
+        let prepared = two.prepare(3, "run", false, &item(Prompt::Text("a b c".into())));
+        let full: Value = serde_json::from_slice(&prepared.body).unwrap();
+        let first: Value = serde_json::from_slice(&prepared.meta.first_pass.unwrap()).unwrap();
+        assert_eq!(
+            (first["max_tokens"].as_u64(), full["max_tokens"].as_u64()),
+            (Some(1), Some(16))
+        );
+        let text = |v: &Value| v["messages"][0]["content"].as_str().unwrap().to_string();
+        assert_ne!(text(&first), text(&full));
+        assert!(text(&full).starts_with("pass ") && text(&full).ends_with(": a b c"));
     }
 
     #[test]

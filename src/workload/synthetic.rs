@@ -1,6 +1,7 @@
 //! Synthetic prompts: random words from a small vocabulary, fitted to a target
 //! token count, unique per request (so prefix caching cannot flatter the
-//! numbers) unless a shared prefix is asked for.
+//! numbers) unless a shared prefix is asked for: one for all prompts, or
+//! `--prefix-groups G` distinct ones, each prompt drawing one.
 //!
 //! Fitting does not ask the counter per prompt: [`Synthetic::new`] learns once
 //! what each word costs (alone at the start of a prompt, and after a space)
@@ -81,7 +82,8 @@ const CALIBRATION_CHECKS: [u64; 8] = [2, 5, 7, 16, 31, 64, 100, 255];
 pub struct Synthetic {
     input: Lengths,
     output: Lengths,
-    shared_prefix: String,
+    /// The shared prefixes (one per group) and their token counts.
+    prefixes: Vec<(String, u64)>,
     shared_prefix_tokens: u64,
     seed: u64,
     fitter: Fitter,
@@ -110,11 +112,13 @@ struct WordCosts {
 }
 
 impl Synthetic {
-    /// `shared_prefix_tokens` words (fitted like any prompt) begin every prompt.
+    /// `shared_prefix_tokens` words (fitted like any prompt) begin every
+    /// prompt: one of `groups` distinct prefixes, drawn per prompt.
     pub async fn new(
         input: Lengths,
         output: Lengths,
         shared_prefix_tokens: u64,
+        groups: u64,
         seed: u64,
         counter: &TokenCounter,
     ) -> anyhow::Result<Self> {
@@ -125,20 +129,38 @@ impl Synthetic {
         let mut synthetic = Self {
             input,
             output,
-            shared_prefix: String::new(),
+            prefixes: Vec::new(),
             shared_prefix_tokens,
             seed,
             fitter,
         };
         if shared_prefix_tokens > 0 {
-            let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_0f5b_a7ed);
-            let (prefix, count) = synthetic
-                .fit(&mut rng, shared_prefix_tokens, Position::Start, counter)
-                .await?;
-            synthetic.shared_prefix = prefix;
-            synthetic.shared_prefix_tokens = count;
+            for group in 0..groups.max(1) {
+                let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_0f5b_a7ed ^ (group << 40));
+                let prefix = synthetic
+                    .fit(&mut rng, shared_prefix_tokens, Position::Start, counter)
+                    .await?;
+                synthetic.prefixes.push(prefix);
+            }
         }
         Ok(synthetic)
+    }
+
+    /// `tokens` words drawn from `key` alone (the same key, length and place
+    /// always give the same text), at the start of a prompt or after a space.
+    pub async fn words(
+        &self,
+        key: u64,
+        tokens: u64,
+        at_start: bool,
+        counter: &TokenCounter,
+    ) -> anyhow::Result<(String, u64)> {
+        let mut rng = StdRng::seed_from_u64(self.seed.wrapping_mul(0xff51_afd7_ed55_8ccd) ^ key);
+        let position = match at_start {
+            true => Position::Start,
+            false => Position::AfterSpace,
+        };
+        self.fit(&mut rng, tokens, position, counter).await
     }
 
     /// True when prompts are sized without asking the counter.
@@ -152,21 +174,24 @@ impl Synthetic {
         let input = sample(&mut rng, self.input);
         let output = sample(&mut rng, self.output);
         let unique = input.saturating_sub(self.shared_prefix_tokens).max(1);
-        let position = match self.shared_prefix.is_empty() {
-            true => Position::Start,
-            false => Position::AfterSpace,
+        let prefix = match self.prefixes.len() {
+            0 => None,
+            1 => Some(&self.prefixes[0]),
+            n => Some(&self.prefixes[rng.random_range(0..n)]),
+        };
+        let position = match prefix {
+            None => Position::Start,
+            Some(_) => Position::AfterSpace,
         };
         let (body, count) = self.fit(&mut rng, unique, position, counter).await?;
-        let text = if self.shared_prefix.is_empty() {
-            body
-        } else {
-            format!("{} {body}", self.shared_prefix)
+        let (text, prefix_count) = match prefix {
+            None => (body, 0),
+            Some((prefix, n)) => (format!("{prefix} {body}"), *n),
         };
         Ok(Item {
-            prompt: Prompt::Text(text),
-            input_tokens: Some(count + self.shared_prefix_tokens),
+            input_tokens: Some(count + prefix_count),
             input_tokens_source: counter.source(),
-            max_tokens: Some(output),
+            ..Item::new(Prompt::Text(text), Some(output))
         })
     }
 
@@ -274,7 +299,7 @@ fn join_words(picks: &[usize]) -> String {
 }
 
 /// A length drawn from the distribution (at least 1).
-fn sample(rng: &mut StdRng, lengths: Lengths) -> u64 {
+pub fn sample(rng: &mut StdRng, lengths: Lengths) -> u64 {
     if lengths.stddev == 0.0 {
         return lengths.mean;
     }
@@ -318,7 +343,7 @@ mod tests {
     async fn prompts_are_exact_unique_and_reproducible() {
         let counter = TokenCounter::Estimate;
         let lengths = "64".parse().unwrap();
-        let synthetic = Synthetic::new(lengths, "16:4".parse().unwrap(), 0, 7, &counter)
+        let synthetic = Synthetic::new(lengths, "16:4".parse().unwrap(), 0, 1, 7, &counter)
             .await
             .unwrap();
         let a = synthetic.item(0, &counter).await.unwrap();
@@ -336,10 +361,16 @@ mod tests {
     #[tokio::test]
     async fn shared_prefix_is_common_to_all_prompts() {
         let counter = TokenCounter::Estimate;
-        let synthetic =
-            Synthetic::new("40".parse().unwrap(), "8".parse().unwrap(), 32, 1, &counter)
-                .await
-                .unwrap();
+        let synthetic = Synthetic::new(
+            "40".parse().unwrap(),
+            "8".parse().unwrap(),
+            32,
+            1,
+            1,
+            &counter,
+        )
+        .await
+        .unwrap();
         let text = |item: Item| match item.prompt {
             Prompt::Text(t) => t,
             Prompt::Messages(_) => unreachable!(),
@@ -351,6 +382,31 @@ mod tests {
         assert_eq!(prefix_a, prefix_b);
         assert_ne!(a, b);
         assert_eq!(a.split_whitespace().count(), 40);
+    }
+
+    #[tokio::test]
+    async fn prefix_groups_give_that_many_distinct_prefixes() {
+        let counter = TokenCounter::Estimate;
+        let synthetic = Synthetic::new(
+            "40".parse().unwrap(),
+            "8".parse().unwrap(),
+            30,
+            3,
+            1,
+            &counter,
+        )
+        .await
+        .unwrap();
+        let mut prefixes = std::collections::BTreeSet::new();
+        for index in 0..60 {
+            let item = synthetic.item(index, &counter).await.unwrap();
+            let Prompt::Text(text) = item.prompt else {
+                unreachable!()
+            };
+            assert_eq!(item.input_tokens, Some(40));
+            prefixes.insert(text.split(' ').take(30).collect::<Vec<_>>().join(" "));
+        }
+        assert_eq!(prefixes.len(), 3);
     }
 
     /// A character-level BPE tokenizer; `merges` may join across words.
@@ -397,6 +453,7 @@ mod tests {
             "100:30".parse().unwrap(),
             "8".parse().unwrap(),
             12,
+            1,
             3,
             &counter,
         )
@@ -413,9 +470,16 @@ mod tests {
     async fn a_tokenizer_merging_across_words_is_counted_per_prompt() {
         // "e t" becomes one token: a word's cost depends on its neighbours.
         let counter = char_tokenizer(r#"[["e", " "], ["e ", "t"]]"#);
-        let synthetic = Synthetic::new("60".parse().unwrap(), "8".parse().unwrap(), 0, 5, &counter)
-            .await
-            .unwrap();
+        let synthetic = Synthetic::new(
+            "60".parse().unwrap(),
+            "8".parse().unwrap(),
+            0,
+            1,
+            5,
+            &counter,
+        )
+        .await
+        .unwrap();
         assert!(!synthetic.is_calibrated());
         for index in 0..10 {
             let (claimed, actual) = counted(&synthetic, index, &counter).await;
