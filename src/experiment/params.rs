@@ -74,6 +74,9 @@ const RESERVED: [(&str, &str); 14] = [
     ),
 ];
 
+/// Parameters naming files or folders: read relative to the experiment file.
+const FILE_KEYS: [&str; 3] = ["dataset", "trace_replay", "image_dir"];
+
 /// Keys of which a point holds at most one: a later layer's replaces the others.
 const EXCLUSIVE: [&[&str]; 3] = [
     &["concurrency", "rate", "batch_size"],
@@ -255,6 +258,11 @@ fn push_flag(
     argv: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     let long = format!("--{}", flag.long);
+    if let (true, Value::String(path)) = (FILE_KEYS.contains(&flag.key.as_str()), &value.value) {
+        let path = super::file::relative_to(file, path);
+        argv.extend([long, path.display().to_string()]);
+        return Ok(());
+    }
     let bad = |what: &str| -> anyhow::Error {
         Located::at(file, value, format!("`{}` {what}", flag.key)).into()
     };
@@ -356,6 +364,21 @@ mod tests {
         set(&mut layered, "concurrency", "many".into(), 3);
         let err = layered.run_config(Path::new("e.yaml"), &[]).unwrap_err();
         assert_eq!(err.downcast_ref::<Located>().expect("placed").line, 3);
+    }
+
+    #[test]
+    fn dataset_files_are_read_beside_the_experiment() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("prompts.jsonl"), "{\"prompt\": \"hi\"}\n").unwrap();
+        let mut layered = Layered::default();
+        set(&mut layered, "dataset", "prompts.jsonl".into(), 1);
+        let (config, _) = layered.run_config(&dir.path().join("e.yaml"), &[]).unwrap();
+        match config.source {
+            crate::workload::Source::Dataset { path, .. } => {
+                assert_eq!(path, dir.path().join("prompts.jsonl"))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
