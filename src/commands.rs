@@ -33,6 +33,10 @@ pub async fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::Show(args) => show(args),
         Command::Report(args) => report(args),
         Command::Compare(args) => compare(args),
+        Command::Proxy(args) => {
+            let config = crate::proxy::ProxyConfig::from_args(&args)?;
+            crate::proxy::run_until_ctrl_c(config, command_line()).await
+        }
     }
 }
 
@@ -193,9 +197,10 @@ fn show(args: ShowArgs) -> anyhow::Result<i32> {
 }
 
 fn report(args: ReportArgs) -> anyhow::Result<i32> {
-    let path = crate::report::html::write_report(&args.run_dir)?;
+    let run_dir = crate::proxy::window::folder_or_window(&args.run_dir, &args.window)?;
+    let path = crate::report::html::write_report(&run_dir)?;
     if let Some(db) = &args.db {
-        crate::report::sqlite::import_run_dir(db, &args.run_dir)?;
+        crate::report::sqlite::import_run_dir(db, &run_dir)?;
         print(&format!("recorded in {}\n", db.display()));
     }
     print(&format!("{}\n", path.display()));
@@ -203,7 +208,12 @@ fn report(args: ReportArgs) -> anyhow::Result<i32> {
 }
 
 fn compare(args: CompareArgs) -> anyhow::Result<i32> {
-    print(&crate::report::compare::compare(&args.runs)?);
+    let runs = args
+        .runs
+        .iter()
+        .map(|run| crate::proxy::window::folder_or_window(run, &args.window))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    print(&crate::report::compare::compare(&runs)?);
     Ok(0)
 }
 

@@ -263,6 +263,20 @@ pub struct RequestRecord {
     pub decomposition: Option<Decomposition>,
     pub trace_url: Option<String>,
     pub gpu: Option<GpuAttribution>,
+    /// What measured the request: absent for `tracebench run`, `proxy` for
+    /// `tracebench proxy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<RecordSource>,
+}
+
+/// What measured a request (the record's optional `source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordSource {
+    /// `tracebench run` (also what a record without `source` means).
+    Run,
+    /// `tracebench proxy`: a request some other client sent through the proxy.
+    Proxy,
 }
 
 impl RequestRecord {

@@ -337,95 +337,123 @@ impl Client {
         progress: Progress,
         error: Option<RequestError>,
     ) -> RequestRecord {
-        let ok = error.is_none();
-        let (output_tokens, output_source) = match progress.usage.completion_tokens {
-            Some(n) => (Some(n), Some(CountSource::Usage)),
-            None if self.options.stream && progress.token_events > 0 => {
-                (Some(progress.token_events), Some(CountSource::Events))
-            }
-            None => (None, None),
-        };
-        let (input_tokens, input_source) = match progress.usage.prompt_tokens {
-            Some(n) => (Some(n), Some(CountSource::Usage)),
-            None => (request.input_tokens, request.input_tokens_source),
-        };
-        let connection = connection_info(&progress.connection);
-        let timeline = self.timeline(intended, &progress, output_tokens, ok);
-        let derived = timeline.derive();
-        let server_missing_reason = if trace.is_none() {
-            Some("tracing_off".to_string())
-        } else {
-            Some("pending".to_string())
-        };
-        RequestRecord {
-            schema: REQUEST_SCHEMA.to_string(),
-            run_id: self.options.run_id.clone(),
-            request_id: request.request_id.clone(),
-            index: request.index,
-            warmup: request.warmup,
+        let origin = Origin {
+            run_id: &self.options.run_id,
             endpoint: self.options.endpoint,
-            model: self.options.model.clone(),
+            model: &self.options.model,
             stream: self.options.stream,
-            trace_id: trace.map(|t| t.trace_id),
-            span_id: trace.map(|t| hex(&t.span_id)),
-            max_tokens: request.max_tokens,
-            input_tokens,
-            input_tokens_source: input_source,
-            output_tokens,
-            output_tokens_source: output_source,
-            status: progress.status,
-            response_id: progress.response_id,
-            finish_reason: progress.finish_reason,
-            error,
-            connection,
-            sent_unix_ns: progress.sent_unix_ns,
-            instants_ns: timeline.instants,
-            ttft_ms: derived.ttft_ms,
-            e2e_ms: derived.e2e_ms,
-            e2e_end_ms: derived.e2e_end_ms,
-            tpot_ms: derived.tpot_ms,
-            schedule_lag_ms: derived.schedule_lag_ms,
-            chunks: progress.token_events,
-            itl_chunk_ms: derived.itl_chunk_ms,
-            itl_token_ms: derived.itl_token_ms,
-            server: None,
-            server_missing_reason,
-            decomposition: None,
-            trace_url: None,
-            gpu: None,
-        }
+            clock: &self.clock,
+        };
+        build_record(&origin, request, intended, trace, progress, error)
     }
+}
 
-    /// The request's instants and chunk arrivals on the run's clock.
-    fn timeline(
-        &self,
-        intended: Instant,
-        progress: &Progress,
-        output_tokens: Option<u64>,
-        ok: bool,
-    ) -> Timeline {
-        let clock = &self.clock;
-        let ns = |i: Option<Instant>| i.map(|i| clock.ns_at(i));
-        Timeline {
-            instants: Instants {
-                intended: clock.ns_at(intended),
-                sent: clock.ns_at(progress.sent),
-                written: ns(progress.connection.written),
-                headers: ns(progress.headers),
-                first_byte: ns(progress.first_byte),
-                first_token: ns(progress.first_token),
-                last_token: ns(progress.last_token),
-                end: ns(progress.end),
-            },
-            chunk_arrivals_ns: progress
-                .chunk_arrivals
-                .iter()
-                .map(|&i| clock.ns_at(i))
-                .collect(),
-            tokens_per_chunk: progress.tokens_per_chunk.clone(),
-            output_tokens,
-            ok,
+/// What a record takes from whoever sent its request (a run's client, the proxy).
+pub(crate) struct Origin<'a> {
+    pub run_id: &'a str,
+    pub endpoint: Endpoint,
+    pub model: &'a str,
+    pub stream: bool,
+    pub clock: &'a RunClock,
+}
+
+/// The record of one request from what was seen of its response.
+pub(crate) fn build_record(
+    origin: &Origin<'_>,
+    request: &PreparedRequest,
+    intended: Instant,
+    trace: Option<TraceParent>,
+    progress: Progress,
+    error: Option<RequestError>,
+) -> RequestRecord {
+    let ok = error.is_none();
+    let (output_tokens, output_source) = match progress.usage.completion_tokens {
+        Some(n) => (Some(n), Some(CountSource::Usage)),
+        None if origin.stream && progress.token_events > 0 => {
+            (Some(progress.token_events), Some(CountSource::Events))
         }
+        None => (None, None),
+    };
+    let (input_tokens, input_source) = match progress.usage.prompt_tokens {
+        Some(n) => (Some(n), Some(CountSource::Usage)),
+        None => (request.input_tokens, request.input_tokens_source),
+    };
+    let connection = connection_info(&progress.connection);
+    let timeline = timeline(origin.clock, intended, &progress, output_tokens, ok);
+    let derived = timeline.derive();
+    let server_missing_reason = if trace.is_none() {
+        Some("tracing_off".to_string())
+    } else {
+        Some("pending".to_string())
+    };
+    RequestRecord {
+        schema: REQUEST_SCHEMA.to_string(),
+        run_id: origin.run_id.to_string(),
+        request_id: request.request_id.clone(),
+        index: request.index,
+        warmup: request.warmup,
+        endpoint: origin.endpoint,
+        model: origin.model.to_string(),
+        stream: origin.stream,
+        trace_id: trace.map(|t| t.trace_id),
+        span_id: trace.map(|t| hex(&t.span_id)),
+        max_tokens: request.max_tokens,
+        input_tokens,
+        input_tokens_source: input_source,
+        output_tokens,
+        output_tokens_source: output_source,
+        status: progress.status,
+        response_id: progress.response_id,
+        finish_reason: progress.finish_reason,
+        error,
+        connection,
+        sent_unix_ns: progress.sent_unix_ns,
+        instants_ns: timeline.instants,
+        ttft_ms: derived.ttft_ms,
+        e2e_ms: derived.e2e_ms,
+        e2e_end_ms: derived.e2e_end_ms,
+        tpot_ms: derived.tpot_ms,
+        schedule_lag_ms: derived.schedule_lag_ms,
+        chunks: progress.token_events,
+        itl_chunk_ms: derived.itl_chunk_ms,
+        itl_token_ms: derived.itl_token_ms,
+        server: None,
+        server_missing_reason,
+        decomposition: None,
+        trace_url: None,
+        gpu: None,
+        source: None,
+    }
+}
+
+/// The request's instants and chunk arrivals on the run's clock.
+fn timeline(
+    clock: &RunClock,
+    intended: Instant,
+    progress: &Progress,
+    output_tokens: Option<u64>,
+    ok: bool,
+) -> Timeline {
+    let ns = |i: Option<Instant>| i.map(|i| clock.ns_at(i));
+    Timeline {
+        instants: Instants {
+            intended: clock.ns_at(intended),
+            sent: clock.ns_at(progress.sent),
+            written: ns(progress.connection.written),
+            headers: ns(progress.headers),
+            first_byte: ns(progress.first_byte),
+            first_token: ns(progress.first_token),
+            last_token: ns(progress.last_token),
+            end: ns(progress.end),
+        },
+        chunk_arrivals_ns: progress
+            .chunk_arrivals
+            .iter()
+            .map(|&i| clock.ns_at(i))
+            .collect(),
+        tokens_per_chunk: progress.tokens_per_chunk.clone(),
+        output_tokens,
+        ok,
     }
 }
 
@@ -440,29 +468,29 @@ fn connection_info(story: &ConnectionStory) -> Option<ConnectionInfo> {
 }
 
 /// What has been seen of one response so far.
-struct Progress {
-    sent: Instant,
-    sent_unix_ns: u64,
+pub(crate) struct Progress {
+    pub sent: Instant,
+    pub sent_unix_ns: u64,
     connection: ConnectionStory,
-    headers: Option<Instant>,
-    first_byte: Option<Instant>,
-    first_token: Option<Instant>,
+    pub headers: Option<Instant>,
+    pub first_byte: Option<Instant>,
+    pub first_token: Option<Instant>,
     last_token: Option<Instant>,
-    end: Option<Instant>,
-    status: Option<u16>,
+    pub end: Option<Instant>,
+    pub status: Option<u16>,
     response_id: Option<String>,
     finish_reason: Option<String>,
-    usage: Usage,
+    pub usage: Usage,
     token_events: u64,
     chunk_arrivals: Vec<Instant>,
     /// Tokens carried by each token-bearing chunk, while every chunk's count is known.
     tokens_per_chunk: Option<Vec<u64>>,
     last_completion_tokens: Option<u64>,
-    done: bool,
+    pub done: bool,
 }
 
 impl Progress {
-    fn new(max_tokens: Option<u64>) -> Self {
+    pub(crate) fn new(max_tokens: Option<u64>) -> Self {
         let capacity = max_tokens.unwrap_or(128).min(8192) as usize;
         Self {
             sent: Instant::now(),
@@ -486,7 +514,11 @@ impl Progress {
     }
 
     /// Applies one SSE event that arrived at `arrived`.
-    fn on_event(&mut self, event: SseEvent<'_>, arrived: Instant) -> Result<(), RequestError> {
+    pub(crate) fn on_event(
+        &mut self,
+        event: SseEvent<'_>,
+        arrived: Instant,
+    ) -> Result<(), RequestError> {
         if event.event == Some("error") {
             return Err(stream_error(format!(
                 "the server sent an error event: {}",
@@ -576,33 +608,43 @@ impl BodyReader {
     }
 
     fn finish_stream(&self, progress: &mut Progress) -> Result<(), RequestError> {
-        if progress.done {
-            return Ok(());
-        }
-        if progress.token_events == 0 && progress.response_id.is_none() {
-            return Err(RequestError {
-                kind: ErrorKind::InvalidResponse,
-                message: "the body is not an SSE stream of completion chunks".into(),
-                status: progress.status,
-                body_excerpt: None,
-            });
-        }
-        if self.framer.has_partial_event() {
-            return Err(stream_error(
-                "the stream was cut off in the middle of an event".into(),
-            ));
-        }
-        if progress.finish_reason.is_none() {
-            return Err(stream_error(
-                "the stream ended before [DONE] and before any finish_reason".into(),
-            ));
-        }
-        Ok(())
+        finish_stream(&self.framer, progress)
     }
 }
 
+/// The end of a stream: an error unless it ended as a complete answer
+/// (`[DONE]`, or a finish reason with no event cut off).
+pub(crate) fn finish_stream(framer: &SseFramer, progress: &Progress) -> Result<(), RequestError> {
+    if progress.done {
+        return Ok(());
+    }
+    if progress.token_events == 0 && progress.response_id.is_none() {
+        return Err(RequestError {
+            kind: ErrorKind::InvalidResponse,
+            message: "the body is not an SSE stream of completion chunks".into(),
+            status: progress.status,
+            body_excerpt: None,
+        });
+    }
+    if framer.has_partial_event() {
+        return Err(stream_error(
+            "the stream was cut off in the middle of an event".into(),
+        ));
+    }
+    if progress.finish_reason.is_none() {
+        return Err(stream_error(
+            "the stream ended before [DONE] and before any finish_reason".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A non-streaming answer: one JSON body, all tokens at once.
-fn finish_whole(body: &[u8], at: Instant, progress: &mut Progress) -> Result<(), RequestError> {
+pub(crate) fn finish_whole(
+    body: &[u8],
+    at: Instant,
+    progress: &mut Progress,
+) -> Result<(), RequestError> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| RequestError {
         kind: ErrorKind::InvalidResponse,
         message: format!("the response is not JSON: {e}"),
@@ -629,7 +671,7 @@ fn finish_whole(body: &[u8], at: Instant, progress: &mut Progress) -> Result<(),
     Ok(())
 }
 
-fn stream_error(message: String) -> RequestError {
+pub(crate) fn stream_error(message: String) -> RequestError {
     RequestError {
         kind: ErrorKind::Stream,
         message,

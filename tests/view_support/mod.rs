@@ -143,6 +143,7 @@ pub fn synthetic_records(run: &SyntheticRun) -> Vec<RequestRecord> {
                 decomposition: None,
                 trace_url: Some(format!("http://127.0.0.1:16686/trace/{trace_id}")),
                 gpu: None,
+                source: None,
             };
             if fails {
                 record.error = Some(if (i / run.fail_every) % 2 == 0 {
