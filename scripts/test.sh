@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test. Installs what the tests need on a fresh machine first:
-# Debian's chromium (the HTML report renders in a real browser) and tmux (the
-# dashboard in a real terminal).
+# Debian's chromium (the HTML report renders in a real browser), tmux (the
+# dashboard in a real terminal) and a Python venv with the official `openai`
+# package (a real SDK client reads the proxy's streams).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
@@ -15,6 +16,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "missing ${missing[*]} and cannot install here (needs root and apt-get)" >&2
   fi
 fi
+TRACEBENCH_PYTHON="$(pwd)/$(scripts/python-venv.sh)"
+export TRACEBENCH_PYTHON
 export TRACEBENCH_REQUIRE_BROWSER=1 TRACEBENCH_REQUIRE_TMUX=1
 cargo test --all-targets "$@"
 cargo test --doc
