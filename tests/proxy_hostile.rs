@@ -55,7 +55,10 @@ async fn read_request(socket: &mut TcpStream) -> String {
             let length: usize = head
                 .to_lowercase()
                 .lines()
-                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                .find_map(|l| {
+                    l.strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
                 .unwrap_or(0);
             if buf.len() >= end + 4 + length {
                 return head;
@@ -85,7 +88,9 @@ async fn upstream(script: Script) -> String {
                         let _ = socket.write_all(&out).await;
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         let std = socket.into_std().unwrap();
-                        socket2::SockRef::from(&std).set_linger(Some(Duration::ZERO)).unwrap();
+                        socket2::SockRef::from(&std)
+                            .set_linger(Some(Duration::ZERO))
+                            .unwrap();
                         drop(std);
                     }
                     Script::Stall(bytes) => {
@@ -134,13 +139,21 @@ async fn an_upstream_that_is_down_is_a_502_and_a_record() {
     let dir = tempfile::tempdir().unwrap();
     let port = tracebench::testing::free_port().unwrap();
     let proxy = proxy_of(&format!("http://127.0.0.1:{port}"), dir.path(), |_| {}).await;
-    let response = http().post(chat(&proxy)).json(&chat_body(true, 4)).send().await.unwrap();
+    let response = http()
+        .post(chat(&proxy))
+        .json(&chat_body(true, 4))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 502);
     let error: serde_json::Value = response.json().await.unwrap();
     assert_eq!(error["error"]["type"], "bad_gateway");
     assert_eq!(error["error"]["code"], 502);
     let message = error["error"]["message"].as_str().unwrap();
-    assert!(message.contains(&format!("127.0.0.1:{port}")) && message.contains("cannot be reached"), "{message}");
+    assert!(
+        message.contains(&format!("127.0.0.1:{port}")) && message.contains("cannot be reached"),
+        "{message}"
+    );
     let record = only_record(proxy).await;
     assert_eq!(record.error.unwrap().kind, ErrorKind::Connect);
     assert_eq!(record.status, None);
@@ -150,7 +163,12 @@ async fn an_upstream_that_is_down_is_a_502_and_a_record() {
 async fn a_reset_mid_stream_cuts_the_answer_and_is_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let proxy = proxy_of(&upstream(Script::ResetMidStream).await, dir.path(), |_| {}).await;
-    let mut response = http().post(chat(&proxy)).json(&chat_body(true, 4)).send().await.unwrap();
+    let mut response = http()
+        .post(chat(&proxy))
+        .json(&chat_body(true, 4))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let mut got = Vec::new();
     let broke = loop {
@@ -161,7 +179,11 @@ async fn a_reset_mid_stream_cuts_the_answer_and_is_recorded() {
         }
     };
     assert!(broke, "the client's answer is cut, not ended cleanly");
-    assert_eq!(got, [TOKEN, TOKEN].concat(), "what came before the reset was relayed");
+    assert_eq!(
+        got,
+        [TOKEN, TOKEN].concat(),
+        "what came before the reset was relayed"
+    );
     let record = only_record(proxy).await;
     let error = record.error.unwrap();
     assert_eq!(error.kind, ErrorKind::Stream, "{}", error.message);
@@ -172,18 +194,38 @@ async fn a_reset_mid_stream_cuts_the_answer_and_is_recorded() {
 #[tokio::test]
 async fn a_silent_upstream_is_a_504_before_the_answer_and_a_cut_after() {
     let dir = tempfile::tempdir().unwrap();
-    let quick = |c: &mut tracebench::proxy::ProxyConfig| c.limits.idle_timeout = Duration::from_millis(300);
+    let quick =
+        |c: &mut tracebench::proxy::ProxyConfig| c.limits.idle_timeout = Duration::from_millis(300);
     let proxy = proxy_of(&upstream(Script::Stall(b"")).await, dir.path(), quick).await;
-    let response = http().post(chat(&proxy)).json(&chat_body(true, 4)).send().await.unwrap();
+    let response = http()
+        .post(chat(&proxy))
+        .json(&chat_body(true, 4))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 504);
     let error: serde_json::Value = response.json().await.unwrap();
     assert_eq!(error["error"]["type"], "gateway_timeout");
-    assert_eq!(only_record(proxy).await.error.unwrap().kind, ErrorKind::FirstByteTimeout);
+    assert_eq!(
+        only_record(proxy).await.error.unwrap().kind,
+        ErrorKind::FirstByteTimeout
+    );
 
-    let head_and_token: &'static [u8] = Box::leak([SSE_HEAD, &chunk(TOKEN)].concat().into_boxed_slice());
+    let head_and_token: &'static [u8] =
+        Box::leak([SSE_HEAD, &chunk(TOKEN)].concat().into_boxed_slice());
     let dir = tempfile::tempdir().unwrap();
-    let proxy = proxy_of(&upstream(Script::Stall(head_and_token)).await, dir.path(), quick).await;
-    let response = http().post(chat(&proxy)).json(&chat_body(true, 4)).send().await.unwrap();
+    let proxy = proxy_of(
+        &upstream(Script::Stall(head_and_token)).await,
+        dir.path(),
+        quick,
+    )
+    .await;
+    let response = http()
+        .post(chat(&proxy))
+        .json(&chat_body(true, 4))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert!(response.bytes().await.is_err(), "the stalled answer is cut");
     let record = only_record(proxy).await;
@@ -195,8 +237,18 @@ async fn a_silent_upstream_is_a_504_before_the_answer_and_a_cut_after() {
 async fn a_client_that_leaves_cancels_the_upstream_request() {
     let dir = tempfile::tempdir().unwrap();
     let (gone_tx, mut gone) = mpsc::unbounded_channel();
-    let proxy = proxy_of(&upstream(Script::Trickle(gone_tx)).await, dir.path(), |_| {}).await;
-    let mut response = http().post(chat(&proxy)).json(&chat_body(true, 1000)).send().await.unwrap();
+    let proxy = proxy_of(
+        &upstream(Script::Trickle(gone_tx)).await,
+        dir.path(),
+        |_| {},
+    )
+    .await;
+    let mut response = http()
+        .post(chat(&proxy))
+        .json(&chat_body(true, 1000))
+        .send()
+        .await
+        .unwrap();
     assert!(response.chunk().await.unwrap().is_some());
     drop(response);
     tokio::time::timeout(Duration::from_secs(10), gone.recv())
@@ -206,14 +258,22 @@ async fn a_client_that_leaves_cancels_the_upstream_request() {
     let record = only_record(proxy).await;
     let error = record.error.unwrap();
     assert_eq!(error.kind, ErrorKind::Cancelled);
-    assert!(error.message.contains("client disconnected"), "{}", error.message);
+    assert!(
+        error.message.contains("client disconnected"),
+        "{}",
+        error.message
+    );
 }
 
 #[tokio::test]
 async fn other_paths_pass_through_byte_for_byte_and_only_to_the_upstream() {
     let dir = tempfile::tempdir().unwrap();
     let proxy = proxy_of(&upstream(Script::Write(MODELS)).await, dir.path(), |_| {}).await;
-    let response = http().get(format!("{}/v1/models", proxy.url())).send().await.unwrap();
+    let response = http()
+        .get(format!("{}/v1/models", proxy.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.headers()["x-upstream"], "scripted");
     let body = response.bytes().await.unwrap();
     let sent_body = &MODELS[MODELS.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
@@ -244,7 +304,12 @@ async fn oversized_bodies_and_heads_are_refused() {
     })
     .await;
     let big = serde_json::json!({"model": "tiny", "prompt": "x".repeat(2000)});
-    let response = http().post(format!("{}/v1/completions", proxy.url())).json(&big).send().await.unwrap();
+    let response = http()
+        .post(format!("{}/v1/completions", proxy.url()))
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 413);
     let error: serde_json::Value = response.json().await.unwrap();
     assert_eq!(error["error"]["type"], "request_too_large");
@@ -262,7 +327,11 @@ async fn oversized_bodies_and_heads_are_refused() {
         many = many.header(format!("x-extra-{i}"), "1");
     }
     assert_eq!(many.send().await.unwrap().status(), 431);
-    let fine = http().get(format!("{}/v1/models", proxy.url())).send().await.unwrap();
+    let fine = http()
+        .get(format!("{}/v1/models", proxy.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(fine.status(), 200, "the proxy still serves");
     proxy.shutdown().await.unwrap();
 }
@@ -294,7 +363,17 @@ async fn a_flood_of_connections_is_served() {
         served += usize::from(client.await.unwrap());
     }
     assert_eq!(served, 400);
-    let text = http().get(format!("{}/tracebench/metrics", proxy.url())).send().await.unwrap().text().await.unwrap();
-    assert!(text.contains("tracebench_proxy_requests_total{model=\"\",status=\"200\"} 400"), "{text}");
+    let text = http()
+        .get(format!("{}/tracebench/metrics", proxy.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("tracebench_proxy_requests_total{model=\"\",status=\"200\"} 400"),
+        "{text}"
+    );
     proxy.shutdown().await.unwrap();
 }

@@ -13,7 +13,9 @@ use std::time::Duration;
 fn python() -> Option<PathBuf> {
     let path = std::env::var_os("TRACEBENCH_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-tests/bin/python"));
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-tests/bin/python")
+        });
     path.is_file().then_some(path)
 }
 
@@ -32,7 +34,10 @@ async fn the_openai_sdk_reads_streams_with_the_metrics_comment() {
     };
     let dir = tempfile::tempdir().unwrap();
     let (sim, proxy) = sim_and_proxy(dir.path(), Duration::from_secs(10)).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/proxy_openai_client.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/proxy_openai_client.py"
+    );
     let output = tokio::process::Command::new(&python)
         .arg(script)
         .arg(proxy.url())
@@ -45,9 +50,15 @@ async fn the_openai_sdk_reads_streams_with_the_metrics_comment() {
 
     let stream = &seen["chat_stream"];
     assert_eq!(stream["text"], " tok".repeat(6), "{seen}");
-    assert_eq!(stream["usage_chunks"], 0, "the injected usage chunk is removed: {seen}");
+    assert_eq!(
+        stream["usage_chunks"], 0,
+        "the injected usage chunk is removed: {seen}"
+    );
     assert_eq!(stream["finish"], serde_json::json!(["length"]));
-    assert_eq!(seen["chat_stream_usage"]["completion_tokens"], serde_json::json!([4]));
+    assert_eq!(
+        seen["chat_stream_usage"]["completion_tokens"],
+        serde_json::json!([4])
+    );
     assert_eq!(seen["completions_stream"]["text"], " tok".repeat(5));
     assert_eq!(seen["chat_json"]["completion_tokens"], 3);
     let metrics = &seen["chat_json"]["metrics"];
@@ -64,5 +75,8 @@ async fn the_openai_sdk_reads_streams_with_the_metrics_comment() {
     assert_eq!(records.len(), 5);
     assert!(records.iter().all(|r| r.ok()), "{records:?}");
     let text = std::fs::read_to_string(outcome.dir.join("requests.jsonl")).unwrap();
-    assert!(!text.contains("sk-test-not-a-secret"), "credentials are never written");
+    assert!(
+        !text.contains("sk-test-not-a-secret"),
+        "credentials are never written"
+    );
 }

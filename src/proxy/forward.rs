@@ -584,28 +584,29 @@ impl Flow {
                     .deadline
                     .saturating_duration_since(tokio::time::Instant::now()),
             );
-            let chunk =
-                match tokio::time::timeout(wait, self.upstream.chunk()).await {
-                    Err(_) => return self.broke(
+            let chunk = match tokio::time::timeout(wait, self.upstream.chunk()).await {
+                Err(_) => {
+                    return self.broke(
                         ErrorKind::Timeout,
                         format!(
                             "the upstream went silent for {} (--idle-timeout / --request-timeout)",
                             humantime::format_duration(wait)
                         ),
-                    ),
-                    Ok(Err(e)) => {
-                        return self.broke(
-                            ErrorKind::Stream,
-                            format!("the upstream's answer broke off: {}", error_chain(&e)),
-                        )
-                    }
-                    Ok(Ok(None)) => {
-                        self.ended = true;
-                        let rest = self.end();
-                        return (!rest.is_empty()).then(|| Ok(self.sent(rest)));
-                    }
-                    Ok(Ok(Some(chunk))) => chunk,
-                };
+                    )
+                }
+                Ok(Err(e)) => {
+                    return self.broke(
+                        ErrorKind::Stream,
+                        format!("the upstream's answer broke off: {}", error_chain(&e)),
+                    )
+                }
+                Ok(Ok(None)) => {
+                    self.ended = true;
+                    let rest = self.end();
+                    return (!rest.is_empty()).then(|| Ok(self.sent(rest)));
+                }
+                Ok(Ok(Some(chunk))) => chunk,
+            };
             let arrived = Instant::now();
             let out = match (self.answer.exchange.as_mut(), self.relay.as_mut()) {
                 (Some(exchange), Some(relay)) => {

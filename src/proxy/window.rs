@@ -1,7 +1,9 @@
 //! A time window of a records folder, as a run folder of its own: the
 //! records sent in `[--since, --until)` copied to `window-<since>-<until>/`
-//! beside `run.json`, so `report` and `compare` read a proxy's hour like a run.
+//! inside it, with its own `run.json`, `summary.json` and `requests.csv`, so
+//! `report` and `compare` read a proxy's hour like a run.
 
+use crate::analysis::Slo;
 use crate::cli::WindowArgs;
 use crate::record::{records_in, RecordWriter};
 use crate::report::run_folder::{RunFolder, REQUESTS, RUN};
@@ -59,8 +61,10 @@ pub fn write_window(dir: &Path, since_ns: u64, until_ns: u64) -> anyhow::Result<
             serde_json::json!({"since_unix_ns": since_ns, "until_unix_ns": until_ns, "requests": kept}),
         );
     }
+    let run_id = run["run_id"].as_str().map(str::to_string);
     crate::run::write_json(&out.join(RUN), &run)?;
-    let _ = std::fs::remove_file(out.join(crate::report::run_folder::SUMMARY));
+    let summary = RunFolder::open(&out)?.summarize(run_id.as_deref(), &Slo::default(), false)?;
+    crate::run::write_summary(&out, &summary)?;
     Ok(out)
 }
 
