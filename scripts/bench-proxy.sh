@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The proxy benchmark: `tracebench run` against the built-in simulator
-# (deterministic: 50 ms to the first token, 10 ms between tokens, 64 output
+# (deterministic: 50 ms to the first token, 10 ms between tokens, 32 output
 # tokens) directly and through `tracebench proxy`, at 1, 100 and 1,000
 # concurrent streams, in one session. Prints TTFT p50 and per-chunk ITL p99
 # both ways (and what the proxy adds) and the proxy's peak RSS. The proxy runs
@@ -30,9 +30,9 @@ proxy=$!
 wait_for "http://127.0.0.1:$sim_port/v1/models"
 wait_for "http://127.0.0.1:$proxy_port/tracebench/health"
 run() { # run URL STREAMS NAME
-  local requests=$(( $2 < 100 ? 200 : $2 * 5 ))
+  local requests=$(( $2 < 10 ? 40 : $2 * 5 ))
   "$bin" run --url "$1" --model tracebench-sim --concurrency "$2" --requests "$requests" \
-    --warmup "$2" --input-tokens 64 --output-tokens 64 --ignore-eos --no-tui --no-db \
+    --warmup "$2" --input-tokens 64 --output-tokens 32 --ignore-eos --no-tui --no-db \
     --gpu off --server-metrics off --trace-header off --out "$work/runs" --run-id "$3" \
     >"$work/$3.log" 2>&1 || { echo "run $3 failed:" >&2; tail -20 "$work/$3.log" >&2; exit 1; }
 }

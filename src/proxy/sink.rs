@@ -5,8 +5,8 @@
 //! SQLite history. The last records are kept for
 //! `GET /tracebench/requests/{id}`. What is held is bounded: records still
 //! waiting for a span (at most [`MAX_PENDING`]), the recent records, and
-//! the spans of the last two `--span-wait` periods (the store is swapped for
-//! a fresh one each period).
+//! the spans of the last two thirds of `--span-wait` (the store is swapped
+//! for a fresh one every third).
 
 use super::exposition::ProxyMetrics;
 use crate::analysis::live::LiveStats;
@@ -14,13 +14,15 @@ use crate::record::{RecordLog, RequestRecord};
 use crate::report::sqlite::HistoryWriter;
 use crate::trace::join::{join_record, mark_tracing_off, JoinOptions};
 use crate::trace::store::SpanStore;
+use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-/// Records kept for `GET /tracebench/requests/{id}`.
-pub const RECENT: usize = 10_000;
+/// Records kept for `GET /tracebench/requests/{id}` (as JSON text, about
+/// 2 KiB each): the last ones written or still waiting for their span.
+pub const RECENT: usize = 4096;
 /// Records waiting for their span at most; beyond, the oldest is written unjoined.
 pub const MAX_PENDING: usize = 10_000;
 /// How often the store is looked at for the spans of waiting records.
@@ -68,25 +70,26 @@ pub struct SinkTotals {
     pub write_errors: u64,
 }
 
-/// The last records by request id.
+/// The last records by request id, as JSON.
 #[derive(Debug, Default)]
 pub(crate) struct Recent {
     inner: Mutex<RecentRecords>,
 }
 
-/// Records by request id, and the ids oldest first.
-type RecentRecords = (HashMap<String, Arc<RequestRecord>>, VecDeque<String>);
+/// Records' JSON by request id, and the ids oldest first.
+type RecentRecords = (HashMap<String, Bytes>, VecDeque<String>);
 
 impl Recent {
-    pub fn get(&self, request_id: &str) -> Option<Arc<RequestRecord>> {
+    pub fn get(&self, request_id: &str) -> Option<Bytes> {
         lock(&self.inner).0.get(request_id).cloned()
     }
 
-    fn put(&self, record: RequestRecord) {
+    fn put(&self, record: &RequestRecord) {
+        let json = Bytes::from(serde_json::to_vec(record).expect("a record serializes"));
         let mut inner = lock(&self.inner);
         let (map, order) = &mut *inner;
         let id = record.request_id.clone();
-        if map.insert(id.clone(), Arc::new(record)).is_none() {
+        if map.insert(id.clone(), json).is_none() {
             order.push_back(id);
             if order.len() > RECENT {
                 if let Some(old) = order.pop_front() {
@@ -150,9 +153,11 @@ impl Joiner {
         news
     }
 
-    /// Swaps the store for a fresh one every `--span-wait` (at least 1 s).
+    /// Swaps the store for a fresh one every third of `--span-wait` (at
+    /// least 1 s): a span is kept for one to two such periods, time enough
+    /// for the record it belongs to, which looks for it within [`TICK`].
     fn rotate(&mut self) {
-        if self.rotated.elapsed() < self.span_wait.max(Duration::from_secs(1)) {
+        if self.rotated.elapsed() < (self.span_wait / 3).max(Duration::from_secs(1)) {
             return;
         }
         let mut current = lock(&self.store);
@@ -260,7 +265,7 @@ impl Sink {
         let Some(span_wait) = waits else {
             return self.write(record, status);
         };
-        self.recent.put(record.clone());
+        self.recent.put(&record);
         if self.pending.len() >= MAX_PENDING {
             if let Some(mut oldest) = self.pending.pop_front() {
                 oldest.record.server_missing_reason = Some(format!(
@@ -325,6 +330,6 @@ impl Sink {
         if let Some(history) = &self.history {
             history.record(&record);
         }
-        self.recent.put(record);
+        self.recent.put(&record);
     }
 }
