@@ -53,7 +53,11 @@ fn full(bytes: impl Into<Bytes>) -> ProxyBody {
 
 /// A JSON answer of the proxy's own.
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
-    let mut response = Response::new(full(value.to_string()));
+    json_bytes(status, Bytes::from(value.to_string()))
+}
+
+fn json_bytes(status: StatusCode, json: Bytes) -> Response<ProxyBody> {
+    let mut response = Response::new(full(json));
     *response.status_mut() = status;
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -178,10 +182,7 @@ fn own_route(shared: &Shared, method: &hyper::Method, route: &str) -> Response<P
             .strip_prefix("requests/")
             .and_then(|id| shared.recent.get(id))
         {
-            Some(record) => json_response(
-                StatusCode::OK,
-                &serde_json::to_value(&*record).expect("a record serializes"),
-            ),
+            Some(record) => json_bytes(StatusCode::OK, record),
             None => error_response(
                 StatusCode::NOT_FOUND,
                 "not_found_error",
