@@ -152,16 +152,15 @@ pub async fn start(config: ProxyConfig, command_line: String) -> anyhow::Result<
         .then(|| Arc::new(Mutex::new(LiveStats::new(None))));
     let quit = Arc::new(tokio::sync::Notify::new());
     let view = live.as_ref().map(|live| {
-        start_view(
-            &config,
-            live.clone(),
-            in_flight.clone(),
+        let feed = ViewFeed {
+            live: live.clone(),
+            in_flight: in_flight.clone(),
             clock,
-            &joiner,
-            telemetry.clone(),
-            &helpers,
-            quit.clone(),
-        )
+            store: joiner.as_ref().map(|j| j.store.clone()),
+            telemetry: telemetry.clone(),
+            stop: helpers.clone(),
+        };
+        start_view(&config, feed, quit.clone())
     });
     let history = config
         .db
@@ -229,22 +228,33 @@ async fn start_join(
     Ok((Some(receiver), Some(joiner)))
 }
 
-/// The dashboard of `run`, fed with the proxy's records.
-#[allow(clippy::too_many_arguments)]
-fn start_view(
-    config: &ProxyConfig,
+/// What the dashboard's snapshots are made from.
+struct ViewFeed {
     live: Arc<Mutex<LiveStats>>,
     in_flight: Arc<AtomicU64>,
     clock: RunClock,
-    joiner: &Option<sink::Joiner>,
+    /// The span store, for the server phases.
+    store: Option<Arc<Mutex<SpanStore>>>,
     telemetry: Option<Arc<crate::telemetry::Telemetry>>,
-    helpers: &CancellationToken,
+    stop: CancellationToken,
+}
+
+/// The dashboard of `run`, fed with the proxy's records until `feed.stop`.
+fn start_view(
+    config: &ProxyConfig,
+    feed: ViewFeed,
     quit: Arc<tokio::sync::Notify>,
 ) -> crate::run::live::View {
     let (tx, rx) = tokio::sync::watch::channel(Default::default());
-    let store = joiner.as_ref().map(|j| j.store.clone());
-    let stop = helpers.clone();
     tokio::spawn(async move {
+        let ViewFeed {
+            live,
+            in_flight,
+            clock,
+            store,
+            telemetry,
+            stop,
+        } = feed;
         let extras = || {
             let phases = store.as_ref().and_then(|s| s.lock().ok()?.live_phases());
             let gauges = telemetry.as_ref().map(|t| t.gauges()).unwrap_or_default();
