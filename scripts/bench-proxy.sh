@@ -2,7 +2,7 @@
 # The proxy benchmark: `tracebench run` against the built-in simulator
 # (deterministic: 50 ms to the first token, 10 ms between tokens, 32 output
 # tokens) directly and through `tracebench proxy`, at 1, 100 and 1,000
-# concurrent streams, in one session. Prints TTFT p50 and per-chunk ITL p99
+# concurrent streams, one after the other. Prints TTFT p50 and per-chunk ITL p99
 # both ways (and what the proxy adds) and the proxy's peak RSS. The proxy runs
 # as a user would start it: span join on (the simulator exports to the
 # proxy's receiver), records to JSONL. A benchmark, not a test: run it on a

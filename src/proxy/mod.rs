@@ -77,7 +77,7 @@ struct Rest {
     clock: RunClock,
     receiver: Option<Receiver>,
     telemetry: Option<Arc<crate::telemetry::Telemetry>>,
-    helpers: CancellationToken,
+    background: CancellationToken,
     view: Option<crate::run::live::View>,
     manifest: RunManifest,
 }
@@ -132,7 +132,7 @@ pub async fn start(config: ProxyConfig, command_line: String) -> anyhow::Result<
                 .await?,
         )),
     };
-    let helpers = CancellationToken::new();
+    let background = CancellationToken::new();
     let gpu = telemetry.as_ref().filter(|t| t.samples_gpu()).map(|t| {
         let watch = Arc::new(gpu::GpuWatch::default());
         let interval = config.telemetry.gpu_interval;
@@ -140,7 +140,7 @@ pub async fn start(config: ProxyConfig, command_line: String) -> anyhow::Result<
             t.clone(),
             watch.clone(),
             interval,
-            helpers.clone(),
+            background.clone(),
         ));
         watch
     });
@@ -158,7 +158,7 @@ pub async fn start(config: ProxyConfig, command_line: String) -> anyhow::Result<
             clock,
             store: joiner.as_ref().map(|j| j.store.clone()),
             telemetry: telemetry.clone(),
-            stop: helpers.clone(),
+            stop: background.clone(),
         };
         start_view(&config, feed, quit.clone())
     });
@@ -201,7 +201,7 @@ pub async fn start(config: ProxyConfig, command_line: String) -> anyhow::Result<
             clock,
             receiver,
             telemetry,
-            helpers,
+            background,
             view,
             manifest,
         },
@@ -348,7 +348,7 @@ impl Proxy {
             clock,
             receiver,
             telemetry,
-            helpers,
+            background,
             view,
             mut manifest,
         } = self.rest;
@@ -361,7 +361,7 @@ impl Proxy {
                 notes.push(format!("spans.jsonl is incomplete: {e:#}"));
             }
         }
-        helpers.cancel();
+        background.cancel();
         if let Some(view) = view {
             view.finish().await;
         }
