@@ -23,7 +23,9 @@ fn chunk(data: &[u8]) -> Vec<u8> {
 const SSE_HEAD: &[u8] =
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
 const TOKEN: &[u8] = b"data: {\"id\":\"chatcmpl-x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":null}]}\n\n";
-const MODELS: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-upstream: scripted\r\ncontent-length: 45\r\n\r\n{\"object\":\"list\",\"data\":[{\"id\":\"tiny\"}]}    \n";
+const MODELS: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-upstream: scripted\r\nconnection: close\r\ncontent-length: 45\r\n\r\n{\"object\":\"list\",\"data\":[{\"id\":\"tiny\"}]}    \n";
+
+const BAD_REQUEST: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 61\r\n\r\n{\"error\":{\"message\":\"max_tokens is too large\",\"code\":400}}   ";
 
 /// What the scripted upstream does with each request.
 #[derive(Clone)]
@@ -293,6 +295,38 @@ async fn other_paths_pass_through_byte_for_byte_and_only_to_the_upstream() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("GET /v1/models?x=1 HTTP/1.1"), "{answer}");
     proxy.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_error_answer_passes_through_and_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = proxy_of(
+        &upstream(Script::Write(BAD_REQUEST)).await,
+        dir.path(),
+        |_| {},
+    )
+    .await;
+    let response = http()
+        .post(chat(&proxy))
+        .json(&chat_body(true, 4))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body = response.bytes().await.unwrap();
+    assert_eq!(&body[..], &BAD_REQUEST[BAD_REQUEST.len() - 61..]);
+    let record = only_record(proxy).await;
+    let error = record.error.unwrap();
+    assert_eq!(
+        (error.kind, error.status),
+        (ErrorKind::HttpStatus, Some(400))
+    );
+    assert!(
+        error.message.contains("max_tokens is too large"),
+        "{}",
+        error.message
+    );
+    assert_eq!(record.status, Some(400));
 }
 
 #[tokio::test]

@@ -406,6 +406,11 @@ impl Answer {
         {
             return self.json(head, upstream).await;
         }
+        // Without a length the server reads the answer to its end, so the
+        // record is made from all of it (with one, it stops polling early).
+        head.headers_mut()
+            .expect("a builder")
+            .remove(hyper::header::CONTENT_LENGTH);
         pass_through(head, upstream, Some(status), self)
     }
 
