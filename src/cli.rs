@@ -71,6 +71,8 @@ pub enum Command {
     Merge(MergeArgs),
     /// Print the Kubernetes manifests of a sharded run (an Indexed Job and what it needs).
     K8s(Box<crate::shard::k8s::K8sArgs>),
+    /// Measure every request some other client sends: a reverse proxy in front of one server.
+    Proxy(Box<ProxyArgs>),
 }
 
 /// `tracebench experiment`.
@@ -96,6 +98,62 @@ pub struct ExperimentArgs {
     /// Do not record the experiment (and its runs) in the history database.
     #[arg(long)]
     pub no_db: bool,
+}
+
+/// `tracebench proxy`.
+#[derive(Args, Debug, Clone)]
+pub struct ProxyArgs {
+    /// Address to listen on (loopback unless told otherwise).
+    #[arg(
+        long,
+        env = "TRACEBENCH_PROXY_LISTEN",
+        default_value = "127.0.0.1:9000"
+    )]
+    pub listen: SocketAddr,
+    /// The one server every request goes to, e.g. http://127.0.0.1:8000.
+    #[arg(long, env = "TRACEBENCH_UPSTREAM")]
+    pub upstream: String,
+    /// Folder for results; the proxy's records go to a subfolder.
+    #[arg(long, env = "TRACEBENCH_OUT", default_value = "results")]
+    pub out: PathBuf,
+    /// Name of the records folder (default: `proxy-` and a timestamp).
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// The SQLite history database.
+    #[arg(long, env = "TRACEBENCH_DB", default_value = "results/tracebench.db")]
+    pub db: PathBuf,
+    /// Do not record the requests in the history database.
+    #[arg(long)]
+    pub no_db: bool,
+    /// Largest request body (413 beyond), e.g. 8MiB.
+    #[arg(long, default_value = "8MiB", value_parser = crate::proxy::config::parse_size)]
+    pub max_body: usize,
+    /// Most header lines in a request (431 beyond).
+    #[arg(long, default_value_t = 100)]
+    pub max_headers: usize,
+    /// Largest request head (request line and headers; 431 beyond), e.g. 64KiB.
+    #[arg(long, default_value = "64KiB", value_parser = crate::proxy::config::parse_size)]
+    pub max_header_bytes: usize,
+    /// Longest silence of a client's request body or of the server's answer
+    /// (408 or 504 before the answer starts; the answer is cut after).
+    #[arg(long, default_value = "5m", value_parser = crate::units::parse_duration)]
+    pub idle_timeout: Duration,
+    /// Longest whole request, from its first byte to the answer's last.
+    #[arg(long, default_value = "10m", value_parser = crate::units::parse_duration)]
+    pub request_timeout: Duration,
+    /// Client connections served at once; more wait to be accepted.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// After Ctrl-C, how long requests in flight may finish before being cut.
+    #[arg(long, default_value = "10s", value_parser = crate::units::parse_duration)]
+    pub grace_period: Duration,
+    /// Show the live dashboard of the requests passing through.
+    #[arg(long)]
+    pub tui: bool,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
 }
 
 /// `tracebench run`.
@@ -399,6 +457,8 @@ pub struct ReportArgs {
     /// Also record the run in this history database.
     #[arg(long)]
     pub db: Option<PathBuf>,
+    #[command(flatten)]
+    pub window: WindowArgs,
 }
 
 /// `tracebench compare`.
@@ -413,6 +473,8 @@ pub struct CompareArgs {
     /// moves within the repeats' noise do not count).
     #[arg(long, value_name = "LIMITS")]
     pub fail_on: Option<String>,
+    #[command(flatten)]
+    pub window: WindowArgs,
 }
 
 /// `tracebench merge`.
@@ -434,6 +496,18 @@ pub struct MergeArgs {
     /// Do not record the merged run in the history database.
     #[arg(long)]
     pub no_db: bool,
+}
+
+/// A time window of a folder's records (a proxy's, say), by when each request was sent.
+#[derive(Args, Debug, Clone, Default)]
+pub struct WindowArgs {
+    /// Only requests sent at or after this: RFC 3339 (`2026-01-31T12:00:00Z`)
+    /// or a duration ago (`30m`).
+    #[arg(long, value_parser = crate::proxy::window::parse_instant)]
+    pub since: Option<u64>,
+    /// Only requests sent before this (same forms as --since).
+    #[arg(long, value_parser = crate::proxy::window::parse_instant)]
+    pub until: Option<u64>,
 }
 
 /// `on` / `off` for a flag.

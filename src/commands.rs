@@ -44,6 +44,10 @@ pub async fn run_command(cli: Cli) -> anyhow::Result<i32> {
             print(&crate::shard::k8s::manifests(&args)?);
             Ok(0)
         }
+        Command::Proxy(args) => {
+            let config = crate::proxy::ProxyConfig::from_args(&args)?;
+            crate::proxy::run_until_ctrl_c(config, command_line()).await
+        }
     }
 }
 
@@ -256,9 +260,10 @@ fn show(args: ShowArgs) -> anyhow::Result<i32> {
 }
 
 fn report(args: ReportArgs) -> anyhow::Result<i32> {
-    let path = crate::report::html::write_report(&args.run_dir)?;
+    let run_dir = crate::proxy::window::folder_or_window(&args.run_dir, &args.window)?;
+    let path = crate::report::html::write_report(&run_dir)?;
     if let Some(db) = &args.db {
-        crate::report::sqlite::import_run_dir(db, &args.run_dir)?;
+        crate::report::sqlite::import_run_dir(db, &run_dir)?;
         print(&format!("recorded in {}\n", db.display()));
     }
     print(&format!("{}\n", path.display()));
@@ -286,9 +291,13 @@ fn compare(args: CompareArgs) -> anyhow::Result<i32> {
     } else if experiments > 0 {
         anyhow::bail!("compare runs with runs and experiments with experiments, not both");
     } else {
-        print(&crate::report::compare::compare(&args.runs)?);
-        let runs = args
+        let folders = args
             .runs
+            .iter()
+            .map(|run| crate::proxy::window::folder_or_window(run, &args.window))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        print(&crate::report::compare::compare(&folders)?);
+        let runs = folders
             .iter()
             .map(|p| crate::report::compare::run_values(p))
             .collect::<anyhow::Result<Vec<_>>>()?;

@@ -5,7 +5,8 @@
 //! The modules are the pipeline's stages, in the order data flows:
 //! [`workload`] → [`schedule`] → [`client`] → [`record`] → [`trace`] (join) →
 //! [`analysis`] → [`report`], with [`telemetry`] sampled beside the run and
-//! [`sim`] as a built-in engine to run against.
+//! [`sim`] as a built-in engine to run against. [`proxy`] feeds the same
+//! records, join and sinks from requests some other client sends.
 
 pub mod analysis;
 pub mod cli;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod dispatch;
 pub mod experiment;
 pub mod jsonl;
+pub mod proxy;
 pub mod record;
 pub mod report;
 pub mod run;

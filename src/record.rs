@@ -318,6 +318,20 @@ pub struct RequestRecord {
     /// The shard (`--shard I/N`) that sent it; absent for a run of one process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<u32>,
+    /// What measured the request: absent for `tracebench run`, `proxy` for
+    /// `tracebench proxy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<RecordSource>,
+}
+
+/// What measured a request (the record's optional `source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordSource {
+    /// `tracebench run` (also what a record without `source` means).
+    Run,
+    /// `tracebench proxy`: a request some other client sent through the proxy.
+    Proxy,
 }
 
 impl RequestRecord {

@@ -28,7 +28,8 @@ use bytes::Bytes;
 use chunk::error_message;
 use connection::TlsTarget;
 use http1::{ConnectionStory, Http1Error, Http1Pool, Http1Response};
-use progress::{finish_whole, BodyReader, Progress};
+use progress::BodyReader;
+pub(crate) use progress::{finish_stream, finish_whole, Progress};
 use sse::SseFramer;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -400,116 +401,147 @@ impl Client {
         progress: Progress,
         error: Option<RequestError>,
     ) -> RequestRecord {
-        let ok = error.is_none();
-        let (output_tokens, output_source) = match progress.usage.completion_tokens {
-            Some(n) => (Some(n), Some(CountSource::Usage)),
-            None if self.options.stream && progress.token_events > 0 => {
-                (Some(progress.token_events), Some(CountSource::Events))
-            }
-            None => (None, None),
-        };
-        let (input_tokens, input_source) = match progress.usage.prompt_tokens {
-            Some(n) => (Some(n), Some(CountSource::Usage)),
-            None => (request.input_tokens, request.input_tokens_source),
-        };
-        let connection = connection_info(&progress.connection);
-        let timeline = self.timeline(intended, &progress, output_tokens, ok);
-        let derived = timeline.derive();
-        let reasoning_tokens = progress.reasoning_tokens(output_tokens);
-        let ttfo_ms = progress
-            .first_answer
-            .map(|at| (at - progress.sent).as_secs_f64() * 1e3);
-        let server_missing_reason = if trace.is_none() {
-            Some("tracing_off".to_string())
-        } else {
-            Some("pending".to_string())
-        };
-        RequestRecord {
-            schema: REQUEST_SCHEMA.to_string(),
-            run_id: self.options.run_id.clone(),
-            request_id: request.request_id.clone(),
-            index: request.index,
-            warmup: request.warmup,
+        let origin = Origin {
+            run_id: &self.options.run_id,
             endpoint: self.options.endpoint,
-            model: self.options.model.clone(),
+            model: &self.options.model,
             stream: self.options.stream,
-            trace_id: trace.map(|t| t.trace_id),
-            span_id: trace.map(|t| hex(&t.span_id)),
-            max_tokens: request.max_tokens,
-            input_tokens,
-            input_tokens_source: input_source,
-            output_tokens,
-            output_tokens_source: output_source,
-            status: progress.status,
-            response_id: progress.response_id,
-            finish_reason: progress.finish_reason,
-            error,
-            connection,
-            sent_unix_ns: progress.sent_unix_ns,
-            instants_ns: timeline.instants,
-            ttft_ms: derived.ttft_ms,
-            e2e_ms: derived.e2e_ms,
-            e2e_end_ms: derived.e2e_end_ms,
-            tpot_ms: derived.tpot_ms,
-            schedule_lag_ms: derived.schedule_lag_ms,
-            chunks: progress.token_events,
-            itl_chunk_ms: derived.itl_chunk_ms,
-            itl_token_ms: derived.itl_token_ms,
-            session_id: request.meta.session_id.as_deref().map(str::to_string),
-            turn: request.meta.turn,
-            ttfo_ms,
-            reasoning_tokens,
-            answer_tokens: reasoning_tokens.and_then(|r| output_tokens?.checked_sub(r)),
-            cached_tokens: progress.usage.cached_tokens(),
-            multi_token_chunks: progress
-                .tokens_per_chunk
-                .as_ref()
-                .map(|counts| counts.iter().filter(|n| **n > 1).count() as u64),
-            images: request.meta.images,
-            ttft_method: match self.options.stream {
-                true => TtftMethod::Stream,
-                false => TtftMethod::Whole,
-            },
-            reply: progress.reply,
-            server: None,
-            server_missing_reason,
-            decomposition: None,
-            trace_url: None,
-            gpu: None,
+            clock: &self.clock,
             shard: self.options.shard.map(|s| s.index),
-        }
+        };
+        build_record(&origin, request, intended, trace, progress, error)
     }
+}
 
-    /// The request's instants and chunk arrivals on the run's clock.
-    fn timeline(
-        &self,
-        intended: Instant,
-        progress: &Progress,
-        output_tokens: Option<u64>,
-        ok: bool,
-    ) -> Timeline {
-        let clock = &self.clock;
-        let ns = |i: Option<Instant>| i.map(|i| clock.ns_at(i));
-        Timeline {
-            instants: Instants {
-                intended: clock.ns_at(intended),
-                sent: clock.ns_at(progress.sent),
-                written: ns(progress.connection.written),
-                headers: ns(progress.headers),
-                first_byte: ns(progress.first_byte),
-                first_token: ns(progress.first_token),
-                last_token: ns(progress.last_token),
-                end: ns(progress.end),
-            },
-            chunk_arrivals_ns: progress
-                .chunk_arrivals
-                .iter()
-                .map(|&i| clock.ns_at(i))
-                .collect(),
-            tokens_per_chunk: progress.tokens_per_chunk.clone(),
-            output_tokens,
-            ok,
+/// What a record takes from whoever sent its request (a run's client, the proxy).
+pub(crate) struct Origin<'a> {
+    pub run_id: &'a str,
+    pub endpoint: Endpoint,
+    pub model: &'a str,
+    pub stream: bool,
+    pub clock: &'a RunClock,
+    /// The shard (`--shard I/N`) of a run's client.
+    pub shard: Option<u32>,
+}
+
+/// The record of one request from what was seen of its response.
+pub(crate) fn build_record(
+    origin: &Origin<'_>,
+    request: &PreparedRequest,
+    intended: Instant,
+    trace: Option<TraceParent>,
+    progress: Progress,
+    error: Option<RequestError>,
+) -> RequestRecord {
+    let ok = error.is_none();
+    let (output_tokens, output_source) = match progress.usage.completion_tokens {
+        Some(n) => (Some(n), Some(CountSource::Usage)),
+        None if origin.stream && progress.token_events > 0 => {
+            (Some(progress.token_events), Some(CountSource::Events))
         }
+        None => (None, None),
+    };
+    let (input_tokens, input_source) = match progress.usage.prompt_tokens {
+        Some(n) => (Some(n), Some(CountSource::Usage)),
+        None => (request.input_tokens, request.input_tokens_source),
+    };
+    let connection = connection_info(&progress.connection);
+    let timeline = timeline(origin.clock, intended, &progress, output_tokens, ok);
+    let derived = timeline.derive();
+    let reasoning_tokens = progress.reasoning_tokens(output_tokens);
+    let ttfo_ms = progress
+        .first_answer
+        .map(|at| (at - progress.sent).as_secs_f64() * 1e3);
+    let server_missing_reason = if trace.is_none() {
+        Some("tracing_off".to_string())
+    } else {
+        Some("pending".to_string())
+    };
+    RequestRecord {
+        schema: REQUEST_SCHEMA.to_string(),
+        run_id: origin.run_id.to_string(),
+        request_id: request.request_id.clone(),
+        index: request.index,
+        warmup: request.warmup,
+        endpoint: origin.endpoint,
+        model: origin.model.to_string(),
+        stream: origin.stream,
+        trace_id: trace.map(|t| t.trace_id),
+        span_id: trace.map(|t| hex(&t.span_id)),
+        max_tokens: request.max_tokens,
+        input_tokens,
+        input_tokens_source: input_source,
+        output_tokens,
+        output_tokens_source: output_source,
+        status: progress.status,
+        response_id: progress.response_id,
+        finish_reason: progress.finish_reason,
+        error,
+        connection,
+        sent_unix_ns: progress.sent_unix_ns,
+        instants_ns: timeline.instants,
+        ttft_ms: derived.ttft_ms,
+        e2e_ms: derived.e2e_ms,
+        e2e_end_ms: derived.e2e_end_ms,
+        tpot_ms: derived.tpot_ms,
+        schedule_lag_ms: derived.schedule_lag_ms,
+        chunks: progress.token_events,
+        itl_chunk_ms: derived.itl_chunk_ms,
+        itl_token_ms: derived.itl_token_ms,
+        session_id: request.meta.session_id.as_deref().map(str::to_string),
+        turn: request.meta.turn,
+        ttfo_ms,
+        reasoning_tokens,
+        answer_tokens: reasoning_tokens.and_then(|r| output_tokens?.checked_sub(r)),
+        cached_tokens: progress.usage.cached_tokens(),
+        multi_token_chunks: progress
+            .tokens_per_chunk
+            .as_ref()
+            .map(|counts| counts.iter().filter(|n| **n > 1).count() as u64),
+        images: request.meta.images,
+        ttft_method: match origin.stream {
+            true => TtftMethod::Stream,
+            false => TtftMethod::Whole,
+        },
+        reply: progress.reply,
+        server: None,
+        server_missing_reason,
+        decomposition: None,
+        trace_url: None,
+        gpu: None,
+        shard: origin.shard,
+        source: None,
+    }
+}
+
+/// The request's instants and chunk arrivals on the run's clock.
+fn timeline(
+    clock: &RunClock,
+    intended: Instant,
+    progress: &Progress,
+    output_tokens: Option<u64>,
+    ok: bool,
+) -> Timeline {
+    let ns = |i: Option<Instant>| i.map(|i| clock.ns_at(i));
+    Timeline {
+        instants: Instants {
+            intended: clock.ns_at(intended),
+            sent: clock.ns_at(progress.sent),
+            written: ns(progress.connection.written),
+            headers: ns(progress.headers),
+            first_byte: ns(progress.first_byte),
+            first_token: ns(progress.first_token),
+            last_token: ns(progress.last_token),
+            end: ns(progress.end),
+        },
+        chunk_arrivals_ns: progress
+            .chunk_arrivals
+            .iter()
+            .map(|&i| clock.ns_at(i))
+            .collect(),
+        tokens_per_chunk: progress.tokens_per_chunk.clone(),
+        output_tokens,
+        ok,
     }
 }
 
@@ -523,7 +555,7 @@ fn connection_info(story: &ConnectionStory) -> Option<ConnectionInfo> {
     })
 }
 
-fn stream_error(message: String) -> RequestError {
+pub(crate) fn stream_error(message: String) -> RequestError {
     RequestError {
         kind: ErrorKind::Stream,
         message,

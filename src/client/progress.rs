@@ -12,21 +12,21 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 /// What has been seen of one response so far.
-pub(super) struct Progress {
-    pub(super) sent: Instant,
-    pub(super) sent_unix_ns: u64,
+pub(crate) struct Progress {
+    pub(crate) sent: Instant,
+    pub(crate) sent_unix_ns: u64,
     pub(super) connection: ConnectionStory,
-    pub(super) headers: Option<Instant>,
-    pub(super) first_byte: Option<Instant>,
-    pub(super) first_token: Option<Instant>,
+    pub(crate) headers: Option<Instant>,
+    pub(crate) first_byte: Option<Instant>,
+    pub(crate) first_token: Option<Instant>,
     /// First token of the answer (reasoning excluded).
     pub(super) first_answer: Option<Instant>,
     pub(super) last_token: Option<Instant>,
-    pub(super) end: Option<Instant>,
-    pub(super) status: Option<u16>,
+    pub(crate) end: Option<Instant>,
+    pub(crate) status: Option<u16>,
     pub(super) response_id: Option<String>,
     pub(super) finish_reason: Option<String>,
-    pub(super) usage: Usage,
+    pub(crate) usage: Usage,
     pub(super) token_events: u64,
     pub(super) chunk_arrivals: Vec<Instant>,
     /// Tokens carried by each token-bearing chunk, while every chunk's count is known.
@@ -37,11 +37,11 @@ pub(super) struct Progress {
     pub(super) reasoning_chunk_tokens: Option<u64>,
     /// The answer's text, when kept.
     pub(super) reply: Option<String>,
-    pub(super) done: bool,
+    pub(crate) done: bool,
 }
 
 impl Progress {
-    pub(super) fn new(max_tokens: Option<u64>, keep_reply: bool) -> Self {
+    pub(crate) fn new(max_tokens: Option<u64>, keep_reply: bool) -> Self {
         let capacity = max_tokens.unwrap_or(128).min(8192) as usize;
         Self {
             sent: Instant::now(),
@@ -87,7 +87,7 @@ impl Progress {
     }
 
     /// Applies one SSE event that arrived at `arrived`.
-    pub(super) fn on_event(
+    pub(crate) fn on_event(
         &mut self,
         event: SseEvent<'_>,
         arrived: Instant,
@@ -196,33 +196,39 @@ impl BodyReader {
     }
 
     pub(super) fn finish_stream(&self, progress: &mut Progress) -> Result<(), RequestError> {
-        if progress.done {
-            return Ok(());
-        }
-        if progress.token_events == 0 && progress.response_id.is_none() {
-            return Err(RequestError {
-                kind: ErrorKind::InvalidResponse,
-                message: "the body is not an SSE stream of completion chunks".into(),
-                status: progress.status,
-                body_excerpt: None,
-            });
-        }
-        if self.framer.has_partial_event() {
-            return Err(stream_error(
-                "the stream was cut off in the middle of an event".into(),
-            ));
-        }
-        if progress.finish_reason.is_none() {
-            return Err(stream_error(
-                "the stream ended before [DONE] and before any finish_reason".into(),
-            ));
-        }
-        Ok(())
+        finish_stream(&self.framer, progress)
     }
 }
 
+/// The end of a stream: an error unless it ended as a complete answer
+/// (`[DONE]`, or a finish reason with no event cut off).
+pub(crate) fn finish_stream(framer: &SseFramer, progress: &Progress) -> Result<(), RequestError> {
+    if progress.done {
+        return Ok(());
+    }
+    if progress.token_events == 0 && progress.response_id.is_none() {
+        return Err(RequestError {
+            kind: ErrorKind::InvalidResponse,
+            message: "the body is not an SSE stream of completion chunks".into(),
+            status: progress.status,
+            body_excerpt: None,
+        });
+    }
+    if framer.has_partial_event() {
+        return Err(stream_error(
+            "the stream was cut off in the middle of an event".into(),
+        ));
+    }
+    if progress.finish_reason.is_none() {
+        return Err(stream_error(
+            "the stream ended before [DONE] and before any finish_reason".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A non-streaming answer: one JSON body, all tokens at once.
-pub(super) fn finish_whole(
+pub(crate) fn finish_whole(
     body: &[u8],
     at: Instant,
     progress: &mut Progress,

@@ -144,7 +144,7 @@ impl SseFramer {
 
 /// Finds the first line terminator: `(end of line, start of next line)`.
 /// A `\r` as the very last byte waits for the next read (it may be a `\r\n`).
-fn find_line_end(bytes: &[u8]) -> Option<(usize, usize)> {
+pub(crate) fn find_line_end(bytes: &[u8]) -> Option<(usize, usize)> {
     let at = memchr::memchr2(b'\n', b'\r', bytes)?;
     if bytes[at] == b'\n' {
         return Some((at, at + 1));

@@ -88,6 +88,26 @@ impl RunManifest {
         model: &str,
         server: &ServerInfo,
     ) -> Self {
+        let config_json = serde_json::to_value(config).expect("the config serializes");
+        let server = Server {
+            url: config.url.clone(),
+            version: server.version.clone(),
+            models: server.models.clone(),
+        };
+        let mut manifest = Self::new(run_id, command_line, config_json, model, server);
+        manifest.config_hash = Some(crate::shard::config_hash(config));
+        manifest
+    }
+
+    /// A manifest of this tracebench on this host, started now (also for
+    /// the proxy's records folder, whose `config` is the proxy's settings).
+    pub fn new(
+        run_id: &str,
+        command_line: &str,
+        config: serde_json::Value,
+        model: &str,
+        server: Server,
+    ) -> Self {
         Self {
             schema: RUN_SCHEMA.to_string(),
             run_id: run_id.to_string(),
@@ -106,15 +126,11 @@ impl RunManifest {
                 cpus: crate::cli::cores(),
             },
             command_line: command_line.to_string(),
-            config: serde_json::to_value(config).expect("the config serializes"),
+            config,
             model: model.to_string(),
-            server: Server {
-                url: config.url.clone(),
-                version: server.version.clone(),
-                models: server.models.clone(),
-            },
+            server,
             notes: Vec::new(),
-            config_hash: Some(crate::shard::config_hash(config)),
+            config_hash: None,
             shard: None,
             clock: None,
             shards: None,

@@ -154,6 +154,7 @@ pub fn synthetic_records(run: &SyntheticRun) -> Vec<RequestRecord> {
                 trace_url: Some(format!("http://127.0.0.1:16686/trace/{trace_id}")),
                 gpu: None,
                 shard: None,
+                source: None,
             };
             if fails {
                 record.error = Some(if (i / run.fail_every).is_multiple_of(2) {
