@@ -99,6 +99,8 @@ fn documented_queries_answer_from_the_records() {
     assert_eq!(
         queries.keys().cloned().collect::<Vec<_>>(),
         [
+            // Run against a real experiment's history in tests/experiment_runs.rs.
+            "experiment_curve",
             "p95_ttft_per_model_per_day",
             "queue_share_by_concurrency",
             "sla_per_day"
