@@ -67,6 +67,8 @@ pub enum Command {
     Compare(CompareArgs),
     /// Run an experiment file: grids, repeats, saturation stops, capacity searches, servers.
     Experiment(ExperimentArgs),
+    /// A ready study with a verdict: batching, output-length, goodput, coldstart.
+    Study(crate::study::args::StudyArgs),
 }
 
 /// `tracebench experiment`.

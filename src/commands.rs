@@ -34,6 +34,7 @@ pub async fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::Report(args) => report(args),
         Command::Compare(args) => compare(args),
         Command::Experiment(args) => crate::experiment::run_experiment(args, command_line()).await,
+        Command::Study(args) => crate::study::run_study(args, command_line()).await,
     }
 }
 

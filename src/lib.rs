@@ -23,6 +23,7 @@ pub mod runtime;
 pub mod schedule;
 pub mod selfcheck;
 pub mod sim;
+pub mod study;
 pub mod telemetry;
 pub mod testing;
 pub mod trace;

@@ -103,7 +103,11 @@ fn chromium_check(report: &Path) {
 /// The `-- query: NAME` block of docs/sqlite.md.
 fn documented_query(name: &str) -> String {
     let doc = std::fs::read_to_string(repo("docs/sqlite.md")).unwrap();
-    doc.split(&format!("-- query: {name}\n")).nth(1).and_then(|rest| rest.split("```").next()).expect("documented").to_string()
+    doc.split(&format!("-- query: {name}\n"))
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("documented")
+        .to_string()
 }
 
 /// Rows of a query on the experiment's history database.
@@ -199,11 +203,17 @@ fn concurrency_grid_climbs_until_the_server_saturates() {
         run.len(),
         "every point links to its run: {linked:?}"
     );
-    let curve = query(&tmp.path().join("history.db"), &documented_query("experiment_curve"));
+    let curve = query(
+        &tmp.path().join("history.db"),
+        &documented_query("experiment_curve"),
+    );
     assert_eq!(curve.len(), run.len(), "{curve:?}");
     let concurrencies: Vec<u64> = curve.iter().map(|row| row[1].as_u64().unwrap()).collect();
     assert_eq!(concurrencies, run, "in order of load");
-    assert!(curve.iter().all(|row| row[6].as_i64().unwrap() > 0), "joined to the runs: {curve:?}");
+    assert!(
+        curve.iter().all(|row| row[6].as_i64().unwrap() > 0),
+        "joined to the runs: {curve:?}"
+    );
 }
 
 #[test]
