@@ -8,7 +8,7 @@
 
 mod cli_support;
 
-use cli_support::{chromium_check, free_port, query, text, BIN};
+use cli_support::{chromium_check, documented_query, free_port, query, text, BIN};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -160,6 +160,17 @@ fn goodput_peaks_at_a_load_that_was_run() {
     }
     let rows = state["study"]["tables"][0]["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 3);
+    // The history's daily goodput and compliance query covers the study's runs.
+    let daily = query(
+        &dir.path().join("history.db"),
+        &documented_query("sla_per_day"),
+    );
+    assert_eq!(daily.len(), 1, "{daily:?}");
+    assert_eq!(
+        daily[0][1],
+        3 * 24,
+        "every measured request of the three loads"
+    );
 }
 
 #[test]

@@ -42,6 +42,10 @@ pub struct Common {
     /// Prompt tokens per request.
     #[arg(long, default_value_t = 256)]
     pub input_tokens: u64,
+    /// Requests sent first at every point and not counted (a fresh server's
+    /// first requests are slow).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: u64,
     /// Seed for prompts and arrivals (every arm and load uses the same).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

@@ -152,13 +152,13 @@ fn starts_table(rows: Vec<Vec<String>>) -> StudyTable {
     }
 }
 
-/// Spans the server sent that ended before the point's first request: its start-up.
+/// Spans the server sent that ended before the point's first request (warm-up
+/// included): its start-up.
 fn startup_spans(dir: &Path, point: &PointResult, phases: &mut BTreeMap<String, Vec<f64>>) {
-    let Some(run_dir) = &point.run_dir else {
+    let (Some(run_dir), Some(first_sent)) = (&point.run_dir, figures::first_sent(dir, point))
+    else {
         return;
     };
-    let mut first_sent = u64::MAX;
-    figures::each_record(dir, point, |r| first_sent = first_sent.min(r.sent_unix_ns));
     let path = dir.join(run_dir).join("spans.jsonl");
     if !path.exists() {
         return;

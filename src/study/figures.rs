@@ -38,6 +38,12 @@ pub fn each_record(dir: &Path, point: &PointResult, mut f: impl FnMut(&RequestRe
     }
 }
 
+/// When the point's first request (warm-up included) was sent, ns since the epoch.
+pub fn first_sent(dir: &Path, point: &PointResult) -> Option<u64> {
+    let records = folder(dir, point)?.records().ok()?;
+    records.flatten().map(|r| r.sent_unix_ns).min()
+}
+
 /// (seconds since the run's start, value) of a field of the point's server
 /// `/metrics` samples (`running`, `waiting`, `kv_cache_usage`).
 pub fn server_series(dir: &Path, point: &PointResult, field: &str) -> Vec<(f64, f64)> {

@@ -81,6 +81,7 @@ pub fn experiment(
     let mut all = json!({
         "input_tokens": common.input_tokens,
         "seed": common.seed,
+        "warmup": common.warmup,
         "ignore_eos": true,
         "otlp_grpc": common.otlp_grpc,
         "otlp_http": common.otlp_http,

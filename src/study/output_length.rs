@@ -72,7 +72,7 @@ impl Analysis for OutputLengthArgs {
             }
             let kv_per_request =
                 value("server_kv_cache_max").map(|kv| kv / self.concurrency as f64);
-            row.push(pct(kv_per_request));
+            row.push(kv_pct(kv_per_request));
             rows.push(row);
             tpot_line.extend(value("median_tpot_ms").map(|v| (length, v)));
             kv_line.extend(value("server_kv_cache_max").map(|v| (length, v * 100.0)));
@@ -113,6 +113,11 @@ impl Analysis for OutputLengthArgs {
     }
 }
 
+/// A KV-cache fraction as a percentage with two decimals (small models use little).
+fn kv_pct(value: Option<f64>) -> String {
+    value.map_or("–".into(), |v| format!("{:.2}%", v * 100.0))
+}
+
 fn chart(id: &str, title: &str, y: &str, points: Vec<(f64, f64)>) -> StudyChart {
     StudyChart {
         id: id.into(),
@@ -146,8 +151,12 @@ fn verdict(fit: Option<Fit>, points: &[(f64, f64)], tolerance: f64) -> (String, 
         ms(Some(base)),
         if flat {
             format!("flat within {}", pct(Some(tolerance)))
+        } else if f.slope.abs() <= f.slope_ci95 {
+            format!("not shown flat within {}: the slope's interval includes 0, so the change is within the noise (more --requests per length narrow it)", pct(Some(tolerance)))
+        } else if f.slope < 0.0 {
+            format!("not flat within {}, but falling: fixed per-request costs spread over more tokens, no sign of a KV-cache penalty", pct(Some(tolerance)))
         } else {
-            format!("not flat (tolerance {})", pct(Some(tolerance)))
+            format!("not flat (tolerance {}): each token costs more as the context grows", pct(Some(tolerance)))
         }
     );
     (sentence, flat)
