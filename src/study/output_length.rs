@@ -62,7 +62,7 @@ impl Analysis for OutputLengthArgs {
             for (name, _) in FIGURES {
                 let v = value(name);
                 row.push(if name == "server_kv_cache_max" {
-                    pct(v)
+                    kv_pct(v)
                 } else {
                     one(v)
                 });
