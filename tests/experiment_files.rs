@@ -115,6 +115,7 @@ fn checked_in_files_follow_the_schema() {
     std::env::set_var("SIM_PORT", "18000");
     std::env::set_var("OTLP_GRPC", "127.0.0.1:4317");
     std::env::set_var("OTLP_HTTP", "127.0.0.1:4318");
+    std::env::set_var("TRACEBENCH_TEST_API_KEY", "sk-test");
     let models = validator_for_models();
     for file in files
         .iter()
