@@ -235,3 +235,26 @@ fn a_delayed_start_is_timed_and_the_policies_priced() {
         .unwrap()
         .contains("break-even idle limit at $1.50/h"));
 }
+
+#[test]
+fn bad_input_fails_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("arrivals.txt");
+    std::fs::write(&trace, "0\n12\nsoon\n").unwrap();
+    let args = ["--idle-trace", trace.to_str().unwrap()];
+    let output = study(dir.path(), "coldstart", "", &args);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("arrivals.txt:3: neither seconds nor JSON"),
+        "{}",
+        text(&output)
+    );
+    let output = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["study", "goodput", "--slo", "ttft:fast", "--rate", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output).contains("ttft:fast"), "{}", text(&output));
+    assert!(!dir.path().join("experiments").exists(), "nothing ran");
+}
