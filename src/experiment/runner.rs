@@ -12,9 +12,7 @@ use super::results::{self, Group, PointResult, Status};
 use super::saturation::{self, Saturated};
 use super::search::{self, Probe, Search};
 use super::server::Servers;
-use super::state::{
-    CaseSearch, CaseState, ExperimentState, Progress, StudySection, EXPERIMENT_SCHEMA,
-};
+use super::state::{Analysis, CaseSearch, CaseState, ExperimentState, Progress, EXPERIMENT_SCHEMA};
 use crate::cli::ExperimentArgs;
 use crate::run::RunOutcome;
 use anyhow::{bail, Context};
@@ -27,12 +25,6 @@ use std::sync::Arc;
 /// `tracebench experiment`: returns the exit code (0 done, 1 a point failed, 130 stopped).
 pub async fn run_experiment(args: ExperimentArgs, command_line: String) -> anyhow::Result<i32> {
     run_plan(args, command_line, None, None).await
-}
-
-/// What a study adds to its finished experiment: its section of
-/// `experiment.json` and of the report (verdict, figures, tables, charts).
-pub trait Analysis {
-    fn analyse(&self, dir: &Path, state: &ExperimentState) -> anyhow::Result<StudySection>;
 }
 
 /// Runs the experiment of `args.file`, or the one `text` holds (a plan

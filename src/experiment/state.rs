@@ -79,6 +79,12 @@ pub struct ExperimentState {
     pub study: Option<StudySection>,
 }
 
+/// What a study adds to its finished experiment: its section of
+/// `experiment.json` and of the report (verdict, figures, tables, charts).
+pub trait Analysis {
+    fn analyse(&self, dir: &Path, state: &ExperimentState) -> anyhow::Result<StudySection>;
+}
+
 /// A study's answer: the question, the verdict in one sentence, its figures
 /// by name, and the tables and charts its report section shows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,8 +6,7 @@
 
 use super::args::BatchingArgs;
 use super::figures::{self, ms, one, pct};
-use crate::experiment::runner::Analysis;
-use crate::experiment::state::{ExperimentState, StudyChart, StudySection, StudyTable};
+use crate::experiment::state::{Analysis, ExperimentState, StudyChart, StudySection, StudyTable};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;

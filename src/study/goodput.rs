@@ -7,8 +7,7 @@
 use super::args::GoodputArgs;
 use super::figures::{self, one, pct};
 use crate::analysis::Slo;
-use crate::experiment::runner::Analysis;
-use crate::experiment::state::{ExperimentState, StudyChart, StudySection, StudyTable};
+use crate::experiment::state::{Analysis, ExperimentState, StudyChart, StudySection, StudyTable};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;

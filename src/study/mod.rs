@@ -17,7 +17,8 @@ pub mod output_length;
 pub mod policy;
 
 use crate::cli::ExperimentArgs;
-use crate::experiment::runner::{run_plan, Analysis};
+use crate::experiment::runner::run_plan;
+use crate::experiment::state::Analysis;
 use args::{Common, Study, StudyArgs};
 use serde_json::{json, Value};
 use std::path::PathBuf;

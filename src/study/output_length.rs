@@ -7,8 +7,7 @@
 
 use super::args::OutputLengthArgs;
 use super::figures::{self, ms, one, pct, Fit};
-use crate::experiment::runner::Analysis;
-use crate::experiment::state::{ExperimentState, StudyChart, StudySection, StudyTable};
+use crate::experiment::state::{Analysis, ExperimentState, StudyChart, StudySection, StudyTable};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
