@@ -73,6 +73,8 @@ pub enum Command {
     K8s(Box<crate::shard::k8s::K8sArgs>),
     /// Measure every request some other client sends: a reverse proxy in front of one server.
     Proxy(Box<ProxyArgs>),
+    /// A ready study with a verdict: batching, output-length, goodput, coldstart.
+    Study(crate::study::args::StudyArgs),
 }
 
 /// `tracebench experiment`.

@@ -48,6 +48,7 @@ pub async fn run_command(cli: Cli) -> anyhow::Result<i32> {
             let config = crate::proxy::ProxyConfig::from_args(&args)?;
             crate::proxy::run_until_ctrl_c(config, command_line()).await
         }
+        Command::Study(args) => crate::study::run_study(args, command_line()).await,
     }
 }
 

@@ -26,6 +26,7 @@ pub mod schedule;
 pub mod selfcheck;
 pub mod shard;
 pub mod sim;
+pub mod study;
 pub mod telemetry;
 pub mod testing;
 pub mod trace;

@@ -6,7 +6,7 @@
 
 mod cli_support;
 
-use cli_support::{free_port, BIN};
+use cli_support::{chromium_check, documented_query, free_port, query, repo, text, BIN};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -14,11 +14,6 @@ use std::time::Duration;
 
 /// The API key the resume grid's alias reads from the environment.
 const API_KEY: &str = "sk-never-written-7f3a";
-
-/// A file of the repository.
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
 
 /// `tracebench experiment FILE ARGS` in `dir`, on ports of its own.
 fn experiment_command(dir: &Path, file: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
@@ -46,14 +41,6 @@ fn run_experiment(dir: &Path, file: &Path, env: &[(&str, &str)], args: &[&str]) 
         .expect("run tracebench experiment")
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 /// The one experiment folder under `dir/experiments`.
 fn experiment_dir(dir: &Path) -> PathBuf {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir.join("experiments"))
@@ -69,69 +56,6 @@ fn state(dir: &Path) -> Value {
         &std::fs::read_to_string(dir.join("experiment.json")).expect("experiment.json"),
     )
     .expect("json")
-}
-
-fn chromium_check(report: &Path) {
-    let has_browser = ["chromium", "chromium-browser", "google-chrome"]
-        .iter()
-        .any(|b| {
-            Command::new("sh")
-                .arg("-c")
-                .arg(format!("command -v {b}"))
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-    if !has_browser {
-        assert!(
-            std::env::var_os("TRACEBENCH_REQUIRE_BROWSER").is_none(),
-            "TRACEBENCH_REQUIRE_BROWSER is set but no chromium"
-        );
-        eprintln!(
-            "*** SKIPPED the browser check of {}: chromium is not installed ***",
-            report.display()
-        );
-        return;
-    }
-    let output = Command::new("bash")
-        .arg(repo("scripts/check-report.sh"))
-        .arg(report)
-        .output()
-        .expect("check-report");
-    assert!(output.status.success(), "{}", text(&output));
-}
-
-/// The `-- query: NAME` block of docs/sqlite.md.
-fn documented_query(name: &str) -> String {
-    let doc = std::fs::read_to_string(repo("docs/sqlite.md")).unwrap();
-    doc.split(&format!("-- query: {name}\n"))
-        .nth(1)
-        .and_then(|rest| rest.split("```").next())
-        .expect("documented")
-        .to_string()
-}
-
-/// Rows of a query on the experiment's history database.
-fn query(db: &Path, sql: &str) -> Vec<Vec<Value>> {
-    let conn = rusqlite::Connection::open(db).expect("open history");
-    let mut statement = conn.prepare(sql).expect("prepare");
-    let columns = statement.column_count();
-    statement
-        .query_map([], |row| {
-            Ok((0..columns)
-                .map(|i| match row.get_ref(i).unwrap() {
-                    rusqlite::types::ValueRef::Null => Value::Null,
-                    rusqlite::types::ValueRef::Integer(n) => n.into(),
-                    rusqlite::types::ValueRef::Real(f) => f.into(),
-                    rusqlite::types::ValueRef::Text(t) => {
-                        String::from_utf8_lossy(t).into_owned().into()
-                    }
-                    rusqlite::types::ValueRef::Blob(_) => Value::Null,
-                })
-                .collect())
-        })
-        .expect("query")
-        .map(Result::unwrap)
-        .collect()
 }
 
 #[test]

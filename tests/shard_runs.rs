@@ -290,7 +290,11 @@ fn shards_send_every_dataset_line_where_one_process_sends_it() {
     assert_eq!(positions.len(), 30, "every line is sent: {positions:?}");
     for (tokens, at) in &positions {
         assert_eq!(at.len(), 2, "two passes over the dataset");
-        assert_eq!(at[1] - at[0], 30, "the line of {tokens} tokens at its positions");
+        assert_eq!(
+            at[1] - at[0],
+            30,
+            "the line of {tokens} tokens at its positions"
+        );
     }
 }
 

@@ -246,6 +246,12 @@ pub struct Texts {
 pub fn read(path: &Path) -> anyhow::Result<(ExperimentFile, Texts)> {
     let raw = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read experiment file {}", path.display()))?;
+    read_text(path, raw)
+}
+
+/// Reads an experiment from its text (`path` names it in errors and
+/// anchors its relative paths): what a study builds in code.
+pub fn read_text(path: &Path, raw: String) -> anyhow::Result<(ExperimentFile, Texts)> {
     let resolved = super::vars::substitute(path, &raw)?;
     let file: ExperimentFile = parse(path, &resolved)?;
     Ok((file, Texts { raw, resolved }))

@@ -82,6 +82,21 @@ impl SearchPlan {
 /// Reads and checks an experiment file.
 pub fn load(path: &Path, settings: &Settings) -> anyhow::Result<Experiment> {
     let (file, texts) = file::read(path)?;
+    check(path, file, texts, settings)
+}
+
+/// Checks an experiment given as text (see [`file::read_text`]).
+pub fn load_text(path: &Path, raw: String, settings: &Settings) -> anyhow::Result<Experiment> {
+    let (file, texts) = file::read_text(path, raw)?;
+    check(path, file, texts, settings)
+}
+
+fn check(
+    path: &Path,
+    file: ExperimentFile,
+    texts: file::Texts,
+    settings: &Settings,
+) -> anyhow::Result<Experiment> {
     let (models, models_raw) = models(path, &file)?;
     if file.cases.is_empty() {
         anyhow::bail!("{}: `cases:` is empty: nothing to run", path.display());

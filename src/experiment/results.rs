@@ -173,8 +173,13 @@ const T95: [f64; 30] = [
     2.052, 2.048, 2.045, 2.042,
 ];
 
+/// Two-sided 95% Student's t for `degrees` degrees of freedom (1.96 past 30).
+pub fn t95(degrees: usize) -> f64 {
+    T95.get(degrees.saturating_sub(1)).copied().unwrap_or(1.96)
+}
+
 /// Mean, std, min, max and the 95% CI of `values` (sample std, n-1).
-fn spread(values: &[f64]) -> Spread {
+pub fn spread(values: &[f64]) -> Spread {
     let n = values.len();
     let mean = values.iter().sum::<f64>() / n as f64;
     let var = if n > 1 {
@@ -183,7 +188,7 @@ fn spread(values: &[f64]) -> Spread {
         0.0
     };
     let std = var.sqrt();
-    let t = T95.get(n.saturating_sub(2)).copied().unwrap_or(1.96);
+    let t = t95(n.saturating_sub(1));
     Spread {
         n,
         mean: Some(mean),

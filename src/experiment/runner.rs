@@ -12,7 +12,7 @@ use super::results::{self, Group, PointResult, Status};
 use super::saturation::{self, Saturated};
 use super::search::{self, Probe, Search};
 use super::server::Servers;
-use super::state::{CaseSearch, CaseState, ExperimentState, Progress, EXPERIMENT_SCHEMA};
+use super::state::{Analysis, CaseSearch, CaseState, ExperimentState, Progress, EXPERIMENT_SCHEMA};
 use crate::cli::ExperimentArgs;
 use crate::run::RunOutcome;
 use anyhow::{bail, Context};
@@ -24,6 +24,18 @@ use std::sync::Arc;
 
 /// `tracebench experiment`: returns the exit code (0 done, 1 a point failed, 130 stopped).
 pub async fn run_experiment(args: ExperimentArgs, command_line: String) -> anyhow::Result<i32> {
+    run_plan(args, command_line, None, None).await
+}
+
+/// Runs the experiment of `args.file`, or the one `text` holds (a plan
+/// built in code; `args.file` then only names it), and with `analysis`
+/// adds a study's section before the report and the history are written.
+pub async fn run_plan(
+    args: ExperimentArgs,
+    command_line: String,
+    text: Option<String>,
+    analysis: Option<&(dyn Analysis + Sync)>,
+) -> anyhow::Result<i32> {
     let (dir, previous) = match &args.resume {
         Some(dir) => (dir.clone(), Some(ExperimentState::read(dir)?)),
         None => (PathBuf::new(), None),
@@ -34,7 +46,10 @@ pub async fn run_experiment(args: ExperimentArgs, command_line: String) -> anyho
         tui: !args.no_tui,
         run_prefix: String::new(),
     };
-    let experiment = plan::load(&args.file, &settings)?;
+    let experiment = match text {
+        Some(text) => plan::load_text(&args.file, text, &settings)?,
+        None => plan::load(&args.file, &settings)?,
+    };
     print!("{}", describe::describe(&experiment));
     if args.dry_run {
         print!("{}", describe::dry_run(&experiment, &settings)?);
@@ -81,7 +96,7 @@ pub async fn run_experiment(args: ExperimentArgs, command_line: String) -> anyho
     runner.servers.stop().await;
     watcher.abort();
     outcome?;
-    runner.finish(&args).await
+    runner.finish(&args, analysis).await
 }
 
 /// Sets `flag` on Ctrl-C (a run in progress sees the signal too and stops itself).
@@ -113,6 +128,7 @@ fn fresh_state(
         points: Vec::new(),
         groups: Vec::new(),
         reading: Vec::new(),
+        study: None,
     }
 }
 
@@ -551,7 +567,11 @@ impl<'a> Runner<'a> {
     }
 
     /// Writes the reading, the report and the history; prints the outcome.
-    async fn finish(&mut self, args: &ExperimentArgs) -> anyhow::Result<i32> {
+    async fn finish(
+        &mut self,
+        args: &ExperimentArgs,
+        analysis: Option<&(dyn Analysis + Sync)>,
+    ) -> anyhow::Result<i32> {
         self.state.progress = if self.stopped() {
             Progress::Stopped
         } else {
@@ -559,6 +579,15 @@ impl<'a> Runner<'a> {
         };
         self.state.ended_unix_ns = Some(crate::units::unix_now_ns());
         self.state.reading = super::reading::read(&self.state);
+        if let Some(analysis) = analysis {
+            match analysis.analyse(&self.dir, &self.state) {
+                Ok(section) => {
+                    self.state.reading.push(section.verdict.clone());
+                    self.state.study = Some(section);
+                }
+                Err(e) => eprintln!("study: no verdict: {e:#}"),
+            }
+        }
         self.state.write(&self.dir)?;
         let report = crate::report::html::experiment::write_report(&self.dir, &self.state)?;
         if !args.no_db {

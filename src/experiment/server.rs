@@ -17,6 +17,9 @@ pub struct ColdStart {
     pub port_open_s: Option<f64>,
     /// The readiness URL answered 200.
     pub ready_s: f64,
+    /// The first `GET /v1/models` after ready answered 2xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models_s: Option<f64>,
     /// The first token of the first request after the start.
     pub first_token_s: Option<f64>,
     /// The server's output, relative to the experiment folder.
@@ -140,6 +143,7 @@ impl Servers {
             Ok((port_open_s, ready_s)) => Ok(Some(ColdStart {
                 port_open_s,
                 ready_s,
+                models_s: self.models_answered(url, spawned).await,
                 first_token_s: None,
                 log: log_name,
                 spawned_unix_ns,
@@ -188,6 +192,14 @@ impl Servers {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Seconds from spawn until the first `GET /v1/models` answered 2xx.
+    async fn models_answered(&self, url: &str, spawned: Instant) -> Option<f64> {
+        let call = self.call(url, "GET /v1/models").await;
+        call.status
+            .filter(|s| (200..300).contains(s))
+            .map(|_| spawned.elapsed().as_secs_f64())
     }
 
     /// Makes each call (`POST /reset_prefix_cache`) against `url`.

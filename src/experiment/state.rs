@@ -74,6 +74,52 @@ pub struct ExperimentState {
     pub groups: Vec<Group>,
     #[serde(default)]
     pub reading: Vec<String>,
+    /// What a `tracebench study` concluded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub study: Option<StudySection>,
+}
+
+/// What a study adds to its finished experiment: its section of
+/// `experiment.json` and of the report (verdict, figures, tables, charts).
+pub trait Analysis {
+    fn analyse(&self, dir: &Path, state: &ExperimentState) -> anyhow::Result<StudySection>;
+}
+
+/// A study's answer: the question, the verdict in one sentence, its figures
+/// by name, and the tables and charts its report section shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StudySection {
+    /// `batching`, `output-length`, `goodput` or `coldstart`.
+    pub kind: String,
+    pub question: String,
+    pub verdict: String,
+    pub figures: std::collections::BTreeMap<String, f64>,
+    #[serde(default)]
+    pub tables: Vec<StudyTable>,
+    #[serde(default)]
+    pub charts: Vec<StudyChart>,
+    /// Where figures come from, what was not measured, and why.
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+/// A table of a study's section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StudyTable {
+    pub title: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+/// A line chart of a study's section: named lines of (x, y) points.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StudyChart {
+    /// Stable id (the report's self-check names charts by it).
+    pub id: String,
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub lines: Vec<(String, Vec<(f64, f64)>)>,
 }
 
 impl ExperimentState {

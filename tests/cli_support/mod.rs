@@ -115,3 +115,81 @@ pub fn run_expecting(dir: &Path, code: i32, args: &[&str]) -> Finished {
         records,
     }
 }
+
+/// A file of the repository.
+pub fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// stdout and stderr of a finished command.
+pub fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Checks a report page in headless Chromium (`scripts/check-report.sh`); skipped, loudly, without a browser.
+pub fn chromium_check(report: &Path) {
+    let has_browser = ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .any(|b| {
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {b}"))
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    if !has_browser {
+        assert!(
+            std::env::var_os("TRACEBENCH_REQUIRE_BROWSER").is_none(),
+            "TRACEBENCH_REQUIRE_BROWSER is set but no chromium"
+        );
+        eprintln!(
+            "*** SKIPPED the browser check of {}: chromium is not installed ***",
+            report.display()
+        );
+        return;
+    }
+    let output = Command::new("bash")
+        .arg(repo("scripts/check-report.sh"))
+        .arg(report)
+        .output()
+        .expect("check-report");
+    assert!(output.status.success(), "{}", text(&output));
+}
+
+/// The `-- query: NAME` block of docs/sqlite.md.
+pub fn documented_query(name: &str) -> String {
+    let doc = std::fs::read_to_string(repo("docs/sqlite.md")).unwrap();
+    doc.split(&format!("-- query: {name}\n"))
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("documented")
+        .to_string()
+}
+
+/// Rows of a query on the experiment's history database.
+pub fn query(db: &Path, sql: &str) -> Vec<Vec<Value>> {
+    let conn = rusqlite::Connection::open(db).expect("open history");
+    let mut statement = conn.prepare(sql).expect("prepare");
+    let columns = statement.column_count();
+    statement
+        .query_map([], |row| {
+            Ok((0..columns)
+                .map(|i| match row.get_ref(i).unwrap() {
+                    rusqlite::types::ValueRef::Null => Value::Null,
+                    rusqlite::types::ValueRef::Integer(n) => n.into(),
+                    rusqlite::types::ValueRef::Real(f) => f.into(),
+                    rusqlite::types::ValueRef::Text(t) => {
+                        String::from_utf8_lossy(t).into_owned().into()
+                    }
+                    rusqlite::types::ValueRef::Blob(_) => Value::Null,
+                })
+                .collect())
+        })
+        .expect("query")
+        .map(Result::unwrap)
+        .collect()
+}

@@ -40,6 +40,9 @@ pub fn render(state: &ExperimentState) -> String {
         let _ = write!(page, "<p>{}</p>", esc(line));
     }
     page.push_str("</section>");
+    if let Some(study) = &state.study {
+        super::study::section(&mut page, study);
+    }
     for case in &state.cases {
         case_section(&mut page, state, case);
     }

@@ -12,6 +12,7 @@
 mod chart;
 mod curves;
 pub mod experiment;
+mod study;
 mod tables;
 mod timeline;
 

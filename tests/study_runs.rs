@@ -1,0 +1,260 @@
+//! `tracebench study` end to end against the simulator, which each study
+//! launches itself (`--cmd '{tracebench} sim ...'`): continuous batching beats
+//! static batches (varied output lengths make a static batch wait for its
+//! slowest member), TPOT comes out flat as outputs grow while the KV-cache
+//! gauge grows, goodput peaks at a load that was run, and a start the
+//! simulator delays with `--ready-after` is timed at that delay. Every
+//! study's report is checked in headless Chromium and lands in the history.
+
+mod cli_support;
+
+use cli_support::{chromium_check, documented_query, free_port, query, text, BIN};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// `tracebench study KIND` in `dir` against a simulator it launches.
+fn study(dir: &Path, kind: &str, sim_flags: &str, args: &[&str]) -> Output {
+    let launch = format!(
+        "{{tracebench}} sim --port {{port}} --max-num-seqs 8 --otlp-endpoint grpc://{{otlp_grpc}} --span-delay-ms 50 {sim_flags}"
+    );
+    Command::new(BIN)
+        .current_dir(dir)
+        .args(["study", kind, "--no-tui", "--db", "history.db"])
+        .args(["--url", &format!("http://127.0.0.1:{}", free_port())])
+        .args([
+            "--cmd",
+            &launch,
+            "--input-tokens",
+            "64",
+            "--span-wait",
+            "2s",
+        ])
+        .args(["--otlp-grpc", &format!("127.0.0.1:{}", free_port())])
+        .args(["--otlp-http", &format!("127.0.0.1:{}", free_port())])
+        .args(args)
+        .output()
+        .expect("run tracebench study")
+}
+
+/// The study's folder, its `experiment.json` and its `study` section.
+fn finished(dir: &Path, output: &Output) -> (PathBuf, Value) {
+    assert!(output.status.success(), "{}", text(output));
+    let folder = std::fs::read_dir(dir.join("experiments"))
+        .expect("experiments folder")
+        .map(|e| e.unwrap().path())
+        .next()
+        .expect("an experiment folder");
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("experiment.json")).unwrap())
+            .unwrap();
+    let verdict = state["study"]["verdict"].as_str().expect("a verdict");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains(verdict),
+        "the verdict is printed"
+    );
+    assert!(folder.join("points.csv").exists());
+    chromium_check(&folder.join("report.html"));
+    let rows = query(&dir.join("history.db"), "SELECT reading FROM experiments");
+    assert!(rows[0][0].as_str().unwrap().contains(verdict), "{rows:?}");
+    (folder, state)
+}
+
+fn figure(state: &Value, name: &str) -> f64 {
+    state["study"]["figures"][name]
+        .as_f64()
+        .unwrap_or_else(|| panic!("figure {name}: {}", state["study"]["figures"]))
+}
+
+#[test]
+fn continuous_batching_beats_static_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--requests",
+        "32",
+        "--batch-size",
+        "8",
+        "--output-tokens",
+        "48:40",
+    ];
+    let output = study(dir.path(), "batching", "--decode-step-ms 4", &args);
+    let (folder, state) = finished(dir.path(), &output);
+    let arms: Vec<&str> = state["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(arms, ["sequential", "static", "continuous"]);
+    let tput = |arm: &str| figure(&state, &format!("{arm}.output_throughput"));
+    assert!(tput("continuous") > tput("static"), "{}", state["study"]);
+    assert!(tput("static") > tput("sequential"), "{}", state["study"]);
+    let idle = |arm: &str| figure(&state, &format!("{arm}.under_half_busy_fraction"));
+    assert!(idle("static") > idle("continuous"), "{}", state["study"]);
+    assert_eq!(
+        idle("sequential"),
+        1.0,
+        "one request of 8 slots is always under half"
+    );
+    assert!(state["study"]["verdict"]
+        .as_str()
+        .unwrap()
+        .contains("continuous batching beat static batches"));
+    let page = std::fs::read_to_string(folder.join("report.html")).unwrap();
+    assert!(page.contains("Study: batching") && page.contains("study-running"));
+}
+
+#[test]
+fn tpot_stays_flat_as_outputs_grow_and_the_kv_gauge_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    // A decode step long against the machine's scheduling jitter: TPOT is
+    // the step, whatever the context.
+    let args = ["--requests", "3", "--output-tokens", "8,32,128"];
+    let output = study(dir.path(), "output-length", "--decode-step-ms 20", &args);
+    let (folder, state) = finished(dir.path(), &output);
+    assert_eq!(
+        figure(&state, "tpot_flat"),
+        1.0,
+        "{}",
+        state["study"]["verdict"]
+    );
+    assert!(figure(&state, "tpot_slope_ci95_ms_per_1k_tokens") >= 0.0);
+    let kv = |n: u64| figure(&state, &format!("{n}.server_kv_cache_max"));
+    assert!(kv(128) > kv(32), "the KV gauge grows with the context");
+    for point in state["points"].as_array().unwrap() {
+        let length = point["axes"]["output_tokens"].as_u64().unwrap();
+        let records = cli_support::lines(
+            &folder
+                .join(point["run_dir"].as_str().unwrap())
+                .join("requests.jsonl"),
+        );
+        assert!(
+            records
+                .iter()
+                .all(|r| r["output_tokens"].as_u64() == Some(length)),
+            "exact lengths"
+        );
+    }
+}
+
+#[test]
+fn goodput_peaks_at_a_load_that_was_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--requests",
+        "24",
+        "--rate",
+        "10,40,400",
+        "--slo",
+        "ttft:150ms,tpot:30ms",
+        "--output-tokens",
+        "32",
+    ];
+    let output = study(dir.path(), "goodput", "--decode-step-ms 4", &args);
+    let (_, state) = finished(dir.path(), &output);
+    assert!([10.0, 40.0, 400.0].contains(&figure(&state, "peak.x")));
+    for rate in [10, 40, 400] {
+        let f = |name: &str| figure(&state, &format!("rate={rate}.{name}"));
+        assert!(f("request_goodput") <= f("request_throughput") + 1e-9);
+        assert!((0.0..=1.0).contains(&f("goodput_fraction")));
+    }
+    let rows = state["study"]["tables"][0]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    // The history's daily goodput and compliance query covers the study's runs.
+    let daily = query(
+        &dir.path().join("history.db"),
+        &documented_query("sla_per_day"),
+    );
+    assert_eq!(daily.len(), 1, "{daily:?}");
+    assert_eq!(
+        daily[0][1],
+        3 * 24,
+        "every measured request of the three loads"
+    );
+}
+
+#[test]
+fn a_delayed_start_is_timed_and_the_policies_priced() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    std::fs::write(cache.join("compiled.bin"), b"x").unwrap();
+    // arrivals with idle gaps of 30 s, 270 s and 1200 s
+    let trace = dir.path().join("arrivals.txt");
+    std::fs::write(&trace, "0\n30\n300\n1500\n").unwrap();
+    let args = [
+        "--repeats",
+        "2",
+        "--requests",
+        "2",
+        "--price-per-hour",
+        "1.50",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--idle-trace",
+        trace.to_str().unwrap(),
+    ];
+    let output = study(
+        dir.path(),
+        "coldstart",
+        "--ready-after 1s --decode-step-ms 4",
+        &args,
+    );
+    let (_, state) = finished(dir.path(), &output);
+    assert!(
+        !cache.exists(),
+        "the cache folder is removed before a cold start"
+    );
+    for case in ["cold", "warm"] {
+        let ready = figure(&state, &format!("{case}.ready_s"));
+        assert!((1.0..3.0).contains(&ready), "{case} ready after {ready} s");
+        assert!(figure(&state, &format!("{case}.first_token_s")) >= ready);
+        assert!(figure(&state, &format!("{case}.models_s")) >= ready);
+    }
+    let starts = state["points"].as_array().unwrap();
+    assert!(
+        starts
+            .iter()
+            .all(|p| p["cold_start"]["ready_s"].as_f64().is_some()),
+        "every repeat restarted the server"
+    );
+    assert_eq!(figure(&state, "idle_gaps"), 3.0);
+    let cold_s = figure(&state, "cold.first_token_s");
+    assert!((figure(&state, "break_even_idle_min") - cold_s / 60.0).abs() < 1e-9);
+    assert!((figure(&state, "cold_start_cost") - 1.5 * cold_s / 3600.0).abs() < 1e-9);
+    let policies = &state["study"]["tables"].as_array().unwrap().last().unwrap()["rows"];
+    let never = policies
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r[0] == "never")
+        .unwrap();
+    assert_eq!(never[3], "0", "never shutting down meets no cold start");
+    assert!(state["study"]["verdict"]
+        .as_str()
+        .unwrap()
+        .contains("break-even idle limit at $1.50/h"));
+}
+
+#[test]
+fn bad_input_fails_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("arrivals.txt");
+    std::fs::write(&trace, "0\n12\nsoon\n").unwrap();
+    let args = ["--idle-trace", trace.to_str().unwrap()];
+    let output = study(dir.path(), "coldstart", "", &args);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("arrivals.txt:3: neither seconds nor JSON"),
+        "{}",
+        text(&output)
+    );
+    let output = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["study", "goodput", "--slo", "ttft:fast", "--rate", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output).contains("ttft:fast"), "{}", text(&output));
+    assert!(!dir.path().join("experiments").exists(), "nothing ran");
+}
