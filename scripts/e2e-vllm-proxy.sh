@@ -26,19 +26,10 @@ PYTHON=$(scripts/python-venv.sh)
 cargo build --release --quiet
 BIN="${CARGO_TARGET_DIR:-target}/release/tracebench"
 
-export VLLM_TARGET_DEVICE=cpu VLLM_CPU_KVCACHE_SPACE=1 OTEL_SERVICE_NAME=vllm OTEL_BSP_SCHEDULE_DELAY=500
-"$DIR/venv/bin/vllm" serve "$DIR/tiny-model" --served-model-name tiny --load-format dummy --dtype bfloat16 \
-  --max-model-len 2048 --host 127.0.0.1 --port "$PORT" --max-num-seqs 2 \
-  --otlp-traces-endpoint "grpc://127.0.0.1:$GRPC" >"$OUT/vllm.log" 2>&1 &
-VLLM_PID=$!
-PROXY_PID=
+source scripts/lib/vllm.sh
+VLLM_PID= PROXY_PID=
 trap 'kill $PROXY_PID $VLLM_PID 2>/dev/null || true; wait $VLLM_PID 2>/dev/null || true' EXIT
-echo "waiting for vLLM on 127.0.0.1:$PORT (log: $OUT/vllm.log)"
-for _ in $(seq 1 300); do
-  curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
-  kill -0 $VLLM_PID 2>/dev/null || { tail -30 "$OUT/vllm.log"; echo "vLLM exited" >&2; exit 1; }
-  sleep 1
-done
+start_vllm "$DIR" "$PORT" "$GRPC" "$OUT/vllm.log" --max-num-seqs 2
 PROXY_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "$BIN" proxy --listen "127.0.0.1:$PROXY_PORT" --upstream "http://127.0.0.1:$PORT" --out "$OUT" \
   --run-id proxy-vllm --no-db --gpu off --otlp-grpc "127.0.0.1:$GRPC" --otlp-http "127.0.0.1:$HTTP" \

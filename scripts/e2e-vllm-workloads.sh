@@ -20,19 +20,11 @@ OUT=$(mktemp -d)
 cargo build --release --quiet
 BIN="${CARGO_TARGET_DIR:-target}/release/tracebench"
 
-export VLLM_TARGET_DEVICE=cpu VLLM_CPU_KVCACHE_SPACE=1 OTEL_SERVICE_NAME=vllm OTEL_BSP_SCHEDULE_DELAY=500
-"$DIR/venv/bin/vllm" serve "$DIR/tiny-model" --served-model-name tiny --load-format dummy --dtype bfloat16 \
-  --max-model-len 2048 --host 127.0.0.1 --port "$PORT" --max-num-seqs 4 \
-  --enable-prefix-caching --enable-prompt-tokens-details \
-  --otlp-traces-endpoint "grpc://127.0.0.1:$GRPC" >"$OUT/vllm.log" 2>&1 &
-VLLM_PID=$!
+source scripts/lib/vllm.sh
+VLLM_PID=
 trap 'kill $VLLM_PID 2>/dev/null || true; wait $VLLM_PID 2>/dev/null || true' EXIT
-echo "waiting for vLLM on 127.0.0.1:$PORT (log: $OUT/vllm.log)"
-for _ in $(seq 1 300); do
-  curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
-  kill -0 $VLLM_PID 2>/dev/null || { tail -30 "$OUT/vllm.log"; echo "vLLM exited" >&2; exit 1; }
-  sleep 1
-done
+start_vllm "$DIR" "$PORT" "$GRPC" "$OUT/vllm.log" --max-num-seqs 4 \
+  --enable-prefix-caching --enable-prompt-tokens-details
 
 run() {
   local id=$1; shift

@@ -25,19 +25,10 @@ BIN="${CARGO_TARGET_DIR:-target}/release/tracebench"
 
 # The same server as the kit's serve.sh, plus --max-num-seqs 2 so requests queue,
 # and a short span batch delay so the wait for spans is short.
-export VLLM_TARGET_DEVICE=cpu VLLM_CPU_KVCACHE_SPACE=1 OTEL_SERVICE_NAME=vllm OTEL_BSP_SCHEDULE_DELAY=500
-"$DIR/venv/bin/vllm" serve "$DIR/tiny-model" --served-model-name tiny --load-format dummy --dtype bfloat16 \
-  --max-model-len 2048 --host 127.0.0.1 --port "$PORT" --max-num-seqs 2 \
-  --otlp-traces-endpoint "grpc://127.0.0.1:$GRPC" >"$OUT/vllm.log" 2>&1 &
-VLLM_PID=$!
+source scripts/lib/vllm.sh
+VLLM_PID=
 trap 'kill $VLLM_PID 2>/dev/null || true; wait $VLLM_PID 2>/dev/null || true' EXIT
-echo "waiting for vLLM on 127.0.0.1:$PORT (log: $OUT/vllm.log)"
-for _ in $(seq 1 300); do
-  curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
-  kill -0 $VLLM_PID 2>/dev/null || { tail -30 "$OUT/vllm.log"; echo "vLLM exited" >&2; exit 1; }
-  sleep 1
-done
-curl -sf "http://127.0.0.1:$PORT/health" >/dev/null || { echo "vLLM did not become healthy" >&2; exit 1; }
+start_vllm "$DIR" "$PORT" "$GRPC" "$OUT/vllm.log" --max-num-seqs 2
 
 "$BIN" run --url "http://127.0.0.1:$PORT" --concurrency 8 --requests 50 \
   --input-tokens 200 --output-tokens 32 --ignore-eos --no-tui --no-db --out "$OUT" --run-id vllm-e2e \
