@@ -63,7 +63,7 @@ pub enum Command {
     Show(ShowArgs),
     /// Write the HTML report of a finished run (and record it in the history database).
     Report(ReportArgs),
-    /// Compare runs (tracebench run folders or `vllm bench serve` result files) metric by metric.
+    /// Compare runs (run folders, `vllm bench serve` result files) or experiments; `--fail-on` gates CI.
     Compare(CompareArgs),
     /// Run an experiment file: grids, repeats, saturation stops, capacity searches, servers.
     Experiment(ExperimentArgs),
