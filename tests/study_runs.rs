@@ -13,15 +13,21 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// `tracebench study KIND` in `dir` against a simulator it launches.
+/// `tracebench study KIND` in `dir` against a simulator it launches, on free ports.
 fn study(dir: &Path, kind: &str, sim_flags: &str, args: &[&str]) -> Output {
+    let ports = [free_port(), free_port(), free_port()];
+    study_on(dir, kind, sim_flags, ports, args)
+}
+
+/// `tracebench study KIND` on the given ports (server, OTLP gRPC, OTLP HTTP).
+fn study_on(dir: &Path, kind: &str, sim_flags: &str, ports: [u16; 3], args: &[&str]) -> Output {
     let launch = format!(
         "{{tracebench}} sim --port {{port}} --max-num-seqs 8 --otlp-endpoint grpc://{{otlp_grpc}} --span-delay-ms 50 {sim_flags}"
     );
     Command::new(BIN)
         .current_dir(dir)
         .args(["study", kind, "--no-tui", "--db", "history.db"])
-        .args(["--url", &format!("http://127.0.0.1:{}", free_port())])
+        .args(["--url", &format!("http://127.0.0.1:{}", ports[0])])
         .args([
             "--cmd",
             &launch,
@@ -30,8 +36,8 @@ fn study(dir: &Path, kind: &str, sim_flags: &str, args: &[&str]) -> Output {
             "--span-wait",
             "2s",
         ])
-        .args(["--otlp-grpc", &format!("127.0.0.1:{}", free_port())])
-        .args(["--otlp-http", &format!("127.0.0.1:{}", free_port())])
+        .args(["--otlp-grpc", &format!("127.0.0.1:{}", ports[1])])
+        .args(["--otlp-http", &format!("127.0.0.1:{}", ports[2])])
         .args(args)
         .output()
         .expect("run tracebench study")
@@ -150,8 +156,25 @@ fn goodput_peaks_at_a_load_that_was_run() {
         "--output-tokens",
         "32",
     ];
-    let output = study(dir.path(), "goodput", "--decode-step-ms 4", &args);
-    let (_, state) = finished(dir.path(), &output);
+    let ports = [free_port(), free_port(), free_port()];
+    let output = study_on(dir.path(), "goodput", "--decode-step-ms 4", ports, &args);
+    let (folder, state) = finished(dir.path(), &output);
+    // Resumed with the same flags: every point is kept, the verdict is the same.
+    let mut again: Vec<&str> = args.to_vec();
+    let folder_text = folder.display().to_string();
+    again.extend(["--resume", &folder_text]);
+    let resumed = study_on(dir.path(), "goodput", "--decode-step-ms 4", ports, &again);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    assert!(
+        text(&resumed).contains("resuming") && text(&resumed).contains("3 points already done"),
+        "{}",
+        text(&resumed)
+    );
+    let after: Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("experiment.json")).unwrap())
+            .unwrap();
+    assert_eq!(after["study"]["verdict"], state["study"]["verdict"]);
+    assert_eq!(after["points"], state["points"], "no point ran again");
     assert!([10.0, 40.0, 400.0].contains(&figure(&state, "peak.x")));
     for rate in [10, 40, 400] {
         let f = |name: &str| figure(&state, &format!("rate={rate}.{name}"));

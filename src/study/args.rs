@@ -73,6 +73,10 @@ pub struct Common {
     /// Print the study's experiment plan and every point's `run` flags, and exit.
     #[arg(long)]
     pub dry_run: bool,
+    /// Continue the study in this folder (after Ctrl-C, a crash, a kill), with
+    /// the same flags it started with: finished points are kept, the rest run.
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
 }
 
 /// `tracebench study batching`.

@@ -46,7 +46,7 @@ async fn run(
     let args = ExperimentArgs {
         file: PathBuf::from(format!("{name}.study.yaml")),
         dry_run: common.dry_run,
-        resume: None,
+        resume: common.resume.clone(),
         out: common.out.clone(),
         no_tui: common.no_tui,
         db: common.db.clone(),
