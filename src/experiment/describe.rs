@@ -80,8 +80,8 @@ pub fn dry_run(experiment: &Experiment, settings: &Settings) -> anyhow::Result<S
             let point = case.point(&experiment.path, alias, settings, combo, value, 0, 0)?;
             out.push_str(&format!(
                 "\n{} ({})\n  tracebench run {}\n",
-                point.id,
-                point.label,
+                point.spec.id,
+                point.spec.label,
                 crate::commands::masked_command_line(point.argv.iter().cloned())
             ));
             if let Some(launch) = &point.launch {
@@ -119,7 +119,7 @@ pub fn live_context(
             case.name,
             case.alias
         ),
-        format!("now: {}", point.label),
+        format!("now: {}", point.spec.label),
     ];
     let groups: Vec<&Group> = state
         .groups

@@ -6,7 +6,7 @@
 use super::file::{self, At, ModelAlias, SeedPolicy};
 use super::params::{self, Layered};
 use super::plan::{CasePlan, Settings};
-use super::results::param_text;
+use super::results::{param_text, PointSpec};
 use super::Located;
 use crate::config::RunConfig;
 use serde_json::Value;
@@ -16,16 +16,7 @@ use std::path::Path;
 /// One run of the plan.
 #[derive(Debug, Clone)]
 pub struct Point {
-    pub id: String,
-    pub label: String,
-    pub case: usize,
-    /// The values this point varies (grid axes, the search axis).
-    pub axes: BTreeMap<String, Value>,
-    pub repeat: u32,
-    pub trial: u32,
-    pub seed: u64,
-    /// Every run parameter set, as written.
-    pub params: BTreeMap<String, Value>,
+    pub spec: PointSpec,
     /// The launch command, when tracebench runs the server.
     pub launch: Option<String>,
     /// The `tracebench run` flags of the point (secrets included: mask before showing).
@@ -109,14 +100,16 @@ impl CasePlan {
             .map(|s| launch_command(path, &s.launch, alias, &server, &config))
             .transpose()?;
         Ok(Point {
-            label: label(&self.name, &axes, repeat, self.repeats, trial),
-            id,
-            case: self.index,
-            axes,
-            repeat,
-            trial,
-            seed,
-            params: run.to_json(),
+            spec: PointSpec {
+                label: label(&self.name, &axes, repeat, self.repeats, trial),
+                id,
+                case: self.index,
+                axes,
+                repeat,
+                trial,
+                seed,
+                params: run.to_json(),
+            },
             launch,
             argv,
             config,

@@ -20,7 +20,7 @@ pub fn read(state: &ExperimentState) -> Vec<String> {
         let failed = state
             .points
             .iter()
-            .filter(|p| p.case == case.index && p.status == Status::Failed)
+            .filter(|p| p.spec.case == case.index && p.status == Status::Failed)
             .count();
         let mut line = format!("{}: ", case.name);
         if !case.searches.is_empty() {

@@ -27,17 +27,29 @@ pub enum Status {
     Interrupted,
 }
 
-/// One point's outcome, as `experiment.json` keeps it.
+/// What names a point and what it runs with: the plan's [`Point`] and the
+/// [`PointResult`] that records it share it.
+///
+/// [`Point`]: super::point::Point
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PointResult {
+pub struct PointSpec {
     pub id: String,
     pub label: String,
     pub case: usize,
+    /// The values this point varies (grid axes, the search axis).
     pub axes: BTreeMap<String, Value>,
     pub repeat: u32,
     pub trial: u32,
     pub seed: u64,
+    /// Every run parameter set, as written.
     pub params: BTreeMap<String, Value>,
+}
+
+/// One point's outcome, as `experiment.json` keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PointResult {
+    #[serde(flatten)]
+    pub spec: PointSpec,
     pub status: Status,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -227,15 +239,15 @@ pub fn group(points: &[&PointResult], pooled: Option<&Summary>) -> Group {
             (name.clone(), s)
         })
         .collect();
-    let mut label = first.label.clone();
+    let mut label = first.spec.label.clone();
     if let Some(at) = label.find(" repeat ") {
         label.truncate(at);
     }
     Group {
-        case: first.case,
+        case: first.spec.case,
         label,
-        axes: first.axes.clone(),
-        points: points.iter().map(|p| p.id.clone()).collect(),
+        axes: first.spec.axes.clone(),
+        points: points.iter().map(|p| p.spec.id.clone()).collect(),
         metrics,
     }
 }
@@ -265,14 +277,16 @@ mod tests {
 
     fn point(id: &str, p99: f64, throughput: f64) -> PointResult {
         PointResult {
-            id: id.into(),
-            label: "knee concurrency=4 repeat 1/3".into(),
-            case: 0,
-            axes: BTreeMap::new(),
-            repeat: 0,
-            trial: 0,
-            seed: 0,
-            params: BTreeMap::new(),
+            spec: PointSpec {
+                id: id.into(),
+                label: "knee concurrency=4 repeat 1/3".into(),
+                case: 0,
+                axes: BTreeMap::new(),
+                repeat: 0,
+                trial: 0,
+                seed: 0,
+                params: BTreeMap::new(),
+            },
             status: Status::Ok,
             reason: None,
             run_dir: None,

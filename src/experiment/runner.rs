@@ -176,7 +176,7 @@ impl<'a> Runner<'a> {
     ) -> Self {
         let done = previous
             .finished()
-            .map(|p| (p.id.clone(), p.clone()))
+            .map(|p| (p.spec.id.clone(), p.clone()))
             .collect();
         let mut state = previous;
         state.points.clear();
@@ -323,7 +323,7 @@ impl<'a> Runner<'a> {
                     return Ok(None);
                 }
             }
-            ids.extend(points.iter().map(|p| p.id.clone()));
+            ids.extend(points.iter().map(|p| p.spec.id.clone()));
             let group = self.group(case, &points);
             let judged = self.judge(case, &points);
             let pass =
@@ -413,12 +413,15 @@ impl<'a> Runner<'a> {
 
     /// Runs one point (or takes it from the folder being resumed), records it.
     async fn run_point(&mut self, case: &CasePlan, point: Point) -> anyhow::Result<PointResult> {
-        if let Some(done) = self.done.get(&point.id) {
+        if let Some(done) = self.done.get(&point.spec.id) {
             self.state.points.push(done.clone());
             return Ok(done.clone());
         }
         let total = self.state.points.len() + 1;
-        eprintln!("\n=== point {total}: {} ({})", point.label, point.id);
+        eprintln!(
+            "\n=== point {total}: {} ({})",
+            point.spec.label, point.spec.id
+        );
         let alias = &self.experiment.models[&case.alias];
         let mut result = new_result(&point);
         if let Err(reason) = self.prepare_server(alias, &point, &mut result).await {
@@ -430,7 +433,7 @@ impl<'a> Runner<'a> {
         result.ended_unix_ns = crate::units::unix_now_ns();
         match (result.status, &result.reason) {
             (Status::Failed, Some(reason)) => {
-                eprintln!("point {} failed: {reason}", point.id);
+                eprintln!("point {} failed: {reason}", point.spec.id);
                 if self.experiment.on_failure == OnFailure::Stop {
                     self.stop = true;
                 }
@@ -677,14 +680,7 @@ fn profile_trace(lifecycle: Option<&Lifecycle>) -> Option<String> {
 
 fn new_result(point: &Point) -> PointResult {
     PointResult {
-        id: point.id.clone(),
-        label: point.label.clone(),
-        case: point.case,
-        axes: point.axes.clone(),
-        repeat: point.repeat,
-        trial: point.trial,
-        seed: point.seed,
-        params: point.params.clone(),
+        spec: point.spec.clone(),
         status: Status::Ok,
         reason: None,
         run_dir: None,

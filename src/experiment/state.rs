@@ -163,7 +163,11 @@ fn write_points_csv(path: &Path, state: &ExperimentState) -> anyhow::Result<()> 
     let tmp = path.with_extension("csv.tmp");
     let mut out =
         csv::Writer::from_path(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    let axes: BTreeSet<&String> = state.points.iter().flat_map(|p| p.axes.keys()).collect();
+    let axes: BTreeSet<&String> = state
+        .points
+        .iter()
+        .flat_map(|p| p.spec.axes.keys())
+        .collect();
     let mut header = vec!["point", "case", "label", "repeat", "trial", "status"];
     header.extend(axes.iter().map(|a| a.as_str()));
     header.extend(HEADLINE);
@@ -172,15 +176,15 @@ fn write_points_csv(path: &Path, state: &ExperimentState) -> anyhow::Result<()> 
     let number = |v: Option<f64>| v.map(|v| format!("{v}")).unwrap_or_default();
     for p in &state.points {
         let mut row = vec![
-            p.id.clone(),
+            p.spec.id.clone(),
             state
                 .cases
-                .get(p.case)
+                .get(p.spec.case)
                 .map(|c| c.name.clone())
                 .unwrap_or_default(),
-            p.label.clone(),
-            (p.repeat + 1).to_string(),
-            (p.trial + 1).to_string(),
+            p.spec.label.clone(),
+            (p.spec.repeat + 1).to_string(),
+            (p.spec.trial + 1).to_string(),
             serde_json::to_value(p.status)?
                 .as_str()
                 .unwrap_or_default()
@@ -188,7 +192,7 @@ fn write_points_csv(path: &Path, state: &ExperimentState) -> anyhow::Result<()> 
         ];
         row.extend(
             axes.iter()
-                .map(|a| p.axes.get(*a).map(param_text).unwrap_or_default()),
+                .map(|a| p.spec.axes.get(*a).map(param_text).unwrap_or_default()),
         );
         row.extend(HEADLINE.iter().map(|m| number(p.metrics.get(*m).copied())));
         row.extend([

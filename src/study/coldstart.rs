@@ -100,11 +100,11 @@ impl Analysis for Coldstart {
                 figures.insert(format!("{}.{name}_ci95", case.name), s.ci95.unwrap_or(0.0));
                 let points = starts
                     .iter()
-                    .filter_map(|(p, c)| Some((p.repeat as f64 + 1.0, stage(c, name)?)));
+                    .filter_map(|(p, c)| Some((p.spec.repeat as f64 + 1.0, stage(c, name)?)));
                 lines.push((format!("{} {label}", case.name), points.collect()));
             }
             for (point, cold) in &starts {
-                let mut row = vec![case.name.clone(), (point.repeat + 1).to_string()];
+                let mut row = vec![case.name.clone(), (point.spec.repeat + 1).to_string()];
                 row.extend(STAGES.iter().map(|(n, _)| one(stage(cold, n))));
                 rows.push(row);
                 startup_spans(dir, point, &mut phases);

@@ -15,7 +15,7 @@ pub fn ok_points(state: &ExperimentState, case: usize) -> Vec<&PointResult> {
     state
         .points
         .iter()
-        .filter(|p| p.case == case && p.status == Status::Ok)
+        .filter(|p| p.spec.case == case && p.status == Status::Ok)
         .collect()
 }
 

@@ -102,7 +102,12 @@ impl Analysis for GoodputArgs {
                         count.1 += u64::from(r.ok() && !alone.met_by(r));
                     }
                 });
-                let x = point.axes.get(axis).and_then(Value::as_f64).unwrap_or(0.0);
+                let x = point
+                    .spec
+                    .axes
+                    .get(axis)
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.0);
                 Load {
                     label: format!("{axis}={x}"),
                     x,

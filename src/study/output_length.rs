@@ -52,7 +52,7 @@ impl Analysis for OutputLengthArgs {
         let mut tpot_line = Vec::new();
         let mut kv_line = Vec::new();
         for point in figures::ok_points(state, 0) {
-            let Some(length) = point.axes.get("output_tokens").and_then(Value::as_f64) else {
+            let Some(length) = point.spec.axes.get("output_tokens").and_then(Value::as_f64) else {
                 continue;
             };
             let summary = figures::summary(dir, point).unwrap_or_default();

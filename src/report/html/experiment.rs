@@ -155,7 +155,7 @@ fn points_table(page: &mut String, state: &ExperimentState, case: &CaseState) {
         let _ = write!(page, "<th>{head}</th>");
     }
     page.push_str("</tr></thead><tbody>");
-    for point in state.points.iter().filter(|p| p.case == case.index) {
+    for point in state.points.iter().filter(|p| p.spec.case == case.index) {
         let status = serde_json::to_value(point.status)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
@@ -163,14 +163,14 @@ fn points_table(page: &mut String, state: &ExperimentState, case: &CaseState) {
         let _ = write!(
             page,
             "<tr><td>{}</td><td title=\"{}\">{status}</td>",
-            esc(&point.label),
+            esc(&point.spec.label),
             esc(point.reason.as_deref().unwrap_or(""))
         );
         for axis in &case.axes {
             let _ = write!(
                 page,
                 "<td>{}</td>",
-                esc(&point.axes.get(axis).map(text).unwrap_or_default())
+                esc(&point.spec.axes.get(axis).map(text).unwrap_or_default())
             );
         }
         let m = |name: &str, scale: f64| {
