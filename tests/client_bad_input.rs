@@ -2,6 +2,9 @@
 //! failure must become a record with a clear error kind and whatever timings
 //! were taken, never a panic or a lost request.
 
+mod scripted_support;
+
+use scripted_support::{chunk, SSE_HEAD, TOKEN};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -13,19 +16,6 @@ use tracebench::record::{Endpoint, ErrorKind, RequestRecord};
 fn fixture(name: &str) -> Vec<u8> {
     tracebench::testing::fixture_bytes(&format!("vllm/{name}"))
 }
-
-fn chunk(data: &[u8]) -> Vec<u8> {
-    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
-const SSE_HEAD: &[u8] =
-    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
-const TOKEN: &[u8] = br#"data: {"id":"chatcmpl-x","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}
-
-"#;
 
 /// What the scripted server does after reading a request.
 #[derive(Clone)]

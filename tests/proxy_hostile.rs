@@ -5,24 +5,16 @@
 //! with its error kind; nothing is relayed anywhere but the upstream.
 
 mod proxy_support;
+mod scripted_support;
 
 use proxy_support::*;
+use scripted_support::{chunk, SSE_HEAD, TOKEN};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tracebench::record::ErrorKind;
 
-fn chunk(data: &[u8]) -> Vec<u8> {
-    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
-const SSE_HEAD: &[u8] =
-    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
-const TOKEN: &[u8] = b"data: {\"id\":\"chatcmpl-x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":null}]}\n\n";
 const MODELS: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-upstream: scripted\r\nconnection: close\r\ncontent-length: 45\r\n\r\n{\"object\":\"list\",\"data\":[{\"id\":\"tiny\"}]}    \n";
 
 const BAD_REQUEST: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 61\r\n\r\n{\"error\":{\"message\":\"max_tokens is too large\",\"code\":400}}   ";

@@ -4,38 +4,10 @@
 //! every record.
 
 mod cli_support;
+mod tmux_support;
 
 use cli_support::{free_port, Sim, BIN};
-use std::process::Command;
-use std::time::Duration;
-
-fn tmux(socket: &str, args: &[&str]) -> String {
-    let output = Command::new("tmux")
-        .arg("-L")
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("run tmux");
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn tmux_installed() -> bool {
-    Command::new("tmux")
-        .arg("-V")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-fn wait_for(mut check: impl FnMut() -> bool) -> bool {
-    (0..150).any(|_| {
-        let ok = check();
-        if !ok {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        ok
-    })
-}
+use tmux_support::{tmux, tmux_installed, wait_for};
 
 #[test]
 fn the_dashboard_shows_what_passes_and_q_stops_the_proxy() {

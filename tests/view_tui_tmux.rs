@@ -3,9 +3,11 @@
 //! reads the screen with `capture-pane`, presses keys, and checks how the
 //! dashboard ended and that the terminal left the alternate screen.
 
+mod tmux_support;
+
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
+use tmux_support::{tmux, tmux_installed, wait_for};
 use tracebench::analysis::live::{LivePercentiles, LiveSnapshot, PhaseMeans, Tick};
 use tracebench::tui::{run_dashboard, DashboardExit};
 
@@ -69,27 +71,6 @@ fn dashboard_harness() {
     }
 }
 
-fn tmux(socket: &str, args: &[&str]) -> String {
-    let output = Command::new("tmux")
-        .arg("-L")
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("run tmux");
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// Polls `check` every 100 ms, at most 150 times (15 s on a loaded machine).
-fn wait_for(mut check: impl FnMut() -> bool) -> bool {
-    for _ in 0..150 {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
 /// Starts the harness in a detached 110x34 tmux session; returns the outcome file.
 fn start(socket: &str, mode: &str, dir: &Path) -> std::path::PathBuf {
     let out = dir.join(format!("{mode}.outcome"));
@@ -122,14 +103,6 @@ fn start(socket: &str, mode: &str, dir: &Path) -> std::path::PathBuf {
 
 fn outcome(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
-}
-
-fn tmux_installed() -> bool {
-    Command::new("tmux")
-        .arg("-V")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
 }
 
 #[test]
