@@ -3,6 +3,11 @@
 //! profiled as the alias says; climbs grid axes until saturation, searches
 //! for capacity, and rewrites `experiment.json` after every point. A point
 //! already finished in the folder being resumed is taken as it is.
+//!
+//! One file (~700 lines): the runner is one struct whose methods share its
+//! state (the servers, the resumed points, the stop flag, `experiment.json`);
+//! what does not need that state already lives beside it (the plan's words in
+//! `describe`, points in `point`, verdicts in `saturation` and `search`).
 
 use super::describe;
 use super::file::{Lifecycle, ModelAlias, OnFailure};
