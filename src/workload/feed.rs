@@ -365,9 +365,11 @@ impl ItemSource {
     }
 
     /// The first work at or after position `from` that is this process's,
-    /// and its position. The positions before it are made and dropped, so
-    /// every position gets exactly what it gets in one process (a dataset
-    /// line, a whole session); `None` at `end` or when the source ends.
+    /// and its position. Synthetic work is a function of its position, so
+    /// the positions before it are skipped; a file is read in order, so its
+    /// positions before it are made and dropped. Either way every position
+    /// gets exactly what it gets in one process (a dataset line, a whole
+    /// session); `None` at `end` or when the source ends.
     async fn next_owned(
         &mut self,
         config: &WorkloadConfig,
@@ -377,7 +379,12 @@ impl ItemSource {
         positions: Positions,
         end: Option<u64>,
     ) -> anyhow::Result<(u64, Option<Work>)> {
-        let mut index = from;
+        let by_position = matches!(self, ItemSource::Synthetic { .. });
+        let mut index = if by_position {
+            positions.next_from(from)
+        } else {
+            from
+        };
         loop {
             if end.is_some_and(|end| index >= end) {
                 return Ok((index, None));
@@ -621,6 +628,14 @@ struct Positions(Option<Shard>);
 impl Positions {
     fn owns(&self, position: u64) -> bool {
         self.0.is_none_or(|shard| shard.owns_index(position))
+    }
+
+    /// The first position at or after `from` that is this process's.
+    fn next_from(&self, from: u64) -> u64 {
+        self.0.map_or(from, |shard| {
+            let (n, i) = (u64::from(shard.count), u64::from(shard.index));
+            from + (i + n - from % n) % n
+        })
     }
 
     /// How many of the positions `0..end` are this process's.
