@@ -16,6 +16,7 @@ pub mod commands;
 pub mod config;
 pub mod dispatch;
 pub mod experiment;
+pub mod hash;
 pub mod jsonl;
 pub mod proxy;
 pub mod record;

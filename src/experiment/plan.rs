@@ -117,7 +117,7 @@ fn check(
         name,
         hash: format!(
             "{:016x}",
-            fnv1a(format!("{}{models_raw}", texts.raw).as_bytes())
+            crate::hash::fnv1a(format!("{}{models_raw}", texts.raw).as_bytes())
         ),
         text: redact(&texts.resolved, &models),
         models,
@@ -140,13 +140,6 @@ fn redact(text: &str, models: &BTreeMap<String, ModelAlias>) -> String {
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     secrets.iter().fold(text.to_string(), |text, secret| {
         text.replace(secret.as_str(), "***")
-    })
-}
-
-/// A stable 64-bit hash (FNV-1a).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
-        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
 

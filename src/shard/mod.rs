@@ -150,13 +150,6 @@ fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// 64-bit FNV-1a: stable across hosts, builds and Rust versions (std's hasher is not).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
-        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 /// The settings that make two processes shards of one run, hashed: the run's
 /// checked configuration without what differs between its shards or does not
 /// change what is sent (`out`, `run_id`, `tui`, `db`, `shard`, `start_at`).
@@ -170,7 +163,7 @@ pub fn config_hash(config: &RunConfig) -> String {
         }
     }
     // serde_json's maps are sorted by key, so the text is canonical.
-    format!("{:016x}", fnv1a(value.to_string().as_bytes()))
+    format!("{:016x}", crate::hash::fnv1a(value.to_string().as_bytes()))
 }
 
 #[cfg(test)]
@@ -261,13 +254,5 @@ mod tests {
         assert_eq!(seeds.len(), 8);
         assert_eq!(shard(3, 8).arrival_seed(42), shard(3, 8).arrival_seed(42));
         assert_ne!(shard(3, 8).arrival_seed(42), shard(3, 8).arrival_seed(43));
-    }
-
-    #[test]
-    fn the_unit_hash_is_fnv1a() {
-        // The published FNV-1a 64 test vectors: the assignment never changes.
-        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
     }
 }

@@ -49,15 +49,12 @@ impl PrefixCache {
     /// block of `words` is remembered.
     pub fn cached(&self, words: &[&str]) -> u32 {
         let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
-        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        let mut hash = crate::hash::FNV_OFFSET;
         let mut cached = 0usize;
         let mut hit = true;
         for block in words.chunks_exact(BLOCK_TOKENS) {
             for word in block {
-                hash = word
-                    .bytes()
-                    .chain([b' '])
-                    .fold(hash, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+                hash = crate::hash::fnv1a_extend(hash, word.bytes().chain([b' ']));
             }
             if hit && blocks.seen.contains(&hash) {
                 cached += BLOCK_TOKENS;

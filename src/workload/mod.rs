@@ -322,12 +322,7 @@ impl BodyOptions {
 
 /// A short tag unique to a request and pass (`pass 1a2b3c4d:`).
 fn pass_tag(request_id: &str, pass: u8) -> String {
-    let hash = request_id
-        .bytes()
-        .chain([pass])
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-        });
+    let hash = crate::hash::fnv1a_extend(crate::hash::FNV_OFFSET, request_id.bytes().chain([pass]));
     format!("pass {:08x}:", hash as u32)
 }
 
