@@ -15,7 +15,7 @@ use super::framing::{BodyDecoder, ParsedHead};
 
 /// Largest response head accepted.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// Read buffer size; a streamed chunk is far smaller.
+/// Read buffer size unless the pool says otherwise; a streamed chunk is far smaller.
 const READ_BUFFER_BYTES: usize = 16 * 1024;
 
 /// How one request got its connection, filled in as it happens: a request
@@ -48,9 +48,13 @@ pub struct Http1Pool {
     address: String,
     /// TLS settings for `https://`; `None` speaks plain TCP.
     tls: Option<TlsTarget>,
-    /// The request line and the headers every request shares, up to the
-    /// per-request ones: `POST /path HTTP/1.1\r\nhost: ...\r\n...`.
-    head_prefix: Vec<u8>,
+    /// The headers every request shares, after the request line:
+    /// `host: ...\r\n...`.
+    shared_headers: Vec<u8>,
+    /// Longest TCP connect; without one, the caller's own timeouts bound it.
+    connect_timeout: Option<Duration>,
+    /// Each response's read buffer (it grows for a larger head).
+    read_buffer: usize,
     idle: Mutex<Vec<Connection>>,
 }
 
@@ -72,42 +76,55 @@ impl std::fmt::Display for Http1Error {
 }
 
 impl Http1Pool {
-    /// A pool for `POST`s to `host:port` at `path`, over TLS when `tls` is
-    /// given, with `headers` (name, value) sent on every request.
+    /// A pool for `POST`s to `host:port`, over TLS when `tls` is given, with
+    /// `headers` (name, value) sent on every request.
     pub(crate) fn new<'a>(
         host: &str,
         port: u16,
-        path: &str,
         tls: Option<TlsTarget>,
         headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     ) -> Self {
         let address = format!("{host}:{port}");
-        let mut head_prefix = format!("POST {path} HTTP/1.1\r\nhost: {address}\r\n").into_bytes();
+        let mut shared_headers = format!("host: {address}\r\n").into_bytes();
         for (name, value) in headers {
-            head_prefix.extend_from_slice(name.as_bytes());
-            head_prefix.extend_from_slice(b": ");
-            head_prefix.extend_from_slice(value);
-            head_prefix.extend_from_slice(b"\r\n");
+            shared_headers.extend_from_slice(name.as_bytes());
+            shared_headers.extend_from_slice(b": ");
+            shared_headers.extend_from_slice(value);
+            shared_headers.extend_from_slice(b"\r\n");
         }
         Self {
             address,
             tls,
-            head_prefix,
+            shared_headers,
+            connect_timeout: None,
+            read_buffer: READ_BUFFER_BYTES,
             idle: Mutex::new(Vec::new()),
         }
     }
 
-    /// Sends one `POST` with `extra_headers` and `body`; returns once the
-    /// response head is in, with `story` saying how the request got its
-    /// connection. A kept-alive connection the server closed while it was
-    /// idle is replaced by a new one, once.
+    /// The same pool with TCP connects given up after `limit` and reads of
+    /// `read_buffer` bytes at most (a relay holding thousands of streams
+    /// wants small buffers).
+    pub(crate) fn with_limits(self, limit: Duration, read_buffer: usize) -> Self {
+        Self {
+            connect_timeout: Some(limit),
+            read_buffer,
+            ..self
+        }
+    }
+
+    /// Sends one `POST` to `path` (with its query) with `extra_headers` and
+    /// `body`; returns once the response head is in, with `story` saying how
+    /// the request got its connection. A kept-alive connection the server
+    /// closed while it was idle is replaced by a new one, once.
     pub async fn post(
         self: &Arc<Self>,
-        extra_headers: &[(&str, &str)],
+        path: &str,
+        extra_headers: &[(&str, &[u8])],
         body: &[u8],
         story: &mut ConnectionStory,
     ) -> Result<Http1Response, Http1Error> {
-        let request = self.request(extra_headers, body)?;
+        let request = self.request(path, extra_headers, body)?;
         if let Some(connection) = self.take_idle() {
             *story = ConnectionStory {
                 reused: true,
@@ -135,8 +152,19 @@ impl Http1Pool {
     /// Opens a new connection: TCP, then TLS for `https://`, each step timed into `story`.
     async fn open(&self, story: &mut ConnectionStory) -> Result<Connection, Http1Error> {
         let started = Instant::now();
-        let stream = Connection::connect_tcp(&self.address)
-            .await
+        let connect = Connection::connect_tcp(&self.address);
+        let connected = match self.connect_timeout {
+            Some(limit) => tokio::time::timeout(limit, connect)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no connection within {}", humantime::format_duration(limit)),
+                    ))
+                }),
+            None => connect.await,
+        };
+        let stream = connected
             .map_err(|e| Http1Error::Send(format!("could not connect to {}: {e}", self.address)))?;
         story.connect = Some(started.elapsed());
         let Some(tls) = &self.tls else {
@@ -154,19 +182,30 @@ impl Http1Pool {
         Ok(connection)
     }
 
-    /// The bytes of one request: the shared head, `extra_headers`, `body`.
-    fn request(&self, extra_headers: &[(&str, &str)], body: &[u8]) -> Result<Vec<u8>, Http1Error> {
+    /// The bytes of one request: the request line, the shared headers,
+    /// `extra_headers`, `body`.
+    fn request(
+        &self,
+        path: &str,
+        extra_headers: &[(&str, &[u8])],
+        body: &[u8],
+    ) -> Result<Vec<u8>, Http1Error> {
         use std::io::Write as _;
-        let mut request = Vec::with_capacity(self.head_prefix.len() + 256 + body.len());
-        request.extend_from_slice(&self.head_prefix);
+        let mut request = Vec::with_capacity(self.shared_headers.len() + 512 + body.len());
+        let _ = write!(request, "POST {path} HTTP/1.1\r\n");
+        request.extend_from_slice(&self.shared_headers);
         for (name, value) in extra_headers {
             // A line break in a value would split the head: refuse it here, for every caller.
-            if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+            if value.iter().any(|b| b.is_ascii_control() && *b != b'\t') {
                 return Err(Http1Error::Send(format!(
-                    "the {name} header has a control character in {value:?}"
+                    "the {name} header has a control character in {:?}",
+                    String::from_utf8_lossy(value)
                 )));
             }
-            let _ = write!(request, "{name}: {value}\r\n");
+            request.extend_from_slice(name.as_bytes());
+            request.extend_from_slice(b": ");
+            request.extend_from_slice(value);
+            request.extend_from_slice(b"\r\n");
         }
         let _ = write!(request, "content-length: {}\r\n\r\n", body.len());
         request.extend_from_slice(body);
@@ -201,7 +240,7 @@ impl Http1Pool {
             Exchange::NothingBack(format!("the connection broke while sending: {e}"))
         })?;
         story.written = Some(Instant::now());
-        let mut buffer = vec![0u8; READ_BUFFER_BYTES];
+        let mut buffer = vec![0u8; self.read_buffer];
         let mut filled = 0;
         let mut arrived = Instant::now();
         loop {
@@ -221,6 +260,7 @@ impl Http1Pool {
                         let parsed = ParsedHead::read(&head, status).map_err(Exchange::Failed)?;
                         return Ok(Http1Response {
                             status,
+                            head: buffer[..head_len].into(),
                             content_type: parsed.content_type,
                             arrived,
                             connection: Some(connection),
@@ -299,6 +339,8 @@ impl Exchange {
 /// A response whose head is in; its body is read with [`Http1Response::chunk`].
 pub struct Http1Response {
     pub status: u16,
+    /// The bytes of the response head, for [`Http1Response::each_header`].
+    head: Box<[u8]>,
     pub content_type: Option<String>,
     /// When the bytes of the latest read reached this machine.
     arrived: Instant,
@@ -318,6 +360,17 @@ impl Http1Response {
     /// is read, those that completed the response head.
     pub fn arrived(&self) -> Instant {
         self.arrived
+    }
+
+    /// Calls `each` with every header of the response head, in order.
+    pub fn each_header(&self, mut each: impl FnMut(&str, &[u8])) {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut head = httparse::Response::new(&mut headers);
+        if head.parse(&self.head).is_ok() {
+            for header in head.headers.iter() {
+                each(header.name, header.value);
+            }
+        }
     }
 
     /// The body bytes that are in, as soon as there are any, with the instant
@@ -434,11 +487,12 @@ mod tests {
         (port, seen)
     }
 
+    const PATH: &str = "/v1/completions";
+
     fn pool(port: u16) -> Arc<Http1Pool> {
         Arc::new(Http1Pool::new(
             "127.0.0.1",
             port,
-            "/v1/completions",
             None,
             [("authorization", b"Bearer k".as_slice())],
         ))
@@ -463,7 +517,12 @@ mod tests {
         for _ in 0..2 {
             let mut story = ConnectionStory::default();
             let mut response = pool
-                .post(&[("x-request-id", "r-1")], b"{\"a\":1}", &mut story)
+                .post(
+                    PATH,
+                    &[("x-request-id", b"r-1".as_slice())],
+                    b"{\"a\":1}",
+                    &mut story,
+                )
                 .await
                 .unwrap();
             assert_eq!(response.status, 200);
@@ -508,13 +567,13 @@ mod tests {
         let (port, seen) = server(vec![(OK, true), (OK, false)]).await;
         let pool = pool(port);
         let mut first = pool
-            .post(&[], b"{}", &mut ConnectionStory::default())
+            .post(PATH, &[], b"{}", &mut ConnectionStory::default())
             .await
             .unwrap();
         assert_eq!(body_of(&mut first).await, b"ok");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let mut story = ConnectionStory::default();
-        let mut second = pool.post(&[], b"{}", &mut story).await.unwrap();
+        let mut second = pool.post(PATH, &[], b"{}", &mut story).await.unwrap();
         assert_eq!(body_of(&mut second).await, b"ok");
         assert!(!story.reused && story.connect.is_some(), "{story:?}");
         assert_eq!(
@@ -531,7 +590,7 @@ mod tests {
         let pool = pool(port);
         for _ in 0..2 {
             let mut response = pool
-                .post(&[], b"{}", &mut ConnectionStory::default())
+                .post(PATH, &[], b"{}", &mut ConnectionStory::default())
                 .await
                 .unwrap();
             assert_eq!(response.status, 503);
@@ -548,7 +607,8 @@ mod tests {
     async fn a_header_value_cannot_split_the_head() {
         let Err(Http1Error::Send(message)) = pool(1)
             .post(
-                &[("x-request-id", "a\r\nx-evil: 1")],
+                PATH,
+                &[("x-request-id", b"a\r\nx-evil: 1".as_slice())],
                 b"{}",
                 &mut ConnectionStory::default(),
             )
@@ -568,7 +628,8 @@ mod tests {
             .unwrap()
             .port();
         let mut story = ConnectionStory::default();
-        let Err(Http1Error::Send(message)) = pool(port).post(&[], b"{}", &mut story).await else {
+        let Err(Http1Error::Send(message)) = pool(port).post(PATH, &[], b"{}", &mut story).await
+        else {
             panic!("connecting to a closed port must fail");
         };
         assert!(message.contains("could not connect"), "{message}");
@@ -585,7 +646,7 @@ mod tests {
         }
         for _ in 0..3 {
             let mut story = ConnectionStory::default();
-            let mut response = pool.post(&[], b"{}", &mut story).await.unwrap();
+            let mut response = pool.post(PATH, &[], b"{}", &mut story).await.unwrap();
             assert_eq!(body_of(&mut response).await, b"hello");
             assert!(story.reused, "{story:?}");
         }

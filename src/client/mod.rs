@@ -10,7 +10,7 @@ pub mod chunk;
 mod connection;
 pub mod discover;
 mod framing;
-mod http1;
+pub(crate) mod http1;
 mod preconnect;
 mod progress;
 pub mod sse;
@@ -106,6 +106,8 @@ impl ClientOptions {
 #[derive(Clone)]
 pub struct Client {
     pool: Arc<Http1Pool>,
+    /// The path (and query) every request is posted to.
+    path: String,
     options: Arc<ClientOptions>,
     clock: RunClock,
 }
@@ -146,20 +148,6 @@ impl Client {
             options.base_url.trim_end_matches('/'),
             options.endpoint.path()
         );
-        let parsed =
-            reqwest::Url::parse(&url).map_err(|e| anyhow::anyhow!("bad URL {url}: {e}"))?;
-        let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default()) else {
-            anyhow::bail!("the URL {url} names no server");
-        };
-        let tls = match parsed.scheme() {
-            "http" => None,
-            "https" => Some(TlsTarget::new(host)?),
-            _ => anyhow::bail!("the URL {url} is not an http:// or https:// server address"),
-        };
-        let path = match parsed.query() {
-            Some(query) => format!("{}?{query}", parsed.path()),
-            None => parsed.path().to_string(),
-        };
         // `-H` may replace the user agent or the content type.
         let fixed = [
             ("user-agent", USER_AGENT.as_bytes()),
@@ -171,9 +159,10 @@ impl Client {
             .headers
             .iter()
             .map(|(name, value)| (name.as_str(), value.as_bytes()));
-        let pool = Http1Pool::new(host, port, &path, tls, fixed.chain(headers));
+        let (pool, path) = http1_pool(&url, fixed.chain(headers))?;
         Ok(Self {
             pool: Arc::new(pool),
+            path,
             options: Arc::new(options),
             clock,
         })
@@ -355,15 +344,15 @@ impl Client {
         story: &mut ConnectionStory,
     ) -> Result<Http1Response, RequestError> {
         let traceparent = trace.map(|t| t.header_value());
-        let mut headers = vec![("x-request-id", request.request_id.as_str())];
+        let mut headers = vec![("x-request-id", request.request_id.as_bytes())];
         if let Some(value) = &traceparent {
-            headers.push(("traceparent", value));
+            headers.push(("traceparent", value.as_bytes()));
         }
         if let Some(session) = &request.meta.session_id {
-            headers.push(("x-session-id", session));
+            headers.push(("x-session-id", session.as_bytes()));
         }
         self.pool
-            .post(&headers, body, story)
+            .post(&self.path, &headers, body, story)
             .await
             .map_err(|e| match e {
                 Http1Error::Send(message) => RequestError {
@@ -411,6 +400,28 @@ impl Client {
         };
         build_record(&origin, request, intended, trace, progress, error)
     }
+}
+
+/// The HTTP/1.1 pool of the server at `url` (`http://` or `https://`),
+/// with `headers` on every request, and the URL's path with its query.
+pub(crate) fn http1_pool<'a>(
+    url: &str,
+    headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> anyhow::Result<(Http1Pool, String)> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("bad URL {url}: {e}"))?;
+    let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default()) else {
+        anyhow::bail!("the URL {url} names no server");
+    };
+    let tls = match parsed.scheme() {
+        "http" => None,
+        "https" => Some(TlsTarget::new(host)?),
+        _ => anyhow::bail!("the URL {url} is not an http:// or https:// server address"),
+    };
+    let path = match parsed.query() {
+        Some(query) => format!("{}?{query}", parsed.path()),
+        None => parsed.path().to_string(),
+    };
+    Ok((Http1Pool::new(host, port, tls, headers), path))
 }
 
 /// What a record takes from whoever sent its request (a run's client, the proxy).

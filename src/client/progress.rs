@@ -15,7 +15,7 @@ use std::time::Instant;
 pub(crate) struct Progress {
     pub(crate) sent: Instant,
     pub(crate) sent_unix_ns: u64,
-    pub(super) connection: ConnectionStory,
+    pub(crate) connection: ConnectionStory,
     pub(crate) headers: Option<Instant>,
     pub(crate) first_byte: Option<Instant>,
     pub(crate) first_token: Option<Instant>,

@@ -46,8 +46,10 @@ impl Default for SseFramer {
 impl SseFramer {
     pub fn new(max_event_bytes: usize) -> Self {
         Self {
-            pending: Vec::with_capacity(4096),
-            data: Vec::with_capacity(1024),
+            // Both grow to what the stream needs: an event is far smaller
+            // than a read, and thousands of streams each hold a framer.
+            pending: Vec::new(),
+            data: Vec::new(),
             event: String::new(),
             has_data: false,
             max_event_bytes,

@@ -8,9 +8,10 @@
 
 use super::measure::{endpoint_of, inspect, server_timing, with_metrics, Exchange};
 use super::relay::SseRelay;
+use super::upstream::{UpstreamBody, UpstreamHead};
 use super::Shared;
+use crate::client::finish_whole;
 use crate::client::traceparent::TraceParent;
-use crate::client::{error_chain, finish_whole};
 use crate::record::{ErrorKind, RequestError};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -19,9 +20,10 @@ use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use serde_json::json;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The body of every answer the proxy gives.
 pub(crate) type ProxyBody = BoxBody<Bytes, std::io::Error>;
@@ -117,13 +119,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> R
         .trace
         .trace_header
         .then(|| continue_trace(parts.headers.get("traceparent")));
-    let upstream = upstream_request(&shared, &parts, body, &request_id, trace);
-    let upstream = match upstream {
-        Ok(upstream) => upstream,
-        Err(message) => {
-            return error_response(StatusCode::BAD_REQUEST, "invalid_request_error", &message)
-        }
-    };
+    let headers = upstream_headers(&parts.headers, &request_id, trace);
     let metrics_as_data = parts
         .headers
         .get(METRICS_HEADER)
@@ -136,7 +132,10 @@ pub(crate) async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> R
         request_id,
         metrics_as_data,
     };
-    answer.send(upstream).await
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    // Boxed: the connection keeps the room of its request's future while it
+    // lives, and the upstream call is most of it.
+    Box::pin(answer.send(&parts.method, path, headers, body)).await
 }
 
 /// The `traceparent` sent upstream: the client's trace with the proxy's own
@@ -249,24 +248,16 @@ async fn read_body(
     Ok(collected.freeze())
 }
 
-/// The request to the upstream: its URL from the fixed base and the path,
-/// the client's headers less hop-by-hop ones, the trace and request id.
-fn upstream_request(
-    shared: &Shared,
-    parts: &hyper::http::request::Parts,
-    body: Bytes,
+/// The headers sent upstream: the client's less hop-by-hop ones, `Host`
+/// and `Content-Length` (the transport sets both), with the trace and the
+/// request id.
+fn upstream_headers(
+    incoming: &HeaderMap,
     request_id: &str,
     trace: Option<TraceParent>,
-) -> Result<reqwest::Request, String> {
-    let base = shared.config.upstream.as_str().trim_end_matches('/');
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let url = reqwest::Url::parse(&format!("{base}{path}"))
-        .map_err(|e| format!("the path {path} cannot be passed on: {e}"))?;
-    let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes())
-        .map_err(|e| format!("unknown method: {e}"))?;
-    let mut request = reqwest::Request::new(method, url);
-    let headers = request.headers_mut();
-    copy_headers(&parts.headers, headers, &["host", "content-length"]);
+) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    copy_headers(incoming, &mut headers, &["host", "content-length"]);
     if let Some(trace) = trace {
         headers.insert(
             "traceparent",
@@ -276,8 +267,7 @@ fn upstream_request(
     if let Ok(id) = HeaderValue::from_str(request_id) {
         headers.insert("x-request-id", id);
     }
-    *request.body_mut() = Some(reqwest::Body::from(body));
-    Ok(request)
+    headers
 }
 
 /// Copies headers, less hop-by-hop ones, those the `Connection` header
@@ -311,54 +301,33 @@ struct Answer {
     metrics_as_data: bool,
 }
 
-/// The reason an upstream call gave no answer, as a record error and a status.
-fn upstream_failure(error: &reqwest::Error, base: &str) -> (RequestError, StatusCode) {
-    let (kind, status, what) = if error.is_timeout() {
-        (
-            ErrorKind::FirstByteTimeout,
-            StatusCode::GATEWAY_TIMEOUT,
-            "did not answer in time",
-        )
-    } else if error.is_connect() {
-        (
-            ErrorKind::Connect,
-            StatusCode::BAD_GATEWAY,
-            "cannot be reached",
-        )
-    } else {
-        (
-            ErrorKind::Stream,
-            StatusCode::BAD_GATEWAY,
-            "broke off before answering",
-        )
-    };
-    let message = format!("the upstream {base} {what}: {}", error_chain(error));
-    (
-        RequestError {
-            kind,
-            message,
-            status: None,
-            body_excerpt: None,
-        },
-        status,
-    )
-}
-
 impl Answer {
-    async fn send(mut self, request: reqwest::Request) -> Response<ProxyBody> {
-        let limits = self.shared.config.limits;
-        let first_byte = limits.idle_timeout.min(
-            self.deadline
-                .saturating_duration_since(tokio::time::Instant::now()),
-        );
-        let call = self.shared.http.execute(request);
-        let upstream = match tokio::time::timeout(first_byte, call).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => {
-                let (error, status) =
-                    upstream_failure(&error, self.shared.config.upstream.as_str());
-                return self.fail(error, status);
+    /// Sends the request upstream (measured ones over the HTTP/1.1
+    /// exchange) and answers with what comes back.
+    async fn send(
+        mut self,
+        method: &hyper::Method,
+        path: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Response<ProxyBody> {
+        let first_byte = self.first_byte_wait();
+        let shared = self.shared.clone();
+        let upstream = &shared.upstream;
+        let answered = match self.exchange.as_mut() {
+            Some(exchange) => {
+                let story = &mut exchange.progress.connection;
+                let call = upstream.post(path, &headers, &body, story);
+                tokio::time::timeout(first_byte, call).await
             }
+            None => {
+                let call = upstream.pass(method, path, headers, body);
+                tokio::time::timeout(first_byte, call).await
+            }
+        };
+        let upstream = match answered {
+            Ok(Ok(upstream)) => upstream,
+            Ok(Err((error, status))) => return self.fail(error, status),
             Err(_) => {
                 let error = RequestError {
                     kind: ErrorKind::FirstByteTimeout,
@@ -372,17 +341,40 @@ impl Answer {
                 return self.fail(error, StatusCode::GATEWAY_TIMEOUT);
             }
         };
-        let status = upstream.status();
+        self.answer(upstream).await
+    }
+
+    /// How long the upstream may take to start answering.
+    fn first_byte_wait(&self) -> std::time::Duration {
+        let limits = self.shared.config.limits;
+        limits.idle_timeout.min(
+            self.deadline
+                .saturating_duration_since(tokio::time::Instant::now()),
+        )
+    }
+
+    /// Reads `body` within this request's limits.
+    fn reader(&self, body: UpstreamBody) -> BodyReader {
+        BodyReader::new(body, self.shared.config.limits.idle_timeout, self.deadline)
+    }
+
+    /// The client's answer to what the upstream began to send.
+    async fn answer(mut self, upstream: UpstreamHead) -> Response<ProxyBody> {
+        let UpstreamHead {
+            status,
+            headers: upstream_headers,
+            arrived,
+            body: upstream,
+        } = upstream;
         let mut head = Response::builder().status(status.as_u16());
         let headers = head.headers_mut().expect("a fresh builder");
-        copy_headers(upstream.headers(), headers, &[]);
+        copy_headers(&upstream_headers, headers, &[]);
         if !headers.contains_key("x-request-id") {
             if let Ok(id) = HeaderValue::from_str(&self.request_id) {
                 headers.insert(HeaderName::from_static("x-request-id"), id);
             }
         }
-        let content_type = upstream
-            .headers()
+        let content_type = upstream_headers
             .get(hyper::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
@@ -391,7 +383,7 @@ impl Answer {
             self.shared.metrics.count("", status.as_u16(), None);
             return pass_through(head, upstream, None, self);
         };
-        exchange.progress.headers = Some(Instant::now());
+        exchange.progress.headers = Some(arrived);
         exchange.progress.status = Some(status.as_u16());
         exchange.client_status = Some(status.as_u16());
         let measured = status.is_success();
@@ -417,10 +409,10 @@ impl Answer {
     /// The proxy's own error answer; the record says what failed.
     fn fail(mut self, error: RequestError, status: StatusCode) -> Response<ProxyBody> {
         let message = error.message.clone();
-        let kind = if status == StatusCode::GATEWAY_TIMEOUT {
-            "gateway_timeout"
-        } else {
-            "bad_gateway"
+        let kind = match status {
+            StatusCode::GATEWAY_TIMEOUT => "gateway_timeout",
+            StatusCode::BAD_REQUEST => "invalid_request_error",
+            _ => "bad_gateway",
         };
         match self.exchange.as_mut() {
             Some(exchange) => {
@@ -440,36 +432,17 @@ impl Answer {
     async fn json(
         mut self,
         mut head: hyper::http::response::Builder,
-        mut upstream: reqwest::Response,
+        upstream: UpstreamBody,
     ) -> Response<ProxyBody> {
         let mut whole = Vec::new();
-        let idle = self.shared.config.limits.idle_timeout;
+        let mut reader = self.reader(upstream);
         let read = loop {
-            let wait = idle.min(
-                self.deadline
-                    .saturating_duration_since(tokio::time::Instant::now()),
-            );
-            match tokio::time::timeout(wait, upstream.chunk()).await {
-                Err(_) => {
-                    break Err((
-                        ErrorKind::Timeout,
-                        "the upstream's answer stalled past --idle-timeout or --request-timeout"
-                            .to_string(),
-                    ))
-                }
-                Ok(Err(e)) => {
-                    break Err((
-                        ErrorKind::Stream,
-                        format!("the upstream's answer broke off: {}", error_chain(&e)),
-                    ))
-                }
-                Ok(Ok(None)) => break Ok(()),
-                Ok(Ok(Some(chunk))) => {
+            match reader.next().await {
+                Err(broke) => break Err(broke),
+                Ok(None) => break Ok(()),
+                Ok(Some((chunk, arrived))) => {
                     let exchange = self.exchange.as_mut().expect("measured");
-                    exchange
-                        .progress
-                        .first_byte
-                        .get_or_insert_with(Instant::now);
+                    exchange.progress.first_byte.get_or_insert(arrived);
                     whole.extend_from_slice(&chunk);
                     if whole.len() > MAX_JSON_ANSWER {
                         break Err((
@@ -518,9 +491,80 @@ impl Answer {
     }
 }
 
+/// The upstream's body, read within `--idle-timeout` and the request's
+/// deadline. One timer per answer, moved on only when it fires: a chunk
+/// costs no timer.
+struct BodyReader {
+    body: UpstreamBody,
+    idle: std::time::Duration,
+    deadline: tokio::time::Instant,
+    /// When the upstream last sent something.
+    last: tokio::time::Instant,
+    stall: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl BodyReader {
+    fn new(body: UpstreamBody, idle: std::time::Duration, deadline: tokio::time::Instant) -> Self {
+        let last = tokio::time::Instant::now();
+        let stall = Box::pin(tokio::time::sleep_until((last + idle).min(deadline)));
+        Self {
+            body,
+            idle,
+            deadline,
+            last,
+            stall,
+        }
+    }
+
+    /// The next bytes and when they arrived; `None` at the end; the error
+    /// kind and message when the upstream broke off or went silent.
+    async fn next(&mut self) -> Result<Option<(Bytes, Instant)>, (ErrorKind, String)> {
+        loop {
+            let next = tokio::select! {
+                biased;
+                chunk = self.body.chunk() => Some(chunk),
+                () = self.stall.as_mut() => None,
+            };
+            match next {
+                Some(Ok(chunk)) => {
+                    self.last = tokio::time::Instant::now();
+                    return Ok(chunk);
+                }
+                Some(Err(e)) => {
+                    return Err((
+                        ErrorKind::Stream,
+                        format!("the upstream's answer broke off: {e}"),
+                    ))
+                }
+                None => {
+                    let stall_at = (self.last + self.idle).min(self.deadline);
+                    if stall_at > tokio::time::Instant::now() {
+                        self.stall.as_mut().reset(stall_at);
+                        continue;
+                    }
+                    let silent = std::time::Duration::from_millis(
+                        self.last
+                            .elapsed()
+                            .as_millis()
+                            .try_into()
+                            .unwrap_or(u64::MAX),
+                    );
+                    return Err((
+                        ErrorKind::Timeout,
+                        format!(
+                            "the upstream went silent for {} (--idle-timeout / --request-timeout)",
+                            humantime::format_duration(silent)
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+}
+
 /// What a relayed body reads next.
 struct Flow {
-    upstream: reqwest::Response,
+    upstream: BodyReader,
     answer: Answer,
     relay: Option<SseRelay>,
     /// A failing measured answer keeps its first KiB for the record.
@@ -530,14 +574,14 @@ struct Flow {
 
 fn stream(
     head: hyper::http::response::Builder,
-    upstream: reqwest::Response,
+    upstream: UpstreamBody,
     relay: SseRelay,
     answer: Answer,
 ) -> Response<ProxyBody> {
     relayed(
         head,
         Flow {
-            upstream,
+            upstream: answer.reader(upstream),
             answer,
             relay: Some(relay),
             excerpt: None,
@@ -550,7 +594,7 @@ fn stream(
 /// is recorded as failed, with the start of its body.
 fn pass_through(
     head: hyper::http::response::Builder,
-    upstream: reqwest::Response,
+    upstream: UpstreamBody,
     measured_status: Option<StatusCode>,
     answer: Answer,
 ) -> Response<ProxyBody> {
@@ -558,7 +602,7 @@ fn pass_through(
     relayed(
         head,
         Flow {
-            upstream,
+            upstream: answer.reader(upstream),
             answer,
             relay: None,
             excerpt,
@@ -584,36 +628,15 @@ impl Flow {
             if self.ended {
                 return None;
             }
-            let idle = self.answer.shared.config.limits.idle_timeout;
-            let wait = idle.min(
-                self.answer
-                    .deadline
-                    .saturating_duration_since(tokio::time::Instant::now()),
-            );
-            let chunk = match tokio::time::timeout(wait, self.upstream.chunk()).await {
-                Err(_) => {
-                    return self.broke(
-                        ErrorKind::Timeout,
-                        format!(
-                            "the upstream went silent for {} (--idle-timeout / --request-timeout)",
-                            humantime::format_duration(wait)
-                        ),
-                    )
-                }
-                Ok(Err(e)) => {
-                    return self.broke(
-                        ErrorKind::Stream,
-                        format!("the upstream's answer broke off: {}", error_chain(&e)),
-                    )
-                }
-                Ok(Ok(None)) => {
+            let (chunk, arrived) = match self.upstream.next().await {
+                Err((kind, message)) => return self.broke(kind, message),
+                Ok(None) => {
                     self.ended = true;
                     let rest = self.end();
                     return (!rest.is_empty()).then(|| Ok(self.sent(rest)));
                 }
-                Ok(Ok(Some(chunk))) => chunk,
+                Ok(Some(chunk)) => chunk,
             };
-            let arrived = Instant::now();
             let out = match (self.answer.exchange.as_mut(), self.relay.as_mut()) {
                 (Some(exchange), Some(relay)) => {
                     exchange.progress.first_byte.get_or_insert(arrived);
@@ -691,6 +714,3 @@ impl Flow {
         Some(Err(std::io::Error::other(message)))
     }
 }
-
-/// How long a connection to the upstream may take to open.
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

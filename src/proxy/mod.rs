@@ -2,7 +2,7 @@
 //! OpenAI-compatible server, for clients that cannot be changed. It feeds
 //! the same records, join and sinks as a run, in stages:
 //! [`listener`] (accept, limits, graceful stop) → [`forward`] (pass the
-//! request to the fixed upstream, answer as it arrives) → [`measure`] and
+//! request to the fixed [`upstream`], answer as it arrives) → [`measure`] and
 //! [`relay`] (per-request timings from the client's own SSE framing and
 //! chunk reader, metrics handed back) → [`sink`] (span join, `requests.jsonl`,
 //! the SQLite history), with [`exposition`] (Prometheus text), [`gpu`]
@@ -18,6 +18,7 @@ mod listener;
 mod measure;
 mod relay;
 mod sink;
+mod upstream;
 pub mod window;
 
 pub use config::{Limits, ProxyConfig};
@@ -45,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 /// What every request handler shares.
 pub(crate) struct Shared {
     config: ProxyConfig,
-    http: reqwest::Client,
+    upstream: upstream::Upstream,
     clock: RunClock,
     sink: sink::SinkHandle,
     metrics: Arc<exposition::ProxyMetrics>,
@@ -90,23 +91,11 @@ pub struct ProxyOutcome {
     pub summary: crate::analysis::Summary,
 }
 
-/// The HTTP client of the upstream: no proxy of its own, no redirects
-/// followed (the client sees them), no user agent added, Nagle off.
-fn upstream_client() -> anyhow::Result<reqwest::Client> {
-    crate::client::install_tls_provider();
-    Ok(reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(usize::MAX)
-        .connect_timeout(forward::CONNECT_TIMEOUT)
-        .build()?)
-}
-
 /// Starts the proxy: binds `--listen` and the OTLP receiver (an address in
 /// use is an error naming its flag), creates the records folder, starts the
 /// sink, telemetry and (with `--tui`) the dashboard.
 pub async fn start(config: ProxyConfig, command_line: String) -> anyhow::Result<Proxy> {
+    let upstream = upstream::Upstream::new(&config.upstream)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (--listen): {e}", config.listen))?;
@@ -172,7 +161,7 @@ pub async fn start(config: ProxyConfig, command_line: String) -> anyhow::Result<
     let stop = CancellationToken::new();
     let shared = Arc::new(Shared {
         config,
-        http: upstream_client()?,
+        upstream,
         clock,
         sink,
         metrics,
