@@ -219,6 +219,11 @@ pub struct RunArgs {
     /// Requests sent first and not counted.
     #[arg(long, default_value_t = 0)]
     pub warmup: u64,
+    /// After the warm-up, send nothing for this long before the measured
+    /// requests: the GPU and server samples of that window show the server
+    /// idle (the coldstart study's idle baseline).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = crate::units::parse_duration)]
+    pub idle_window: std::time::Duration,
     /// Open the connections the load keeps busy before the first request
     /// (the default), so no measured TTFT holds a TCP connect or TLS handshake.
     #[arg(long, overrides_with = "no_preconnect")]

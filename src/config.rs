@@ -52,6 +52,9 @@ pub struct RunConfig {
     pub schedule: Schedule,
     pub stop: StopAfter,
     pub warmup: u64,
+    /// Nothing in flight this long between the warm-up and the measured requests.
+    #[serde(serialize_with = "as_seconds")]
+    pub idle_window: Duration,
     /// Open connections before the first request (`--preconnect`).
     pub preconnect: bool,
     pub seed: u64,
@@ -177,6 +180,7 @@ impl RunConfig {
             schedule,
             stop,
             warmup: args.warmup,
+            idle_window: args.idle_window,
             preconnect: !args.no_preconnect,
             seed: args.seed,
             source,

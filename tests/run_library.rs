@@ -1,6 +1,7 @@
 //! A run as a library call: `run::execute` with a `RunConfig` built in code,
 //! twice in one process (as the experiment runner and the proxy will), against
-//! the simulator served in-process.
+//! the simulator served in-process; the idle window between the warm-up and
+//! the load.
 
 use tracebench::config::StopAfter;
 use tracebench::record::read_records;
@@ -47,6 +48,44 @@ async fn runs_built_in_code_run_one_after_another_in_one_process() {
         .filter(|p| p.extension().is_some_and(|e| e == "db"))
         .count();
     assert_eq!(db_files, 0);
+    sim.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idle_window_sends_nothing_between_the_warm_up_and_the_load() {
+    let sim = tracebench::sim::spawn(tracebench::sim::SimArgs {
+        port: 0,
+        ttft_ms: Some(5.0),
+        itl_ms: Some(1.0),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let window = std::time::Duration::from_millis(600);
+    let mut config = quiet_run(&sim.url(), out.path());
+    config.stop = StopAfter::Requests(3);
+    config.warmup = 2;
+    config.idle_window = window;
+    config.schedule = Schedule::Closed { concurrency: 2 };
+    let outcome = tracebench::run::execute(config, "idle window".into())
+        .await
+        .unwrap();
+    assert_eq!(outcome.summary.requests.ok, 3);
+    let records = read_records(&outcome.run_dir.join("requests.jsonl")).unwrap();
+    let (warmup, measured): (Vec<_>, Vec<_>) = records.iter().partition(|r| r.warmup);
+    let warmup_end = warmup
+        .iter()
+        .map(|r| r.instants_ns.end.unwrap())
+        .max()
+        .unwrap();
+    let first_sent = measured.iter().map(|r| r.instants_ns.sent).min().unwrap();
+    let gap = first_sent.saturating_sub(warmup_end);
+    assert!(
+        gap >= window.as_nanos() as u64,
+        "{gap} ns between the warm-up's end and the load"
+    );
+    assert!(gap < 2 * window.as_nanos() as u64, "{gap} ns");
     sim.shutdown().await.unwrap();
 }
 

@@ -3,8 +3,10 @@
 //! static batches (varied output lengths make a static batch wait for its
 //! slowest member), TPOT comes out flat as outputs grow while the KV-cache
 //! gauge grows, goodput peaks at a load that was run, and a start the
-//! simulator delays with `--ready-after` is timed at that delay. Every
-//! study's report is checked in headless Chromium and lands in the history.
+//! simulator delays with `--ready-after` is timed at that delay, and the
+//! GPU's idle threshold is measured from a DCGM exporter whose utilisation
+//! follows whether the simulator is busy. Every study's report is checked in
+//! headless Chromium and lands in the history.
 
 mod cli_support;
 
@@ -216,6 +218,10 @@ fn a_delayed_start_is_timed_and_the_policies_priced() {
         cache.to_str().unwrap(),
         "--idle-trace",
         trace.to_str().unwrap(),
+        "--gpu",
+        "off",
+        "--idle-window",
+        "0s",
     ];
     let output = study(
         dir.path(),
@@ -253,10 +259,136 @@ fn a_delayed_start_is_timed_and_the_policies_priced() {
         .find(|r| r[0] == "never")
         .unwrap();
     assert_eq!(never[3], "0", "never shutting down meets no cold start");
-    assert!(state["study"]["verdict"]
-        .as_str()
-        .unwrap()
-        .contains("break-even idle limit at $1.50/h"));
+    let verdict = state["study"]["verdict"].as_str().unwrap();
+    assert!(verdict.contains("break-even idle limit at $1.50/h"));
+    assert!(!verdict.contains("GPU"), "no GPU, no GPU clause: {verdict}");
+    assert!(
+        state["study"]["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().starts_with("No GPU was sampled")),
+        "{}",
+        state["study"]["notes"]
+    );
+    let figures = state["study"]["figures"].as_object().unwrap();
+    assert!(
+        !figures.keys().any(|k| k.starts_with("gpu_")),
+        "{figures:?}"
+    );
+}
+
+/// The DCGM utilisation the fake exporter reports while the simulator has
+/// no request running or waiting.
+const IDLE_PCT: f64 = 4.0;
+
+/// A DCGM exporter over real HTTP: the recorded scrape of a loaded Tesla T4,
+/// as it is while the simulator (scraped on each scrape, through its own
+/// `/metrics`) has a request running or waiting, else with its
+/// `DCGM_FI_DEV_GPU_UTIL` rewritten to [`IDLE_PCT`]. Serves until dropped.
+fn dcgm_following(sim_port: u16, recorded: String) -> (tokio::runtime::Runtime, String) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}/metrics", listener.local_addr().unwrap());
+    let sim = format!("http://127.0.0.1:{sim_port}/metrics");
+    let http = tracebench::client::http_client().unwrap();
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (http, sim, recorded) = (http.clone(), sim.clone(), recorded.clone());
+            async move {
+                // A simulator not (yet) listening runs nothing.
+                let text = match http.get(&sim).send().await {
+                    Ok(answer) => answer.text().await.unwrap_or_default(),
+                    Err(_) => String::new(),
+                };
+                let engine = tracebench::telemetry::prom::parse(&text);
+                let in_server = ["vllm:num_requests_running", "vllm:num_requests_waiting"]
+                    .iter()
+                    .filter_map(|name| engine.scalar_sum(name))
+                    .sum::<f64>();
+                if in_server > 0.0 {
+                    return recorded;
+                }
+                let idle = |line: &str| match line.rsplit_once(' ') {
+                    Some((series, _)) if line.starts_with("DCGM_FI_DEV_GPU_UTIL{") => {
+                        format!("{series} {IDLE_PCT}")
+                    }
+                    _ => line.to_string(),
+                };
+                recorded.lines().map(idle).collect::<Vec<_>>().join("\n") + "\n"
+            }
+        }),
+    );
+    runtime.spawn(async move { axum::serve(listener, app).await });
+    (runtime, url)
+}
+
+#[test]
+fn the_gpu_idle_threshold_lies_between_idle_and_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorded = tracebench::testing::fixture_text("dcgm/ericsson-ccd-t4-loaded-excerpt.prom");
+    let scrape = tracebench::telemetry::prom::parse(&recorded);
+    let busy_pct = scrape.scalar_sum("DCGM_FI_DEV_GPU_UTIL").unwrap();
+    let memory_mib = scrape.scalar_sum("DCGM_FI_DEV_FB_USED").unwrap();
+    assert!(busy_pct > IDLE_PCT + 50.0, "a loaded GPU: {busy_pct}");
+    let ports = [free_port(), free_port(), free_port()];
+    let (_exporter, url) = dcgm_following(ports[0], recorded);
+    // 32 tokens of 20 ms: each request is busy for about 0.7 s, several
+    // samples of 100 ms.
+    let args = [
+        "--repeats",
+        "2",
+        "--requests",
+        "3",
+        "--idle-window",
+        "2s",
+        "--gpu",
+        &url,
+    ];
+    let output = study_on(dir.path(), "coldstart", "--decode-step-ms 20", ports, &args);
+    let (_, state) = finished(dir.path(), &output);
+    let idle_max = figure(&state, "gpu_idle_util_max_pct");
+    assert_eq!(idle_max, IDLE_PCT, "{}", state["study"]);
+    assert_eq!(figure(&state, "gpu_idle_util_mean_pct"), IDLE_PCT);
+    assert_eq!(figure(&state, "gpu_idle_memory_mib"), memory_mib);
+    let busy = figure(&state, "gpu_busy_util_mean_pct");
+    // A sample can land between the client's send and the simulator taking
+    // the request in: at most a few of the load's samples read idle.
+    assert!(
+        busy <= busy_pct && busy > IDLE_PCT + 0.8 * (busy_pct - IDLE_PCT),
+        "busy mean {busy} against {busy_pct} recorded"
+    );
+    let threshold = figure(&state, "gpu_idle_threshold_pct");
+    let margin = f64::max(2.0, (busy - idle_max) / 4.0);
+    assert!(
+        (threshold - (idle_max + margin)).abs() < 1e-9,
+        "{threshold}"
+    );
+    assert!(idle_max < threshold && threshold < busy);
+    let verdict = state["study"]["verdict"].as_str().unwrap();
+    assert!(
+        verdict.contains(&format!(
+            "the GPU is idle below {threshold:.0}% utilisation (idle max {idle_max:.0}%, busy mean {busy:.0}%, idle memory {memory_mib:.0} MiB)"
+        )),
+        "{verdict}"
+    );
+    let tables = state["study"]["tables"].as_array().unwrap();
+    let gpu = tables
+        .iter()
+        .find(|t| t["title"].as_str().unwrap().starts_with("GPU idle"))
+        .expect("the GPU table");
+    let rows = gpu["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "each start, then all: {rows:?}");
+    for row in &rows[..2] {
+        let idle_samples: u64 = row[2].as_str().unwrap().parse().unwrap();
+        let busy_samples: u64 = row[6].as_str().unwrap().parse().unwrap();
+        // The window is 2 s less the settle second, at 100 ms.
+        assert!((3..=12).contains(&idle_samples), "{row:?}");
+        assert!(busy_samples >= 10, "{row:?}");
+    }
 }
 
 #[test]
@@ -279,5 +411,13 @@ fn bad_input_fails_before_anything_starts() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(text(&output).contains("ttft:fast"), "{}", text(&output));
+    let args = ["--warmup", "0", "--idle-window", "5s"];
+    let output = study(dir.path(), "coldstart", "", &args);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("--idle-window needs --warmup 1 or more"),
+        "{}",
+        text(&output)
+    );
     assert!(!dir.path().join("experiments").exists(), "nothing ran");
 }

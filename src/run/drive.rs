@@ -1,8 +1,9 @@
 //! Driving the load: the dispatcher sends the feed's requests by the
-//! schedule (warm-up first, then the measured phase) while every finished
-//! record is appended to `requests.jsonl` the moment it arrives and handed to
-//! the live view, the span collector and the history database. Records are
-//! not kept: what the end needs is on disk or in running aggregates.
+//! schedule (warm-up first, then `--idle-window` with nothing in flight,
+//! then the measured phase) while every finished record is appended to
+//! `requests.jsonl` the moment it arrives and handed to the live view, the
+//! span collector and the history database. Records are not kept: what the
+//! end needs is on disk or in running aggregates.
 
 use super::live::{publish_snapshots, start_view};
 use crate::analysis::live::{LiveSnapshot, LiveStats};
@@ -115,6 +116,10 @@ pub async fn drive(
         dispatcher
             .run_phase(&mut feed, Some(phases.warmup), None)
             .await;
+        tokio::select! {
+            _ = tokio::time::sleep(config.idle_window) => {}
+            _ = stop.cancelled() => {}
+        }
         let deadline = deadline.map(|d| tokio::time::Instant::now() + d);
         dispatcher.run_phase(&mut feed, total, deadline).await;
         late.into_iter().chain(feed.notes()).collect::<Vec<_>>()

@@ -58,6 +58,11 @@ pub struct Common {
     /// How long each point waits for the server's spans after its last request.
     #[arg(long, default_value = "5s")]
     pub span_wait: String,
+    /// GPU telemetry of every point, repeatable, as `tracebench run --gpu`:
+    /// `auto` (the default: NVML when a driver is present), `nvml`, `off`, or
+    /// a DCGM exporter's URL.
+    #[arg(long = "gpu", value_name = "SOURCE")]
+    pub gpu: Vec<String>,
     /// Folder for experiments; the study gets a subfolder.
     #[arg(long, env = "TRACEBENCH_EXPERIMENTS", default_value = "experiments")]
     pub out: PathBuf,
@@ -163,4 +168,8 @@ pub struct ColdstartArgs {
     /// Output tokens per request of that load.
     #[arg(long, default_value_t = 32)]
     pub output_tokens: u64,
+    /// After each start's first request, nothing in flight this long before
+    /// the load: the GPU samples of that window are the idle baseline.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::units::parse_duration)]
+    pub idle_window: std::time::Duration,
 }

@@ -5,9 +5,12 @@
 //! cold start and warm starts (caches kept) run too. Start-up spans the
 //! server exported while the receiver listened are shown as phases. With an
 //! idle trace, the idle-shutdown policies are priced ([`super::policy`]).
+//! With a GPU sampled, the GPU's idle threshold is measured from an idle
+//! window after each start's first request and the load ([`super::gpu_idle`]).
 
 use super::args::ColdstartArgs;
 use super::figures::{self, one, pct};
+use super::gpu_idle;
 use super::policy::{self, Gaps};
 use crate::experiment::results::{spread, PointResult};
 use crate::experiment::server::ColdStart;
@@ -41,9 +44,13 @@ pub fn plan(args: &ColdstartArgs) -> anyhow::Result<Value> {
     let Some(cmd) = &args.common.cmd else {
         anyhow::bail!("study coldstart: --cmd is required (the study starts the server itself)");
     };
+    if !args.idle_window.is_zero() && args.common.warmup == 0 {
+        anyhow::bail!("study coldstart: --idle-window needs --warmup 1 or more (the first request times the first token; the window comes after it)");
+    }
     let mut load = super::exact_output(args.output_tokens);
     load["requests"] = json!(args.requests);
     load["concurrency"] = json!(1);
+    load["idle_window"] = json!(humantime::format_duration(args.idle_window).to_string());
     let mut plan = super::experiment("coldstart", &args.common, true, load, json!([]));
     let case = |name: &str, model: &str| json!({ "name": name, "model": model, "repeats": args.repeats, "seed_policy": "same" });
     plan["cases"] = if args.cache_dirs.is_empty() {
@@ -85,6 +92,7 @@ impl Analysis for Coldstart {
         let mut rows = Vec::new();
         let mut lines = Vec::new();
         let mut phases: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        let mut timed = Vec::new();
         for case in &state.cases {
             let starts: Vec<(&PointResult, &ColdStart)> = figures::ok_points(state, case.index)
                 .into_iter()
@@ -108,6 +116,7 @@ impl Analysis for Coldstart {
                 row.extend(STAGES.iter().map(|(n, _)| one(stage(cold, n))));
                 rows.push(row);
                 startup_spans(dir, point, &mut phases);
+                timed.push((case.name.clone(), *point));
             }
         }
         let case = state
@@ -121,7 +130,7 @@ impl Analysis for Coldstart {
             .copied();
         let mut section = StudySection {
             kind: "coldstart".into(),
-            question: "What does a cold start cost, and after how long idle should the server be shut down?".into(),
+            question: "What does a cold start cost, after how long idle should the server be shut down, and below what GPU utilisation is it idle?".into(),
             verdict: String::new(),
             figures,
             tables: vec![starts_table(rows)],
@@ -135,8 +144,9 @@ impl Analysis for Coldstart {
             notes: Vec::new(),
         };
         phases_table(&mut section, &phases);
+        let gpu = gpu_idle::add(&mut section, dir, &timed);
         let policy = cold_s.map(|c| self.policy(&mut section, c));
-        section.verdict = self.verdict(&section, &case, cold_s, policy.flatten(), &phases);
+        section.verdict = self.verdict(&section, &case, cold_s, policy.flatten(), &phases, &gpu);
         Ok(section)
     }
 }
@@ -267,6 +277,7 @@ impl Coldstart {
         cold_s: Option<f64>,
         best: Option<policy::Outcome>,
         phases: &BTreeMap<String, Vec<f64>>,
+        gpu: &str,
     ) -> String {
         let Some(cold_s) = cold_s else {
             return "coldstart: no verdict (no start was timed)".into();
@@ -299,7 +310,7 @@ impl Coldstart {
             format!("a {case}")
         };
         format!(
-            "coldstart: {which} start takes {cold_s:.1} s to the first token (ready {} s{longest}); the break-even idle limit{price} is {:.2} min{policy}.",
+            "coldstart: {which} start takes {cold_s:.1} s to the first token (ready {} s{longest}); the break-even idle limit{price} is {:.2} min{policy}{gpu}.",
             one(ready),
             cold_s / 60.0
         )

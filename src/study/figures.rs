@@ -1,4 +1,4 @@
-//! Reading a study's points: their summaries, measured records and server
+//! Reading a study's points: their summaries, records, server and GPU
 //! samples, one point at a time from the point's run folder; a least-squares
 //! line with its confidence interval; number formatting for verdicts.
 
@@ -30,11 +30,31 @@ pub fn summary(dir: &Path, point: &PointResult) -> Option<Summary> {
 
 /// Calls `f` on each measured record of the point (warm-up left out).
 pub fn each_record(dir: &Path, point: &PointResult, mut f: impl FnMut(&RequestRecord)) {
+    each_record_and_warmup(dir, point, |record| {
+        if !record.warmup {
+            f(record);
+        }
+    });
+}
+
+/// Calls `f` on each record of the point, warm-up included.
+pub fn each_record_and_warmup(dir: &Path, point: &PointResult, mut f: impl FnMut(&RequestRecord)) {
     let Some(records) = folder(dir, point).and_then(|f| f.records().ok()) else {
         return;
     };
-    for record in records.flatten().filter(|r| !r.warmup) {
+    for record in records.flatten() {
         f(&record);
+    }
+}
+
+/// Calls `f` on each GPU sample line of the point's `telemetry.jsonl` (gap
+/// lines left out).
+pub fn each_gpu_sample(dir: &Path, point: &PointResult, mut f: impl FnMut(&Value)) {
+    let Some(lines) = folder(dir, point).and_then(|f| f.telemetry().ok()) else {
+        return;
+    };
+    for line in lines.flatten().filter(|l: &Value| l.get("gap").is_none()) {
+        f(&line);
     }
 }
 

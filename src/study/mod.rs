@@ -5,14 +5,15 @@
 //! run_plan`), and adds its analysis: the `study` section of
 //! `experiment.json` and of `report.html`, whose verdict is also the last
 //! line of the reading (console, history). The studies: [`batching`],
-//! [`output_length`], [`goodput`], [`coldstart`] (with [`policy`]); shared
-//! reading of the points' folders in [`figures`].
+//! [`output_length`], [`goodput`], [`coldstart`] (with [`policy`] and
+//! [`gpu_idle`]); shared reading of the points' folders in [`figures`].
 
 pub mod args;
 pub mod batching;
 pub mod coldstart;
 pub mod figures;
 pub mod goodput;
+pub mod gpu_idle;
 pub mod output_length;
 pub mod policy;
 
@@ -88,6 +89,9 @@ pub fn experiment(
         "otlp_http": common.otlp_http,
         "span_wait": common.span_wait,
     });
+    if !common.gpu.is_empty() {
+        all["gpu"] = json!(common.gpu);
+    }
     if let (Some(all), Some(extra)) = (all.as_object_mut(), defaults.as_object()) {
         all.extend(extra.clone());
     }

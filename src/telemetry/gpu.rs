@@ -360,7 +360,7 @@ pub fn summarize(
 }
 
 /// The run-relative interval a request occupied.
-fn busy_interval(record: &RequestRecord) -> (u64, u64) {
+pub fn busy_interval(record: &RequestRecord) -> (u64, u64) {
     let sent = record.instants_ns.sent;
     (sent, record.instants_ns.end.unwrap_or(sent).max(sent))
 }
