@@ -436,7 +436,12 @@ impl RecordLog {
     pub fn append(&mut self, record: &RequestRecord) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
         line.push(b'\n');
-        self.file.write_all(&line)?;
+        self.append_line(&line)
+    }
+
+    /// Appends a record already written as a JSON line (its end included).
+    pub fn append_line(&mut self, line: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(line)?;
         self.file.flush()
     }
 

@@ -21,8 +21,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Records kept for `GET /tracebench/requests/{id}` (as JSON text, about
-/// 2 KiB each): the last ones written or still waiting for their span.
+/// 2 KiB each): the last ones written or still waiting for their span, up
+/// to [`RECENT_BYTES`] of them.
 pub const RECENT: usize = 4096;
+/// Most JSON the recent records hold: records of long answers are larger.
+pub const RECENT_BYTES: usize = 4 << 20;
 /// Records waiting for their span at most; beyond, the oldest is written unjoined.
 pub const MAX_PENDING: usize = 10_000;
 /// How often the store is looked at for the spans of waiting records.
@@ -76,28 +79,52 @@ pub(crate) struct Recent {
     inner: Mutex<RecentRecords>,
 }
 
-/// Records' JSON by request id, and the ids oldest first.
-type RecentRecords = (HashMap<String, Bytes>, VecDeque<String>);
+/// Records' JSON by request id, the ids oldest first, and the JSON's bytes.
+#[derive(Debug, Default)]
+struct RecentRecords {
+    by_id: HashMap<String, Bytes>,
+    order: VecDeque<String>,
+    bytes: usize,
+}
 
 impl Recent {
     pub fn get(&self, request_id: &str) -> Option<Bytes> {
-        lock(&self.inner).0.get(request_id).cloned()
+        lock(&self.inner).by_id.get(request_id).cloned()
     }
 
-    fn put(&self, record: &RequestRecord) {
-        let json = Bytes::from(serde_json::to_vec(record).expect("a record serializes"));
+    /// Keeps `json` as the record of `request_id` (in place of an earlier
+    /// one), dropping the oldest beyond [`RECENT`] records or [`RECENT_BYTES`].
+    fn put(&self, request_id: &str, json: Bytes) {
         let mut inner = lock(&self.inner);
-        let (map, order) = &mut *inner;
-        let id = record.request_id.clone();
-        if map.insert(id.clone(), json).is_none() {
-            order.push_back(id);
-            if order.len() > RECENT {
-                if let Some(old) = order.pop_front() {
-                    map.remove(&old);
-                }
+        let RecentRecords {
+            by_id,
+            order,
+            bytes,
+        } = &mut *inner;
+        *bytes += json.len();
+        match by_id.insert(request_id.to_string(), json) {
+            Some(earlier) => *bytes -= earlier.len(),
+            None => order.push_back(request_id.to_string()),
+        }
+        while order.len() > RECENT || (*bytes > RECENT_BYTES && order.len() > 1) {
+            let Some(old) = order.pop_front() else { break };
+            if let Some(json) = by_id.remove(&old) {
+                *bytes -= json.len();
             }
         }
     }
+}
+
+/// A record's JSON line (the line's end included).
+fn json_line(record: &RequestRecord) -> Bytes {
+    let mut line = serde_json::to_vec(record).expect("a record serializes");
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+/// The record without the line's end.
+fn json_of(line: &Bytes) -> Bytes {
+    line.slice(..line.len() - 1)
 }
 
 /// The span join of the proxy: the receiver's store and the one before it.
@@ -265,7 +292,8 @@ impl Sink {
         let Some(span_wait) = waits else {
             return self.write(record, status);
         };
-        self.recent.put(&record);
+        self.recent
+            .put(&record.request_id, json_of(&json_line(&record)));
         if self.pending.len() >= MAX_PENDING {
             if let Some(mut oldest) = self.pending.pop_front() {
                 oldest.record.server_missing_reason = Some(format!(
@@ -321,7 +349,8 @@ impl Sink {
             self.totals.joined += 1;
             self.metrics.observe_join(&record, status);
         }
-        if let Err(e) = self.log.append(&record) {
+        let line = json_line(&record);
+        if let Err(e) = self.log.append_line(&line) {
             self.totals.write_errors += 1;
             if self.totals.write_errors == 1 {
                 eprintln!("error: cannot append to {}: {e}", self.log.path().display());
@@ -330,6 +359,49 @@ impl Sink {
         if let Some(history) = &self.history {
             history.record(&record);
         }
-        self.recent.put(&record);
+        self.recent.put(&record.request_id, json_of(&line));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(bytes: usize) -> Bytes {
+        Bytes::from(vec![b'x'; bytes])
+    }
+
+    #[test]
+    fn recent_records_stay_within_their_count_and_bytes() {
+        let recent = Recent::default();
+        for i in 0..RECENT + 10 {
+            recent.put(&format!("r{i}"), json(10));
+        }
+        assert!(recent.get("r9").is_none(), "the oldest beyond the count go");
+        assert!(recent.get("r10").is_some());
+        let big = RECENT_BYTES / 4 + 1;
+        for i in 0..4 {
+            recent.put(&format!("big{i}"), json(big));
+        }
+        assert!(
+            recent.get("big0").is_none(),
+            "the oldest beyond the bytes go"
+        );
+        assert!(recent.get("big3").is_some() && recent.get("big1").is_some());
+        let inner = lock(&recent.inner);
+        let held: usize = inner.by_id.values().map(Bytes::len).sum();
+        assert_eq!(inner.bytes, held);
+        assert!(held <= RECENT_BYTES);
+        assert_eq!(inner.order.len(), inner.by_id.len());
+    }
+
+    #[test]
+    fn a_record_put_again_replaces_its_json() {
+        let recent = Recent::default();
+        recent.put("a", json(5));
+        recent.put("a", json(7));
+        assert_eq!(recent.get("a").map(|j| j.len()), Some(7));
+        let inner = lock(&recent.inner);
+        assert_eq!((inner.bytes, inner.order.len()), (7, 1));
     }
 }
