@@ -8,16 +8,21 @@ use tracebench::record::read_records;
 use tracebench::schedule::Schedule;
 use tracebench::testing::quiet_run;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn runs_built_in_code_run_one_after_another_in_one_process() {
-    let sim = tracebench::sim::spawn(tracebench::sim::SimArgs {
+/// The simulator in this process: 5 ms to the first token, 1 ms between tokens.
+async fn fast_sim() -> tracebench::sim::SimServer {
+    tracebench::sim::spawn(tracebench::sim::SimArgs {
         port: 0,
         ttft_ms: Some(5.0),
         itl_ms: Some(1.0),
         ..Default::default()
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_built_in_code_run_one_after_another_in_one_process() {
+    let sim = fast_sim().await;
     let out = tempfile::tempdir().unwrap();
     for (name, concurrency, requests) in [("first", 4, 30), ("second", 2, 12)] {
         let mut config = quiet_run(&sim.url(), out.path());
@@ -53,14 +58,7 @@ async fn runs_built_in_code_run_one_after_another_in_one_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_idle_window_sends_nothing_between_the_warm_up_and_the_load() {
-    let sim = tracebench::sim::spawn(tracebench::sim::SimArgs {
-        port: 0,
-        ttft_ms: Some(5.0),
-        itl_ms: Some(1.0),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = fast_sim().await;
     let out = tempfile::tempdir().unwrap();
     let window = std::time::Duration::from_millis(600);
     let mut config = quiet_run(&sim.url(), out.path());

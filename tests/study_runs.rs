@@ -21,6 +21,12 @@ fn study(dir: &Path, kind: &str, sim_flags: &str, args: &[&str]) -> Output {
     study_on(dir, kind, sim_flags, ports, args)
 }
 
+/// A command that was refused (exit 2) saying `why`.
+fn refused(output: &Output, why: &str) {
+    assert_eq!(output.status.code(), Some(2), "{}", text(output));
+    assert!(text(output).contains(why), "{}", text(output));
+}
+
 /// `tracebench study KIND` on the given ports (server, OTLP gRPC, OTLP HTTP).
 fn study_on(dir: &Path, kind: &str, sim_flags: &str, ports: [u16; 3], args: &[&str]) -> Output {
     let launch = format!(
@@ -397,12 +403,9 @@ fn bad_input_fails_before_anything_starts() {
     let trace = dir.path().join("arrivals.txt");
     std::fs::write(&trace, "0\n12\nsoon\n").unwrap();
     let args = ["--idle-trace", trace.to_str().unwrap()];
-    let output = study(dir.path(), "coldstart", "", &args);
-    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
-    assert!(
-        text(&output).contains("arrivals.txt:3: neither seconds nor JSON"),
-        "{}",
-        text(&output)
+    refused(
+        &study(dir.path(), "coldstart", "", &args),
+        "arrivals.txt:3: neither seconds nor JSON",
     );
     let output = Command::new(BIN)
         .current_dir(dir.path())
@@ -412,12 +415,9 @@ fn bad_input_fails_before_anything_starts() {
     assert_eq!(output.status.code(), Some(2));
     assert!(text(&output).contains("ttft:fast"), "{}", text(&output));
     let args = ["--warmup", "0", "--idle-window", "5s"];
-    let output = study(dir.path(), "coldstart", "", &args);
-    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
-    assert!(
-        text(&output).contains("--idle-window needs --warmup 1 or more"),
-        "{}",
-        text(&output)
+    refused(
+        &study(dir.path(), "coldstart", "", &args),
+        "--idle-window needs --warmup 1 or more",
     );
     assert!(!dir.path().join("experiments").exists(), "nothing ran");
 }
