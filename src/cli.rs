@@ -24,14 +24,28 @@ pub struct Cli {
     /// before it sleeps (`0s`: sleep at once). Waking a sleeping core can take
     /// milliseconds on a virtual machine; a worker that stays awake reads each
     /// chunk before the next one comes. `selfcheck` gives its simulator the same.
-    #[arg(long, global = true, default_value = "50us", value_parser = crate::units::parse_duration)]
-    pub idle_spin: std::time::Duration,
+    /// Default: 50us; 0s for `proxy`, which shares its cores with the client
+    /// and the server it sits between (there the spin takes their turns).
+    #[arg(long, global = true, value_parser = crate::units::parse_duration)]
+    pub idle_spin: Option<std::time::Duration>,
 }
+
+/// `--idle-spin` of every command but `proxy`.
+const IDLE_SPIN: Duration = Duration::from_micros(50);
 
 impl Cli {
     /// The runtime's worker threads: `--threads`, or one per core.
     pub fn worker_threads(&self) -> usize {
         self.threads.map_or_else(cores, usize::from)
+    }
+
+    /// `--idle-spin`, or the command's default.
+    pub fn idle_spin(&self) -> Duration {
+        let default = match self.command {
+            Command::Proxy(_) => Duration::ZERO,
+            _ => IDLE_SPIN,
+        };
+        self.idle_spin.unwrap_or(default)
     }
 }
 

@@ -19,7 +19,7 @@ use std::path::Path;
 pub async fn run_command(cli: Cli) -> anyhow::Result<i32> {
     raise_open_file_limit();
     let threads = cli.worker_threads();
-    let idle_spin = cli.idle_spin;
+    let idle_spin = cli.idle_spin();
     match cli.command {
         Command::Run(args) => match args.shards {
             Some(count) => launch(*args, count).await,

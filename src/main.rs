@@ -6,7 +6,7 @@ use clap::Parser;
 
 fn main() {
     let cli = tracebench::cli::Cli::parse();
-    let runtime = match tracebench::runtime::build(cli.worker_threads(), cli.idle_spin) {
+    let runtime = match tracebench::runtime::build(cli.worker_threads(), cli.idle_spin()) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -28,6 +28,8 @@ pub const RECENT: usize = 4096;
 pub const RECENT_BYTES: usize = 4 << 20;
 /// Records waiting for their span at most; beyond, the oldest is written unjoined.
 pub const MAX_PENDING: usize = 10_000;
+/// Spans the store takes before it is swapped early (the one before it is kept too).
+pub const MAX_HELD_SPANS: u64 = 5_000;
 /// How often the store is looked at for the spans of waiting records.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -181,10 +183,14 @@ impl Joiner {
     }
 
     /// Swaps the store for a fresh one every third of `--span-wait` (at
-    /// least 1 s): a span is kept for one to two such periods, time enough
-    /// for the record it belongs to, which looks for it within [`TICK`].
+    /// least 1 s), or sooner once it holds [`MAX_HELD_SPANS`] (at least
+    /// 1 s all the same): a span is kept for one to two such periods, time
+    /// enough for the record it belongs to, which looks for it within
+    /// [`TICK`], and the spans held do not grow with the request rate.
     fn rotate(&mut self) {
-        if self.rotated.elapsed() < (self.span_wait / 3).max(Duration::from_secs(1)) {
+        let age = self.rotated.elapsed();
+        let full = lock(&self.store).span_count() >= MAX_HELD_SPANS;
+        if age < Duration::from_secs(1) || (age < self.span_wait / 3 && !full) {
             return;
         }
         let mut current = lock(&self.store);
@@ -393,6 +399,40 @@ mod tests {
         assert_eq!(inner.bytes, held);
         assert!(held <= RECENT_BYTES);
         assert_eq!(inner.order.len(), inner.by_id.len());
+    }
+
+    #[test]
+    fn the_span_store_is_swapped_early_once_it_is_full() {
+        let spans = crate::trace::test_support::fixture_spans("vllm/concurrent-12.spans.pb");
+        let store = Arc::new(Mutex::new(SpanStore::with_live_phases()));
+        let mut joiner = Joiner::new(store.clone(), Duration::from_secs(15), None);
+        let fill = |count: u64| {
+            let batch = spans.iter().cycle().take(count as usize).cloned();
+            lock(&store).insert_all(batch);
+        };
+        fill(MAX_HELD_SPANS - 1);
+        joiner.rotated = Instant::now() - Duration::from_secs(2);
+        joiner.rotate();
+        assert_eq!(
+            lock(&store).span_count(),
+            MAX_HELD_SPANS - 1,
+            "not full, not due"
+        );
+        fill(1);
+        joiner.rotate();
+        assert_eq!(lock(&store).span_count(), 0, "full: swapped");
+        assert_eq!(
+            joiner.previous.span_count(),
+            MAX_HELD_SPANS,
+            "and still looked in"
+        );
+        fill(MAX_HELD_SPANS);
+        joiner.rotate();
+        assert_eq!(
+            lock(&store).span_count(),
+            MAX_HELD_SPANS,
+            "full, but swapped under 1 s ago"
+        );
     }
 
     #[test]
