@@ -8,7 +8,7 @@
 
 use super::measure::{endpoint_of, inspect, server_timing, with_metrics, Exchange};
 use super::relay::SseRelay;
-use super::upstream::{UpstreamBody, UpstreamHead};
+use super::upstream::{BodyReader, UpstreamBody, UpstreamHead};
 use super::Shared;
 use crate::client::finish_whole;
 use crate::client::traceparent::TraceParent;
@@ -20,7 +20,6 @@ use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use serde_json::json;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -488,77 +487,6 @@ impl Answer {
         head.body(full(body)).unwrap_or_else(|e| {
             error_response(StatusCode::BAD_GATEWAY, "bad_gateway", &e.to_string())
         })
-    }
-}
-
-/// The upstream's body, read within `--idle-timeout` and the request's
-/// deadline. One timer per answer, moved on only when it fires: a chunk
-/// costs no timer.
-struct BodyReader {
-    body: UpstreamBody,
-    idle: std::time::Duration,
-    deadline: tokio::time::Instant,
-    /// When the upstream last sent something.
-    last: tokio::time::Instant,
-    stall: Pin<Box<tokio::time::Sleep>>,
-}
-
-impl BodyReader {
-    fn new(body: UpstreamBody, idle: std::time::Duration, deadline: tokio::time::Instant) -> Self {
-        let last = tokio::time::Instant::now();
-        let stall = Box::pin(tokio::time::sleep_until((last + idle).min(deadline)));
-        Self {
-            body,
-            idle,
-            deadline,
-            last,
-            stall,
-        }
-    }
-
-    /// The next bytes and when they arrived; `None` at the end; the error
-    /// kind and message when the upstream broke off or went silent.
-    async fn next(&mut self) -> Result<Option<(Bytes, Instant)>, (ErrorKind, String)> {
-        loop {
-            let next = tokio::select! {
-                biased;
-                chunk = self.body.chunk() => Some(chunk),
-                () = self.stall.as_mut() => None,
-            };
-            match next {
-                Some(Ok(chunk)) => {
-                    self.last = tokio::time::Instant::now();
-                    return Ok(chunk);
-                }
-                Some(Err(e)) => {
-                    return Err((
-                        ErrorKind::Stream,
-                        format!("the upstream's answer broke off: {e}"),
-                    ))
-                }
-                None => {
-                    let stall_at = (self.last + self.idle).min(self.deadline);
-                    if stall_at > tokio::time::Instant::now() {
-                        self.stall.as_mut().reset(stall_at);
-                        continue;
-                    }
-                    let silent = std::time::Duration::from_millis(
-                        self.last
-                            .elapsed()
-                            .as_millis()
-                            .try_into()
-                            .unwrap_or(u64::MAX),
-                    );
-                    return Err((
-                        ErrorKind::Timeout,
-                        format!(
-                            "the upstream went silent for {} (--idle-timeout / --request-timeout)",
-                            humantime::format_duration(silent)
-                        ),
-                    ));
-                }
-            }
-        }
     }
 }
 

@@ -5,7 +5,8 @@
 //! and one read on its way through, and each read carries the instant its
 //! bytes reached this machine. Every other method and path passes through
 //! reqwest, which speaks whatever those need (`HEAD`, bodies of any framing).
-//! Both answer with an [`UpstreamHead`] whose body is read chunk by chunk.
+//! Both answer with an [`UpstreamHead`] whose body is read chunk by chunk,
+//! within the request's limits ([`BodyReader`]).
 
 use crate::client::error_chain;
 use crate::client::http1::{ConnectionStory, Http1Error, Http1Pool, Http1Response};
@@ -13,6 +14,7 @@ use crate::record::{ErrorKind, RequestError};
 use bytes::Bytes;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::StatusCode;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -204,5 +206,76 @@ impl Upstream {
             body_excerpt: None,
         };
         (error, status)
+    }
+}
+
+/// The upstream's body, read within `--idle-timeout` and the request's
+/// deadline. One timer per answer, moved on only when it fires: a chunk
+/// costs no timer.
+pub(crate) struct BodyReader {
+    body: UpstreamBody,
+    idle: Duration,
+    deadline: tokio::time::Instant,
+    /// When the upstream last sent something.
+    last: tokio::time::Instant,
+    stall: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl BodyReader {
+    pub fn new(body: UpstreamBody, idle: Duration, deadline: tokio::time::Instant) -> Self {
+        let last = tokio::time::Instant::now();
+        let stall = Box::pin(tokio::time::sleep_until((last + idle).min(deadline)));
+        Self {
+            body,
+            idle,
+            deadline,
+            last,
+            stall,
+        }
+    }
+
+    /// The next bytes and when they arrived; `None` at the end; the error
+    /// kind and message when the upstream broke off or went silent.
+    pub async fn next(&mut self) -> Result<Option<(Bytes, Instant)>, (ErrorKind, String)> {
+        loop {
+            let next = tokio::select! {
+                biased;
+                chunk = self.body.chunk() => Some(chunk),
+                () = self.stall.as_mut() => None,
+            };
+            match next {
+                Some(Ok(chunk)) => {
+                    self.last = tokio::time::Instant::now();
+                    return Ok(chunk);
+                }
+                Some(Err(e)) => {
+                    return Err((
+                        ErrorKind::Stream,
+                        format!("the upstream's answer broke off: {e}"),
+                    ))
+                }
+                None => {
+                    let stall_at = (self.last + self.idle).min(self.deadline);
+                    if stall_at > tokio::time::Instant::now() {
+                        self.stall.as_mut().reset(stall_at);
+                        continue;
+                    }
+                    let silent = Duration::from_millis(
+                        self.last
+                            .elapsed()
+                            .as_millis()
+                            .try_into()
+                            .unwrap_or(u64::MAX),
+                    );
+                    return Err((
+                        ErrorKind::Timeout,
+                        format!(
+                            "the upstream went silent for {} (--idle-timeout / --request-timeout)",
+                            humantime::format_duration(silent)
+                        ),
+                    ));
+                }
+            }
+        }
     }
 }
