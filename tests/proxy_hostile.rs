@@ -120,6 +120,16 @@ fn chat(proxy: &tracebench::proxy::Proxy) -> String {
     format!("{}/v1/chat/completions", proxy.url())
 }
 
+/// A streamed chat request of 4 tokens through `proxy`.
+async fn stream_chat(proxy: &tracebench::proxy::Proxy) -> reqwest::Response {
+    http()
+        .post(chat(proxy))
+        .json(&chat_body(true, 4))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// The one record a stopped proxy wrote.
 async fn only_record(proxy: tracebench::proxy::Proxy) -> tracebench::record::RequestRecord {
     let outcome = proxy.shutdown().await.unwrap();
@@ -133,12 +143,7 @@ async fn an_upstream_that_is_down_is_a_502_and_a_record() {
     let dir = tempfile::tempdir().unwrap();
     let port = tracebench::testing::free_port().unwrap();
     let proxy = proxy_of(&format!("http://127.0.0.1:{port}"), dir.path(), |_| {}).await;
-    let response = http()
-        .post(chat(&proxy))
-        .json(&chat_body(true, 4))
-        .send()
-        .await
-        .unwrap();
+    let response = stream_chat(&proxy).await;
     assert_eq!(response.status(), 502);
     let error: serde_json::Value = response.json().await.unwrap();
     assert_eq!(error["error"]["type"], "bad_gateway");
@@ -157,12 +162,7 @@ async fn an_upstream_that_is_down_is_a_502_and_a_record() {
 async fn a_reset_mid_stream_cuts_the_answer_and_is_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let proxy = proxy_of(&upstream(Script::ResetMidStream).await, dir.path(), |_| {}).await;
-    let mut response = http()
-        .post(chat(&proxy))
-        .json(&chat_body(true, 4))
-        .send()
-        .await
-        .unwrap();
+    let mut response = stream_chat(&proxy).await;
     assert_eq!(response.status(), 200);
     let mut got = Vec::new();
     let broke = loop {
@@ -191,12 +191,7 @@ async fn a_silent_upstream_is_a_504_before_the_answer_and_a_cut_after() {
     let quick =
         |c: &mut tracebench::proxy::ProxyConfig| c.limits.idle_timeout = Duration::from_millis(300);
     let proxy = proxy_of(&upstream(Script::Stall(b"")).await, dir.path(), quick).await;
-    let response = http()
-        .post(chat(&proxy))
-        .json(&chat_body(true, 4))
-        .send()
-        .await
-        .unwrap();
+    let response = stream_chat(&proxy).await;
     assert_eq!(response.status(), 504);
     let error: serde_json::Value = response.json().await.unwrap();
     assert_eq!(error["error"]["type"], "gateway_timeout");
@@ -214,12 +209,7 @@ async fn a_silent_upstream_is_a_504_before_the_answer_and_a_cut_after() {
         quick,
     )
     .await;
-    let response = http()
-        .post(chat(&proxy))
-        .json(&chat_body(true, 4))
-        .send()
-        .await
-        .unwrap();
+    let response = stream_chat(&proxy).await;
     assert_eq!(response.status(), 200);
     assert!(response.bytes().await.is_err(), "the stalled answer is cut");
     let record = only_record(proxy).await;
@@ -298,12 +288,7 @@ async fn an_error_answer_passes_through_and_is_recorded() {
         |_| {},
     )
     .await;
-    let response = http()
-        .post(chat(&proxy))
-        .json(&chat_body(true, 4))
-        .send()
-        .await
-        .unwrap();
+    let response = stream_chat(&proxy).await;
     assert_eq!(response.status(), 400);
     let body = response.bytes().await.unwrap();
     assert_eq!(&body[..], &BAD_REQUEST[BAD_REQUEST.len() - 61..]);

@@ -9,7 +9,7 @@ mod cli_support;
 use cli_support::{free_port, json, lines, tracebench, Sim, BIN};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -437,6 +437,28 @@ fn merge_refuses_shards_of_other_runs_or_settings_and_names_missing_ones() {
     assert!(e.contains("already holds a run"), "{e}");
 }
 
+/// `tracebench ARGS` in `dir`, its output piped.
+fn spawn_launcher(dir: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(BIN)
+        .current_dir(dir)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits, 30 s at most (else fails saying `what`), until every file of
+/// `paths` holds a record.
+fn wait_for_records(paths: &[PathBuf], what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let written = |path: &PathBuf| std::fs::metadata(path).map_or(0, |m| m.len()) > 0;
+    while !paths.iter().all(written) {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The child processes of `pid`.
 fn children_of(pid: u32) -> Vec<u32> {
     std::fs::read_dir("/proc")
@@ -457,9 +479,9 @@ fn a_killed_shard_leaves_a_partial_merge_that_names_it() {
     // 40 tokens 10 ms apart: each request takes about 0.4 s.
     let sim = Sim::start(&["--ttft-ms", "10", "--itl-ms", "10"]);
     let tmp = tempfile::tempdir().unwrap();
-    let launcher = Command::new(BIN)
-        .current_dir(tmp.path())
-        .args([
+    let launcher = spawn_launcher(
+        tmp.path(),
+        &[
             "run",
             "--url",
             &sim.url,
@@ -480,22 +502,12 @@ fn a_killed_shard_leaves_a_partial_merge_that_names_it() {
             "2",
             "--run-id",
             "killed",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+    );
     let first_record = tmp
         .path()
         .join("results/killed.shard-1-of-2/requests.jsonl");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::fs::metadata(&first_record).map_or(0, |m| m.len()) == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "shard 1 wrote no record"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_records(&[first_record], "shard 1 wrote no record");
     let children = children_of(launcher.id());
     assert_eq!(children.len(), 2, "{children:?}");
     let victim = children
@@ -536,9 +548,9 @@ fn a_killed_shard_leaves_a_partial_merge_that_names_it() {
 fn ctrl_c_reaches_every_shard_and_the_merge_says_partial() {
     let sim = Sim::start(&["--ttft-ms", "10", "--itl-ms", "10"]);
     let tmp = tempfile::tempdir().unwrap();
-    let launcher = Command::new(BIN)
-        .current_dir(tmp.path())
-        .args([
+    let launcher = spawn_launcher(
+        tmp.path(),
+        &[
             "run",
             "--url",
             &sim.url,
@@ -559,25 +571,13 @@ fn ctrl_c_reaches_every_shard_and_the_merge_says_partial() {
             "2",
             "--run-id",
             "stopped",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let written = |i: u32| {
-        let path = tmp
-            .path()
-            .join(format!("results/stopped.shard-{i}-of-2/requests.jsonl"));
-        std::fs::metadata(path).map_or(0, |m| m.len()) > 0
-    };
-    while !(written(0) && written(1)) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the shards sent nothing"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        ],
+    );
+    let records = (0..2).map(|i| {
+        tmp.path()
+            .join(format!("results/stopped.shard-{i}-of-2/requests.jsonl"))
+    });
+    wait_for_records(&records.collect::<Vec<_>>(), "the shards sent nothing");
     // As a terminal's Ctrl-C does: SIGINT to the launcher (its children have
     // their own process group, so only the launcher can pass it on).
     assert!(unsafe { libc::kill(launcher.id() as libc::pid_t, libc::SIGINT) } == 0);
