@@ -27,12 +27,7 @@ fn try_load(text: &str) -> anyhow::Result<()> {
     std::fs::write(dir.path().join("models.yaml"), ALIASES).unwrap();
     let path = dir.path().join("e.yaml");
     std::fs::write(&path, text).unwrap();
-    let settings = Settings {
-        points_dir: dir.path().join("points"),
-        db: None,
-        tui: false,
-        run_prefix: String::new(),
-    };
+    let settings = Settings::quiet(dir.path().join("points"));
     load(&path, &settings).map(|_| ())
 }
 
@@ -132,12 +127,7 @@ fn checked_in_files_follow_the_schema() {
         .collect();
         assert!(errors.is_empty(), "{}: {errors:?}", file.display());
         if !is_models {
-            let settings = Settings {
-                points_dir: "points".into(),
-                db: None,
-                tui: false,
-                run_prefix: String::new(),
-            };
+            let settings = Settings::quiet("points");
             load(file, &settings).unwrap_or_else(|e| panic!("{}: {e:#}", file.display()));
         }
     }

@@ -41,6 +41,19 @@ pub struct Settings {
     pub run_prefix: String,
 }
 
+impl Settings {
+    /// Points under `points_dir`, with no history database, no dashboard
+    /// and no run-id prefix (the plan as a library call checks it).
+    pub fn quiet(points_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            points_dir: points_dir.into(),
+            db: None,
+            tui: false,
+            run_prefix: String::new(),
+        }
+    }
+}
+
 /// One case, expanded.
 #[derive(Debug, Clone)]
 pub struct CasePlan {
@@ -568,12 +581,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("e.yaml");
         std::fs::write(&path, text).unwrap();
-        let settings = Settings {
-            points_dir: dir.path().join("points"),
-            db: None,
-            tui: false,
-            run_prefix: String::new(),
-        };
+        let settings = Settings::quiet(dir.path().join("points"));
         load(&path, &settings)
     }
 
@@ -604,12 +612,7 @@ mod tests {
         assert_eq!(order[1], (4.into(), 2.into()));
         assert_eq!(order[3], (8.into(), 1.into()));
         let alias = &experiment.models["sim"];
-        let settings = Settings {
-            points_dir: "p".into(),
-            db: None,
-            tui: false,
-            run_prefix: String::new(),
-        };
+        let settings = Settings::quiet("p");
         let point = case
             .point(
                 &experiment.path,
