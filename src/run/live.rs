@@ -81,9 +81,27 @@ impl View {
     }
 }
 
+/// Waits for the spans `collector` still misses, counting down on stderr.
+pub async fn wait_with_countdown(
+    collector: &mut crate::trace::SpanCollector,
+) -> anyhow::Result<crate::trace::WaitOutcome> {
+    let mut countdown = Countdown::on_stderr();
+    let waited = collector
+        .wait(|progress| {
+            countdown.show(&format!(
+                "waiting for server spans: {} missing, {:.0}s left",
+                progress.missing,
+                progress.remaining.as_secs_f64()
+            ))
+        })
+        .await;
+    countdown.done();
+    waited
+}
+
 /// A status line on stderr: rewritten in place on a terminal, else printed
 /// at most every few seconds so logs stay readable.
-pub struct Countdown {
+struct Countdown {
     terminal: bool,
     last: Option<Instant>,
 }

@@ -26,7 +26,6 @@ use crate::workload::tokens::TokenCounter;
 use crate::workload::{DatasetFormat, Source};
 use anyhow::{bail, Context};
 use drive::{Driven, Observers};
-use live::Countdown;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -247,17 +246,7 @@ async fn finish(
     let mut collector = Arc::try_unwrap(collector)
         .ok()
         .context("the span collector is still shared")?;
-    let mut countdown = Countdown::on_stderr();
-    let waited = collector
-        .wait(|progress| {
-            countdown.show(&format!(
-                "waiting for server spans: {} missing, {:.0}s left",
-                progress.missing,
-                progress.remaining.as_secs_f64()
-            ))
-        })
-        .await;
-    countdown.done();
+    let waited = live::wait_with_countdown(&mut collector).await;
     match waited {
         Ok(outcome) => {
             for note in outcome.notes {

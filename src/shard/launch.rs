@@ -10,7 +10,6 @@
 use super::Shard;
 use crate::cli::RunArgs;
 use crate::config::RunConfig;
-use crate::run::live::Countdown;
 use crate::trace::TraceSource;
 use anyhow::{bail, Context};
 use chrono::Utc;
@@ -213,17 +212,7 @@ async fn wait_for_spans(
             collector.observe(&record?);
         }
     }
-    let mut countdown = Countdown::on_stderr();
-    let outcome = collector
-        .wait(|p| {
-            countdown.show(&format!(
-                "waiting for server spans: {} missing, {:.0}s left",
-                p.missing,
-                p.remaining.as_secs_f64()
-            ))
-        })
-        .await?;
-    countdown.done();
+    let outcome = crate::run::live::wait_with_countdown(collector).await?;
     for note in outcome.notes {
         eprintln!("note: {note}");
     }
