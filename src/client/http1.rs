@@ -260,7 +260,7 @@ impl Http1Pool {
                         let parsed = ParsedHead::read(&head, status).map_err(Exchange::Failed)?;
                         return Ok(Http1Response {
                             status,
-                            head: buffer[..head_len].into(),
+                            head_len: Some(head_len),
                             content_type: parsed.content_type,
                             arrived,
                             connection: Some(connection),
@@ -339,8 +339,9 @@ impl Exchange {
 /// A response whose head is in; its body is read with [`Http1Response::chunk`].
 pub struct Http1Response {
     pub status: u16,
-    /// The bytes of the response head, for [`Http1Response::each_header`].
-    head: Box<[u8]>,
+    /// The length of the response head at the start of `buffer`, until the
+    /// first read of the body writes over it ([`Http1Response::each_header`]).
+    head_len: Option<usize>,
     pub content_type: Option<String>,
     /// When the bytes of the latest read reached this machine.
     arrived: Instant,
@@ -362,11 +363,16 @@ impl Http1Response {
         self.arrived
     }
 
-    /// Calls `each` with every header of the response head, in order.
+    /// Calls `each` with every header of the response head, in order; to be
+    /// asked before the body is read (the head's bytes are not kept after).
     pub fn each_header(&self, mut each: impl FnMut(&str, &[u8])) {
+        let Some(head_len) = self.head_len else {
+            debug_assert!(false, "each_header after the body was read");
+            return;
+        };
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut head = httparse::Response::new(&mut headers);
-        if head.parse(&self.head).is_ok() {
+        if head.parse(&self.buffer[..head_len]).is_ok() {
             for header in head.headers.iter() {
                 each(header.name, header.value);
             }
@@ -395,6 +401,7 @@ impl Http1Response {
 
     /// Reads more of the body into the buffer.
     async fn fill(&mut self) -> Result<(), Http1Error> {
+        self.head_len = None;
         if self.start == self.end {
             (self.start, self.end) = (0, 0);
         } else if self.end == self.buffer.len() {
@@ -558,6 +565,25 @@ mod tests {
             );
         }
         assert!(request.ends_with("\r\n\r\n{\"a\":1}"), "{request}");
+    }
+
+    #[tokio::test]
+    async fn the_head_s_headers_are_given_before_the_body_is_read() {
+        let (port, _) = server(vec![(KEEP_ALIVE, false)]).await;
+        let mut response = pool(port)
+            .post(PATH, &[], b"{}", &mut ConnectionStory::default())
+            .await
+            .unwrap();
+        let mut headers = Vec::new();
+        response.each_header(|name, value| headers.push((name.to_string(), value.to_vec())));
+        assert_eq!(
+            headers,
+            vec![
+                ("content-type".to_string(), b"text/event-stream".to_vec()),
+                ("transfer-encoding".to_string(), b"chunked".to_vec()),
+            ]
+        );
+        assert_eq!(body_of(&mut response).await, b"hello");
     }
 
     #[tokio::test]
