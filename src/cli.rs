@@ -6,7 +6,7 @@ use crate::schedule::Arrival;
 use crate::trace::TraceSource;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Benchmark OpenAI-compatible LLM servers and learn, request by request,
@@ -108,12 +108,26 @@ pub struct ExperimentArgs {
     /// No live dashboard: a progress line on stderr instead.
     #[arg(long)]
     pub no_tui: bool,
+    #[command(flatten)]
+    pub history: HistoryArgs,
+}
+
+/// Where the SQLite history is kept, or that it is not.
+#[derive(Args, Debug, Clone)]
+pub struct HistoryArgs {
     /// The SQLite history database.
     #[arg(long, env = "TRACEBENCH_DB", default_value = "results/tracebench.db")]
     pub db: PathBuf,
-    /// Do not record the experiment (and its runs) in the history database.
+    /// Do not record anything in the history database.
     #[arg(long)]
     pub no_db: bool,
+}
+
+impl HistoryArgs {
+    /// The database to record in, unless `--no-db`.
+    pub fn path(&self) -> Option<&Path> {
+        (!self.no_db).then_some(self.db.as_path())
+    }
 }
 
 /// `tracebench proxy`.
@@ -135,12 +149,8 @@ pub struct ProxyArgs {
     /// Name of the records folder (default: `proxy-` and a timestamp).
     #[arg(long)]
     pub run_id: Option<String>,
-    /// The SQLite history database.
-    #[arg(long, env = "TRACEBENCH_DB", default_value = "results/tracebench.db")]
-    pub db: PathBuf,
-    /// Do not record the requests in the history database.
-    #[arg(long)]
-    pub no_db: bool,
+    #[command(flatten)]
+    pub history: HistoryArgs,
     /// Largest request body (413 beyond), e.g. 8MiB.
     #[arg(long, default_value = "8MiB", value_parser = crate::proxy::config::parse_size)]
     pub max_body: usize,
@@ -293,12 +303,8 @@ pub struct RunArgs {
     /// No live dashboard: a progress line on stderr instead.
     #[arg(long)]
     pub no_tui: bool,
-    /// The SQLite history database.
-    #[arg(long, env = "TRACEBENCH_DB", default_value = "results/tracebench.db")]
-    pub db: PathBuf,
-    /// Do not record the run in the history database.
-    #[arg(long)]
-    pub no_db: bool,
+    #[command(flatten)]
+    pub history: HistoryArgs,
     #[command(flatten)]
     pub trace: TraceArgs,
     #[command(flatten)]
@@ -511,12 +517,8 @@ pub struct MergeArgs {
     /// running (e.g. `10m` in a merge Job), then merge what is there.
     #[arg(long, value_name = "DURATION", value_parser = crate::units::parse_duration)]
     pub wait: Option<Duration>,
-    /// The SQLite history database.
-    #[arg(long, env = "TRACEBENCH_DB", default_value = "results/tracebench.db")]
-    pub db: PathBuf,
-    /// Do not record the merged run in the history database.
-    #[arg(long)]
-    pub no_db: bool,
+    #[command(flatten)]
+    pub history: HistoryArgs,
 }
 
 /// A time window of a folder's records (a proxy's, say), by when each request was sent.

@@ -77,7 +77,7 @@ async fn merge(args: MergeArgs) -> anyhow::Result<i32> {
     if shards.is_empty() {
         anyhow::bail!("none of the shard folders appeared");
     }
-    let db = (!args.no_db).then_some(args.db.as_path());
+    let db = args.history.path();
     let merged = crate::shard::merge::merge(&shards, &args.out, db).await?;
     print_merged(&merged);
     Ok(0)

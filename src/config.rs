@@ -195,7 +195,7 @@ impl RunConfig {
             slo: args.slo.clone().unwrap_or_default(),
             tui: !args.no_tui,
             live_context: Vec::new(),
-            db: (!args.no_db).then(|| args.db.clone()),
+            db: args.history.path().map(std::path::Path::to_path_buf),
             trace: crate::trace::TraceConfig::from_args(&args.trace)?,
             telemetry: TelemetryConfig::from_args(&args.telemetry)?,
             shard: args.shard,

@@ -47,7 +47,7 @@ pub async fn run_plan(
     };
     let settings = Settings {
         points_dir: dir.join("points"),
-        db: (!args.no_db).then(|| args.db.clone()),
+        db: args.history.path().map(Path::to_path_buf),
         tui: !args.no_tui,
         run_prefix: String::new(),
     };
@@ -598,9 +598,9 @@ impl<'a> Runner<'a> {
         }
         self.state.write(&self.dir)?;
         let report = crate::report::html::experiment::write_report(&self.dir, &self.state)?;
-        if !args.no_db {
-            crate::report::experiment_history::record(&args.db, &self.dir, &self.state)
-                .with_context(|| format!("recording the experiment in {}", args.db.display()))?;
+        if let Some(db) = args.history.path() {
+            crate::report::experiment_history::record(db, &self.dir, &self.state)
+                .with_context(|| format!("recording the experiment in {}", db.display()))?;
         }
         print!("{}", super::reading::table(&self.state));
         for line in &self.state.reading {

@@ -90,7 +90,7 @@ impl ProxyConfig {
             upstream,
             dir,
             run_id,
-            db: (!args.no_db).then(|| args.db.clone()),
+            db: args.history.path().map(std::path::Path::to_path_buf),
             limits: Limits {
                 max_body: args.max_body,
                 max_headers: args.max_headers,

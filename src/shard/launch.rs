@@ -113,7 +113,7 @@ pub async fn launch(args: RunArgs, count: u32, run_argv: Vec<String>) -> anyhow:
     if let Some(collector) = &mut collector {
         wait_for_spans(collector, &dirs).await?;
     }
-    let db = (!args.no_db).then_some(args.db.as_path());
+    let db = args.history.path();
     let merged = super::merge::merge(&dirs, &out_dir, db).await?;
     Ok(Launched {
         merged,

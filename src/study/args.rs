@@ -66,12 +66,8 @@ pub struct Common {
     /// Folder for experiments; the study gets a subfolder.
     #[arg(long, env = "TRACEBENCH_EXPERIMENTS", default_value = "experiments")]
     pub out: PathBuf,
-    /// The SQLite history database.
-    #[arg(long, env = "TRACEBENCH_DB", default_value = "results/tracebench.db")]
-    pub db: PathBuf,
-    /// Do not record the study in the history database.
-    #[arg(long)]
-    pub no_db: bool,
+    #[command(flatten)]
+    pub history: crate::cli::HistoryArgs,
     /// No live dashboard: a progress line on stderr instead.
     #[arg(long)]
     pub no_tui: bool,

@@ -50,8 +50,7 @@ async fn run(
         resume: common.resume.clone(),
         out: common.out.clone(),
         no_tui: common.no_tui,
-        db: common.db.clone(),
-        no_db: common.no_db,
+        history: common.history.clone(),
     };
     // JSON is YAML: the plan is read and checked exactly as a file would be.
     let text = serde_json::to_string_pretty(&plan)?;
