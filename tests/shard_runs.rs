@@ -437,11 +437,22 @@ fn merge_refuses_shards_of_other_runs_or_settings_and_names_missing_ones() {
     assert!(e.contains("already holds a run"), "{e}");
 }
 
-/// `tracebench ARGS` in `dir`, its output piped.
-fn spawn_launcher(dir: &Path, args: &[&str]) -> std::process::Child {
+/// `tracebench run --shards 2` in `dir` against `url` (2 streams, no GPU,
+/// no trace header, no history) with `extra` flags, its output piped.
+fn spawn_launcher(dir: &Path, url: &str, run_id: &str, extra: &[&str]) -> std::process::Child {
     Command::new(BIN)
         .current_dir(dir)
-        .args(args)
+        .args(["run", "--url", url, "--concurrency", "2", "--gpu", "off"])
+        .args([
+            "--trace-header",
+            "off",
+            "--no-db",
+            "--shards",
+            "2",
+            "--run-id",
+            run_id,
+        ])
+        .args(extra)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -481,27 +492,15 @@ fn a_killed_shard_leaves_a_partial_merge_that_names_it() {
     let tmp = tempfile::tempdir().unwrap();
     let launcher = spawn_launcher(
         tmp.path(),
+        &sim.url,
+        "killed",
         &[
-            "run",
-            "--url",
-            &sim.url,
-            "--concurrency",
-            "2",
             "--requests",
             "12",
             "--max-tokens",
             "40",
-            "--gpu",
-            "off",
             "--server-metrics",
             "off",
-            "--trace-header",
-            "off",
-            "--no-db",
-            "--shards",
-            "2",
-            "--run-id",
-            "killed",
         ],
     );
     let first_record = tmp
@@ -550,27 +549,15 @@ fn ctrl_c_reaches_every_shard_and_the_merge_says_partial() {
     let tmp = tempfile::tempdir().unwrap();
     let launcher = spawn_launcher(
         tmp.path(),
+        &sim.url,
+        "stopped",
         &[
-            "run",
-            "--url",
-            &sim.url,
-            "--concurrency",
-            "2",
             "--duration",
             "60s",
             "--max-tokens",
             "20",
-            "--gpu",
-            "off",
-            "--trace-header",
-            "off",
-            "--no-db",
             "--grace-period",
             "5s",
-            "--shards",
-            "2",
-            "--run-id",
-            "stopped",
         ],
     );
     let records = (0..2).map(|i| {
